@@ -1,0 +1,52 @@
+"""Who may use the proxy: the socket peer address and a shared client key (``clients``).
+
+Both checks run before any routing or credential work, so an outsider can neither use the
+injected credentials nor make the proxy hammer an identity provider (HARDENING.md G3, G8).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from aiohttp import hdrs, web
+
+from proxy.config.models import ClientsConfig
+from proxy.errors import ForbiddenError
+
+
+class ClientAccess:
+    def __init__(self, config: ClientsConfig) -> None:
+        self._networks = tuple(config.allow_cidrs)
+        self._keys = tuple(key.get_secret_value().encode() for key in config.api_keys)
+
+    def check_peer(self, request: web.BaseRequest) -> None:
+        """Allow the socket peer only if it lies in ``allow_cidrs`` (headers never count)."""
+        if not self._networks:
+            return
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        try:
+            address = ipaddress.ip_address(peer[0]) if peer else None
+        except ValueError:
+            address = None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address is None or not any(address in network for network in self._networks):
+            raise ForbiddenError("client address not allowed")
+
+    def check_key(self, request: web.BaseRequest) -> None:
+        """Require ``Proxy-Authorization: Bearer <key>`` with a configured key, compared in
+        constant time; exactly one such header."""
+        if not self._keys:
+            return
+        values = request.headers.getall(hdrs.PROXY_AUTHORIZATION, ())
+        if len(values) != 1:
+            raise ForbiddenError("a client key is required (Proxy-Authorization: Bearer <key>)")
+        scheme, _, presented = values[0].partition(" ")
+        candidate = presented.encode("utf-8", "surrogateescape")
+        matched = False
+        for key in self._keys:  # every key is compared, so timing does not tell which matched
+            matched |= hmac.compare_digest(candidate, key)
+        if scheme.lower() != "bearer" or not matched:
+            raise ForbiddenError("client key not accepted")

@@ -1,0 +1,90 @@
+"""Admin endpoints under ``admin.prefix``: health, readiness and connector status.
+
+Nothing here ever shows a secret: ``/connectors`` describes where a credential goes and of
+which type, never its value. When ``admin.token`` is set, every admin request other than
+GET/HEAD must carry it as ``Authorization: Bearer <token>`` (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+
+from proxy.config.auth import InjectedAuthConfig
+from proxy.config.models import AdminConfig
+from proxy.connectors import Connector, ConnectorSet
+from proxy.errors import AdminUnauthorizedError, MethodNotAllowedError, RouteNotFoundError
+
+Endpoint = Callable[[], Awaitable[web.StreamResponse]]
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+
+
+def describe_connector(connector: Connector) -> dict[str, Any]:
+    config = connector.config
+    auth: dict[str, Any] = {"type": config.auth.type}
+    if isinstance(config.auth, InjectedAuthConfig):
+        if config.auth.query_param:
+            auth["query_param"] = config.auth.query_param
+        else:
+            auth["header"] = config.auth.header
+    return {
+        "name": connector.name,
+        "route": None if config.route is None else config.route or "/",
+        "hosts": list(config.hosts),
+        "upstream": config.upstream,
+        "auth": auth,
+        "timeouts": config.timeouts.model_dump(),
+        "state": "ready",
+    }
+
+
+class AdminApi:
+    def __init__(self, config: AdminConfig, connectors: ConnectorSet) -> None:
+        self.prefix = config.prefix
+        self._token = (
+            None if config.token is None else f"Bearer {config.token.get_secret_value()}".encode()
+        )
+        self._connectors = connectors
+        self._endpoints: dict[str, Endpoint] = {
+            "/health": self._health,
+            "/ready": self._ready,
+            "/connectors": self._list_connectors,
+        }
+
+    def owns(self, path: str) -> bool:
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    async def handle(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            self._authorize(request)
+            raise MethodNotAllowedError(f"{request.method} is not supported here")
+        endpoint = self._endpoints.get(path[len(self.prefix) :])
+        if endpoint is None:
+            raise RouteNotFoundError("no such admin endpoint")
+        return await endpoint()
+
+    def _authorize(self, request: web.BaseRequest) -> None:
+        if self._token is None:
+            return
+        presented = request.headers.get(hdrs.AUTHORIZATION, "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(presented, self._token):
+            raise AdminUnauthorizedError("admin token required (Authorization: Bearer <token>)")
+
+    async def _health(self) -> web.StreamResponse:
+        return json_response({"status": "ok"})
+
+    async def _ready(self) -> web.StreamResponse:
+        states = {name: "ready" for name in self._connectors.connectors}
+        return json_response({"status": "ready", "connectors": states})
+
+    async def _list_connectors(self) -> web.StreamResponse:
+        return json_response(
+            {"connectors": [describe_connector(c) for c in self._connectors.connectors.values()]}
+        )

@@ -1,0 +1,131 @@
+"""The ``tokenproxy`` command line (CONTRACT.md). The only module that exits the process.
+
+Exit codes: 0 success; 1 ``check`` found problems; 2 usage error or a config ``run`` refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy import __version__
+from proxy.config import LoadedConfig, load_settings
+from proxy.errors import ConfigError
+from proxy.logs import configure_logging
+
+DEFAULT_CONFIG = Path("config/tokenproxy.yaml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("TOKENPROXY_CONFIG") or DEFAULT_CONFIG)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenproxy",
+        description="Authenticating egress proxy: injects credentials into upstream requests.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config_help = "config file (default: $TOKENPROXY_CONFIG, else config/tokenproxy.yaml)"
+    run = commands.add_parser("run", help="serve")
+    run.add_argument("-c", "--config", help=config_help)
+    run.add_argument("--host", help="listen address (overrides listen.host)")
+    run.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+
+    check = commands.add_parser("check", help="validate the config and exit 0 (valid) or 1")
+    check.add_argument("-c", "--config", help=config_help)
+
+    demo = commands.add_parser("demo", help="run the proxy with a demo upstream on loopback")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    return parser
+
+
+def _load(path: Path, overrides: dict[str, Any] | None = None) -> LoadedConfig | ConfigError:
+    try:
+        return load_settings(path, overrides)
+    except ConfigError as exc:
+        return exc
+
+
+def _print_problems(path: Path, error: ConfigError) -> None:
+    print(f"{path}: invalid configuration", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run on uvloop when it is installed (the ``speed`` extra), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    loaded = _load(path)
+    if isinstance(loaded, ConfigError):
+        _print_problems(path, loaded)
+        return 1
+    for warning in loaded.warnings:
+        print(f"warning: {warning}")
+    connectors = loaded.settings.connectors
+    print(f"{path}: valid, {len(connectors)} connector(s)")
+    for name, connector in connectors.items():
+        route = "-" if connector.route is None else connector.route or "/"
+        print(f"  {name}: route {route}, auth {connector.auth.type} -> {connector.upstream}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from proxy.server import serve
+
+    configure_logging(args.log_level)
+    listen = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    path = _config_path(args.config)
+    loaded = _load(path, {"listen": listen} if listen else None)
+    if isinstance(loaded, ConfigError):
+        _print_problems(path, loaded)
+        return 2
+    for warning in loaded.warnings:
+        logging.getLogger("proxy.config").warning("%s", warning)
+    _run_async(lambda: serve(loaded.settings))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    configure_logging(args.log_level)
+    _run_async(lambda: run_demo(port=args.port))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "check": _cmd_check,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except OSError as exc:  # e.g. the port is taken
+        print(f"tokenproxy: {exc.strerror or exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,79 @@
+"""Rules that relate several fields of a valid :class:`Settings`, checked after validation.
+
+:func:`cross_check` returns errors (the config is refused) and warnings (it runs, loudly).
+Every message names the field and states the rule, never a secret value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from yarl import URL
+
+from proxy.config.models import Settings
+
+
+@dataclass
+class CheckResult:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals; any other name counts as public."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _route_covers(prefix: str, path: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def cross_check(settings: Settings) -> CheckResult:
+    result = CheckResult()
+    if not is_loopback_host(settings.listen.host) and not settings.clients.restricted:
+        result.errors.append(
+            f"listen.host: {settings.listen.host!r} is not a loopback address; a public "
+            "listener needs 'clients.allow_cidrs' or 'clients.api_keys' to restrict who may "
+            "use the credentials it injects"
+        )
+
+    routes: dict[str, str] = {}
+    hosts: dict[str, str] = {}
+    admin_prefix = settings.admin.prefix
+    for name, connector in settings.connectors.items():
+        where = f"connectors.{name}"
+        if connector.route is None and not connector.hosts:
+            result.errors.append(f"{where}: needs a 'route', 'hosts', or both")
+        if connector.route is not None:
+            shown = connector.route or "/"
+            if connector.route in routes:
+                result.errors.append(
+                    f"{where}.route: {shown!r} is already the route of connector "
+                    f"{routes[connector.route]!r}"
+                )
+            else:
+                routes[connector.route] = name
+            if connector.route and _route_covers(admin_prefix, connector.route):
+                result.errors.append(
+                    f"{where}.route: {shown!r} lies under the admin prefix {admin_prefix!r}"
+                )
+        for host in connector.hosts:
+            if host in hosts:
+                result.errors.append(
+                    f"{where}.hosts: {host!r} is already a host of connector {hosts[host]!r}"
+                )
+            else:
+                hosts[host] = name
+        upstream = URL(connector.upstream)
+        if upstream.scheme == "http" and not is_loopback_host(upstream.host or ""):
+            result.warnings.append(
+                f"{where}.upstream: plain http:// to {upstream.host} sends the injected "
+                "credential unencrypted"
+            )
+    return result

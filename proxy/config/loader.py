@@ -1,0 +1,114 @@
+"""Load the config file: YAML, then environment overrides, then command-line overrides.
+
+:func:`load_settings` reports every problem at once, each as ``field.path: message``, and
+raises :class:`~proxy.errors.ConfigError`. No message ever contains a configured value: YAML
+errors give only line and column, validation errors are printed without their input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_settings import EnvSettingsSource
+
+from proxy.config.auth import AUTH_TYPES
+from proxy.config.checks import cross_check
+from proxy.config.models import ENV_PREFIX, Settings
+from proxy.config.sources import Location, resolve_tree
+from proxy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    settings: Settings
+    warnings: list[str]
+
+
+def format_location(location: Location) -> str:
+    """``('connectors', 'crm', 'auth', 'static', 'token')`` -> ``connectors.crm.auth.token``.
+
+    pydantic puts the tag of a discriminated union into the location; users never wrote it.
+    """
+    parts = [str(part) for part in location]
+    cleaned = [
+        part
+        for index, part in enumerate(parts)
+        if not (index > 0 and parts[index - 1] == "auth" and part in AUTH_TYPES)
+    ]
+    return ".".join(cleaned) or "(top level)"
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    # pydantic prefixes the messages of our own validators; the path already says where.
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror or type(exc).__name__})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: is not UTF-8 text"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # str(exc) quotes the offending line, which may hold a secret: give the place only.
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: {where}: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of keys to values"])
+    return data
+
+
+def _environment_overrides() -> dict[str, Any]:
+    source = EnvSettingsSource(
+        Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+    )
+    return source()
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` laid over it; nested mappings merge, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> LoadedConfig:
+    """Load, resolve, validate and cross-check. Raises ``ConfigError`` listing every problem."""
+    raw = deep_merge(_read_yaml(path), _environment_overrides())
+    raw = deep_merge(raw, overrides or {})
+    resolved, source_problems = resolve_tree(raw)
+    problems = [f"{format_location(p.location)}: {p.message}" for p in source_problems]
+    unresolved = {format_location(p.location) for p in source_problems}
+
+    try:
+        settings = Settings.model_validate(resolved)
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            where = format_location(error["loc"])
+            if not any(where == bad or where.startswith(bad + ".") for bad in unresolved):
+                problems.append(f"{where}: {_message(error)}")
+        raise ConfigError(problems) from None
+    checked = cross_check(settings)
+    problems.extend(checked.errors)
+    if problems:
+        raise ConfigError(problems)
+    return LoadedConfig(settings=settings, warnings=checked.warnings)

@@ -1,0 +1,119 @@
+"""The config file of CONTRACT.md as typed, strict models. The YAML keys are the field names.
+
+Only per-field rules live here; rules that relate several fields (duplicate routes, a public
+listener without client restrictions) are checked by :mod:`proxy.config.checks`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from yarl import URL
+
+from proxy.config.auth import AuthConfig
+from proxy.config.base import HostName, RoutePrefix, StrictModel
+
+ENV_PREFIX = "TOKENPROXY_"
+
+
+class ListenConfig(StrictModel):
+    host: str = Field("127.0.0.1", min_length=1, description="loopback by default: a sidecar")
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class AdminConfig(StrictModel):
+    prefix: RoutePrefix = Field("/_proxy", description="path prefix of the admin endpoints")
+    token: SecretStr | None = Field(None, description="when set, admin POSTs need it as Bearer")
+
+    @field_validator("prefix")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be '/': the admin endpoints need a prefix of their own")
+        return value
+
+
+class ClientsConfig(StrictModel):
+    """Who may use the proxy. Empty lists mean no restriction of that kind."""
+
+    allow_cidrs: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="socket peer addresses allowed to connect"
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="keys sent as 'Proxy-Authorization: Bearer <key>'"
+    )
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.allow_cidrs or self.api_keys)
+
+
+class ServerConfig(StrictModel):
+    """Limits of the listening side, chosen after nginx, Envoy and HAProxy (HARDENING.md §1.7)."""
+
+    keepalive_timeout: float = Field(
+        30, gt=0, description="idle keep-alive and request-header deadline (slowloris), seconds"
+    )
+    max_line_size: int = Field(8190, ge=1024, description="longest request line or header line")
+    max_field_size: int = Field(8190, ge=1024, description="longest header field")
+    max_headers: int = Field(100, ge=8, description="most header fields in one request")
+    shutdown_timeout: float = Field(30, ge=0, description="grace for in-flight requests on stop")
+    access_log: bool = Field(True, description="one line per request, without query strings")
+
+
+class TimeoutsConfig(StrictModel):
+    connect: float = Field(10, gt=0, description="seconds to connect (and to get a pooled one)")
+    read: float = Field(60, gt=0, description="seconds to wait for each read from the upstream")
+
+
+class ConnectorConfig(StrictModel):
+    """One upstream API and the credential the proxy injects for it."""
+
+    route: RoutePrefix | None = Field(None, description="path prefix; longest prefix wins")
+    hosts: list[HostName] = Field(default_factory=list, description="select by Host / absolute URI")
+    upstream: str = Field(description="base URL: /<route>/x/y -> <upstream>/x/y")
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    auth: AuthConfig
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_url(cls, value: str) -> str:
+        try:
+            url = URL(value)
+        except ValueError:
+            raise ValueError("is not a valid URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if url.user is not None or url.password is not None:
+            raise ValueError("must not carry credentials: put them in 'auth'")
+        if url.query_string or url.fragment:
+            raise ValueError("must not have a query string or fragment")
+        if any(segment in (".", "..") for segment in url.raw_path.split("/")):
+            raise ValueError("must not contain '.' or '..' segments")
+        return value
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Environment variables ``TOKENPROXY_A__B`` override ``a.b``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
+
+    @field_validator("connectors")
+    @classmethod
+    def _connector_names(cls, value: dict[str, ConnectorConfig]) -> dict[str, ConnectorConfig]:
+        for name in value:
+            if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
+                raise ValueError(f"connector name {name!r} may hold only letters, digits, - and _")
+        return value

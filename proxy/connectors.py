@@ -1,0 +1,103 @@
+"""Runtime connectors: everything a request needs, computed once when the proxy starts.
+
+A :class:`Connector` holds the parsed upstream base, its pooled client session, its timeouts
+and its authenticator. :class:`ConnectorSet` owns them all, routes requests to them and
+closes them on shutdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from proxy.auth import Authenticator, build_authenticator
+from proxy.config.models import ConnectorConfig, Settings
+from proxy.routing import Match, RouteTable
+from proxy.target import Target
+
+# aiohttp adds these when absent; a transparent proxy must send only what the client sent.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def new_client_session(limit: int = 100) -> aiohttp.ClientSession:
+    """A client session that alters nothing it relays.
+
+    No decompression (bodies pass byte-exact, no inflate bomb), no cookie jar (cookies
+    belong to the client), no proxy from the environment (``HTTP_PROXY`` is usually set for
+    the legacy client and points at us), no automatic headers.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=False),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        skip_auto_headers=_NO_AUTO_HEADERS,
+    )
+
+
+@dataclass(eq=False)
+class Connector:
+    name: str
+    config: ConnectorConfig
+    authenticator: Authenticator
+    session: aiohttp.ClientSession
+    timeout: aiohttp.ClientTimeout
+    origin: str
+    """``scheme://host[:port]`` of the upstream, exactly as configured."""
+    base_path: str
+    """The upstream's raw base path without its trailing slash (``""`` for the root)."""
+
+    def upstream_url(self, rest: str, query: str | None) -> URL:
+        """``origin + base_path + rest [+ ?query]``, sent byte-exact (no re-encoding).
+
+        ``rest`` is a validated raw path: empty or starting with ``/``, free of dot-segments
+        and encoded separators, so the result always lies under ``base_path``.
+        """
+        path = self.base_path + rest or "/"
+        url = self.origin + path if query is None else f"{self.origin}{path}?{query}"
+        return URL(url, encoded=True)
+
+
+def build_connector(name: str, config: ConnectorConfig) -> Connector:
+    upstream = URL(config.upstream)
+    origin = str(upstream.origin())
+    return Connector(
+        name=name,
+        config=config,
+        authenticator=build_authenticator(config.auth),
+        session=new_client_session(),
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=config.timeouts.connect, sock_read=config.timeouts.read
+        ),
+        origin=origin,
+        base_path=upstream.raw_path.rstrip("/"),
+    )
+
+
+class ConnectorSet:
+    """All connectors of a config and their route table. Build it inside the event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.connectors = {
+            name: build_connector(name, config) for name, config in settings.connectors.items()
+        }
+        self._table: RouteTable[Connector] = RouteTable(
+            routes=[
+                (c.config.route, c) for c in self.connectors.values() if c.config.route is not None
+            ],
+            hosts=[(host, c) for c in self.connectors.values() for host in c.config.hosts],
+        )
+
+    def route(self, target: Target, host_header: str | None) -> Match[Connector] | None:
+        """Absolute-form targets match by their authority only; others by Host, then by path."""
+        if target.authority is not None:
+            return self._table.match_host(target.authority, target.path)
+        return self._table.match_host(host_header, target.path) or self._table.match_path(
+            target.path
+        )
+
+    async def close(self) -> None:
+        for connector in self.connectors.values():
+            await connector.session.close()

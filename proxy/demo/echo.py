@@ -1,0 +1,39 @@
+"""The demo upstream: answers every request with a JSON description of what it received.
+
+Used by ``tokenproxy demo`` to show what the proxy sent, and by the tests as the base of
+their recording fake upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+async def describe_request(request: web.BaseRequest) -> dict[str, Any]:
+    """Method, raw path and query, every header (duplicates kept, in order), body size and hash."""
+    body = await request.read()
+    path, _, query = request.raw_path.partition("?")
+    return {
+        "method": request.method,
+        "path": path,
+        "query": query,
+        "headers": [[name, value] for name, value in request.headers.items()],
+        "body_bytes": len(body),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+    }
+
+
+async def echo(request: web.BaseRequest) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(await describe_request(request), option=orjson.OPT_INDENT_2),
+        content_type="application/json",
+    )
+
+
+def create_echo_server() -> web.Server:
+    # No access log: the demo prints the proxy's own, which is the one worth reading.
+    return web.Server(echo, access_log=None)

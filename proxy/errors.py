@@ -1,0 +1,104 @@
+"""Errors the proxy answers with itself, one class per row of CONTRACT.md's error table.
+
+::
+
+    ProxyError                         500 internal_error
+    ├── BadRequestError                400 bad_request
+    ├── ForbiddenError                 403 forbidden
+    ├── AdminUnauthorizedError         401 unauthorized
+    ├── RouteNotFoundError             404 no_route
+    ├── MethodNotAllowedError          405 method_not_allowed
+    │   └── ConnectNotSupportedError   405 connect_not_supported
+    └── UpstreamError                  502 upstream_unreachable
+        ├── UpstreamTLSError           502 upstream_tls_error
+        └── UpstreamTimeoutError       504 upstream_timeout   (also a TimeoutError)
+
+    ConfigError(ValueError)            start-up only: every problem, each with its field path
+
+Each class carries its HTTP ``status``, its contract ``code`` and its RFC 9209
+``Proxy-Status`` error type as class attributes. ``message`` is shown to clients, so it
+must never hold a secret, a token, an identity provider's words or an upstream query string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself, with a JSON body and a ``Proxy-Status`` header."""
+
+    status = 500
+    code = "internal_error"
+    proxy_status = "proxy_internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        connector: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.connector = connector
+        self.headers = headers or {}
+
+
+class BadRequestError(ProxyError):
+    status = 400
+    code = "bad_request"
+    proxy_status = "http_request_error"
+
+
+class ForbiddenError(ProxyError):
+    status = 403
+    code = "forbidden"
+    proxy_status = "http_request_denied"
+
+
+class AdminUnauthorizedError(ProxyError):
+    status = 401
+    code = "unauthorized"
+    proxy_status = "http_request_denied"
+
+
+class RouteNotFoundError(ProxyError):
+    status = 404
+    code = "no_route"
+    proxy_status = "destination_not_found"
+
+
+class MethodNotAllowedError(ProxyError):
+    status = 405
+    code = "method_not_allowed"
+    proxy_status = "http_request_denied"
+
+
+class ConnectNotSupportedError(MethodNotAllowedError):
+    code = "connect_not_supported"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    code = "upstream_unreachable"
+    proxy_status = "destination_unavailable"
+
+
+class UpstreamTLSError(UpstreamError):
+    code = "upstream_tls_error"
+    proxy_status = "tls_certificate_error"
+
+
+class UpstreamTimeoutError(UpstreamError, TimeoutError):
+    status = 504
+    code = "upstream_timeout"
+    proxy_status = "connection_timeout"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used. ``problems`` lists every one as ``path: message``."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in self.problems))

@@ -1,0 +1,125 @@
+"""Forward one request to a connector's upstream and stream the answer back: a pure pipe.
+
+Guarantees:
+- bodies stream both ways, never buffered whole, never decompressed;
+- the upstream sees the client's method, headers (filtered, see :mod:`proxy.headers`) and
+  raw path and query bytes, under the connector's base path, with the connector's credential;
+- redirects are relayed to the client, never followed;
+- response framing is rebuilt from what the upstream actually sends; if the upstream fails
+  after the response headers went out, the client connection is aborted, so a truncated body
+  never looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aiohttp
+from aiohttp import hdrs, web
+
+from proxy.connectors import Connector
+from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
+from proxy.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
+
+logger = logging.getLogger(__name__)
+
+# Most specific first: ConnectionTimeoutError is also a ClientConnectorError, a certificate
+# error is also a connection error. ClientTimeout(total=...) raises the builtin TimeoutError.
+_CLIENT_ERRORS: tuple[tuple[type[BaseException], type[UpstreamError], str], ...] = (
+    (aiohttp.ConnectionTimeoutError, UpstreamTimeoutError, "timed out connecting to the upstream"),
+    (TimeoutError, UpstreamTimeoutError, "timed out waiting for the upstream"),
+    (aiohttp.ClientSSLError, UpstreamTLSError, "TLS handshake with the upstream failed"),
+    (aiohttp.ClientConnectorError, UpstreamError, "cannot connect to the upstream"),
+    (aiohttp.ClientResponseError, UpstreamError, "the upstream sent an invalid response"),
+    (aiohttp.ClientError, UpstreamError, "the upstream closed the connection without answering"),
+)
+
+
+@contextmanager
+def map_client_errors(connector: str) -> Iterator[None]:
+    """Turn aiohttp client exceptions into the proxy's own, with messages free of URLs.
+
+    ``str()`` of aiohttp's exceptions can hold the full URL with its query, and their
+    ``request_info`` holds the injected Authorization header: neither goes anywhere.
+    """
+    try:
+        yield
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        for source, target, message in _CLIENT_ERRORS:
+            if isinstance(exc, source):
+                logger.warning("connector %s: %s (%s)", connector, message, type(exc).__name__)
+                raise target(message, connector=connector) from None
+        raise
+
+
+async def forward(
+    request: web.BaseRequest, connector: Connector, rest: str, query: str | None
+) -> web.StreamResponse:
+    headers = filter_headers(request.headers, REQUEST_DROPPED)
+    credential = await connector.authenticator.credential()
+    if credential is not None:
+        query = credential.apply(headers, query)
+    body = None
+    if request.body_exists:
+        body = request.content
+        if request.content_length is not None:
+            # Keep the client's framing: many APIs refuse chunked uploads.
+            headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
+
+    with map_client_errors(connector.name):
+        upstream = await connector.session.request(
+            request.method,
+            connector.upstream_url(rest, query),
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=connector.timeout,
+        )
+    try:
+        return await _relay(request, upstream, connector)
+    finally:
+        # Never leave a half-read connection in the pool (HARDENING.md C16).
+        upstream.close()
+
+
+async def _relay(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, connector: Connector
+) -> web.StreamResponse:
+    if upstream.status == 101:
+        raise UpstreamError("the upstream tried to switch protocols", connector=connector.name)
+    response = web.StreamResponse(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers=filter_headers(upstream.headers, RESPONSE_DROPPED),
+    )
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        if isinstance(exc, ConnectionResetError):
+            return response  # the client went away; nothing left to tell it
+        logger.warning(
+            "connector %s: upstream_reset_mid_body (%s); aborting the client connection",
+            connector.name,
+            type(exc).__name__,
+        )
+        abort_client(request)
+        return response
+    await response.write_eof()
+    return response
+
+
+def abort_client(request: web.BaseRequest) -> None:
+    """Close the client connection at once: no terminating chunk, no further requests.
+
+    aiohttp then fails to write the end of the response and just logs the access line.
+    """
+    request["aborted"] = True
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

@@ -1,0 +1,96 @@
+"""The request handler: checks, routing and dispatch, in the order that keeps outsiders cheap.
+
+1. protocol version (HTTP/1.0 and 1.1 only), client address, CONNECT/TRACE;
+2. the raw target, parsed and validated once (:mod:`proxy.target`);
+3. admin endpoints (origin-form paths under ``admin.prefix`` only);
+4. the client key, then the connector: no match is 404 without any credential work;
+5. forwarding.
+
+Every :class:`~proxy.errors.ProxyError` becomes the contract's JSON error with a
+``Proxy-Status`` header; anything else is logged by type and answered 500, with no detail.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion10, HttpVersion11
+
+from proxy.access import ClientAccess
+from proxy.admin import AdminApi
+from proxy.config.models import Settings
+from proxy.connectors import ConnectorSet
+from proxy.errors import (
+    BadRequestError,
+    ConnectNotSupportedError,
+    MethodNotAllowedError,
+    ProxyError,
+    RouteNotFoundError,
+)
+from proxy.forwarding import abort_client, forward
+from proxy.target import parse_target
+
+logger = logging.getLogger(__name__)
+
+PROXY_NAME = "tokenproxy"
+
+
+def error_response(exc: ProxyError) -> web.Response:
+    body = {"error": exc.code, "message": exc.message, "connector": exc.connector}
+    headers = {"Proxy-Status": f"{PROXY_NAME}; error={exc.proxy_status}", **exc.headers}
+    return web.Response(
+        status=exc.status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class Gateway:
+    def __init__(self, settings: Settings, connectors: ConnectorSet) -> None:
+        self.connectors = connectors
+        self.access = ClientAccess(settings.clients)
+        self.admin = AdminApi(settings.admin, connectors)
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except ProxyError as exc:
+            return error_response(exc)
+        except Exception as exc:
+            # No traceback: frames of the forwarding path hold headers with the credential.
+            logger.error("internal error handling a request: %s", type(exc).__name__)
+            if request.writer.output_size > 0:
+                abort_client(request)  # a response is half-sent: it must not look complete
+            return error_response(ProxyError("internal error", connector=request.get("connector")))
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.version not in (HttpVersion11, HttpVersion10):
+            raise BadRequestError("only HTTP/1.0 and HTTP/1.1 are supported")
+        self.access.check_peer(request)
+        if request.method == hdrs.METH_CONNECT:
+            raise ConnectNotSupportedError(
+                "CONNECT is not supported: a TLS tunnel cannot carry injected credentials; "
+                "send plain http:// requests to the proxy instead"
+            )
+        if request.method == hdrs.METH_TRACE:
+            # TRACE would echo the injected credential back to the client.
+            raise MethodNotAllowedError("TRACE is not forwarded")
+
+        target = parse_target(request.raw_path)
+        if target.authority is None and self.admin.owns(target.path):
+            return await self.admin.handle(request, target.path)
+
+        self.access.check_key(request)
+        match = self.connectors.route(target, request.headers.get(hdrs.HOST))
+        if match is None:
+            raise RouteNotFoundError("no connector matches this request")
+        connector = match.target
+        request["connector"] = connector.name
+        try:
+            return await forward(request, connector, match.rest, target.query)
+        except ProxyError as exc:
+            exc.connector = connector.name
+            raise

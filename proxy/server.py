@@ -1,0 +1,108 @@
+"""The listening side: an aiohttp low-level server with the limits of ``server`` applied.
+
+No router, no middlewares, no static files, no WebSockets: one handler (:class:`Gateway`)
+sees every request, which removes most of aiohttp's historical attack surface
+(HARDENING.md §2.1) and per-request overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import aiohttp.http_parser
+from aiohttp import web
+
+from proxy.config.models import Settings
+from proxy.connectors import ConnectorSet
+from proxy.gateway import Gateway
+from proxy.logs import ACCESS_LOGGER, AccessLogger
+
+logger = logging.getLogger(__name__)
+
+
+def http_parser_warning() -> str | None:
+    """A warning when aiohttp runs its pure-Python HTTP parser instead of the C one.
+
+    Most aiohttp request-smuggling CVEs of 2023-2026 hit only the Python parser
+    (HARDENING.md §0.2).
+    """
+    module = aiohttp.http_parser.HttpRequestParser.__module__
+    if module == "aiohttp._http_parser":
+        return None
+    return (
+        "aiohttp is using its pure-Python HTTP parser (AIOHTTP_NO_EXTENSIONS set, or no C "
+        "extension for this platform); it is slower and has had request-smuggling bugs the "
+        "C parser had not"
+    )
+
+
+class ProxyServer:
+    """Start and stop one listening proxy. ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port: int | None = None
+        self._runner: web.ServerRunner | None = None
+        self._connectors: ConnectorSet | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        limits = settings.server
+        self._connectors = ConnectorSet(settings)
+        handler = web.Server(
+            Gateway(settings, self._connectors),
+            handler_cancellation=True,  # a client that goes away cancels its upstream request
+            keepalive_timeout=limits.keepalive_timeout,
+            max_line_size=limits.max_line_size,
+            max_field_size=limits.max_field_size,
+            max_headers=limits.max_headers,
+            auto_decompress=False,
+            access_log_class=AccessLogger,
+            access_log=logging.getLogger(ACCESS_LOGGER) if limits.access_log else None,
+        )
+        self._runner = web.ServerRunner(
+            handler, handle_signals=False, shutdown_timeout=limits.shutdown_timeout
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, settings.listen.host, settings.listen.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._connectors is not None:
+            await self._connectors.close()
+            self._connectors = None
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Set ``stop`` on SIGINT or SIGTERM (Ctrl-C, ``docker stop``)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and close."""
+    warning = http_parser_warning()
+    if warning:
+        logger.warning("%s", warning)
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    server = ProxyServer(settings)
+    await server.start()
+    logger.info(
+        "tokenproxy listening on http://%s:%s with %d connector(s)",
+        settings.listen.host,
+        server.port,
+        len(settings.connectors),
+    )
+    try:
+        await stop.wait()
+    finally:
+        logger.info("stopping")
+        await server.stop()
