@@ -12,6 +12,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from aiohttp import hdrs, web
 from proxy.connectors import Connector
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
 from proxy.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
+from proxy.logs import aborted_key
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +100,7 @@ async def _relay(
         response.content_length = upstream.content_length
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
+        await _copy_body(upstream, response, connector.config.timeouts.read)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         if isinstance(exc, ConnectionResetError):
             return response  # the client went away; nothing left to tell it
@@ -114,12 +115,33 @@ async def _relay(
     return response
 
 
+async def _copy_body(
+    upstream: aiohttp.ClientResponse, response: web.StreamResponse, idle_timeout: float
+) -> None:
+    """Copy the upstream body, failing with ``TimeoutError`` if the upstream stalls.
+
+    aiohttp's own ``sock_read`` timeout is not enough: after its C parser rejects a chunk
+    header mid-body (aiohttp 3.14.5), the payload is neither fed nor failed and the read
+    timer is dropped, so the read would wait forever. Time spent writing to a slow client
+    does not count against the upstream.
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as idle:
+        while True:
+            idle.reschedule(loop.time() + idle_timeout)
+            chunk = await upstream.content.readany()
+            idle.reschedule(None)
+            if not chunk:
+                return
+            await response.write(chunk)
+
+
 def abort_client(request: web.BaseRequest) -> None:
     """Close the client connection at once: no terminating chunk, no further requests.
 
     aiohttp then fails to write the end of the response and just logs the access line.
     """
-    request["aborted"] = True
+    request[aborted_key] = True
     transport = request.transport
     if transport is not None:
         transport.abort()

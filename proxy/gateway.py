@@ -30,6 +30,7 @@ from proxy.errors import (
     RouteNotFoundError,
 )
 from proxy.forwarding import abort_client, forward
+from proxy.logs import connector_key
 from proxy.target import parse_target
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class Gateway:
             logger.error("internal error handling a request: %s", type(exc).__name__)
             if request.writer.output_size > 0:
                 abort_client(request)  # a response is half-sent: it must not look complete
-            return error_response(ProxyError("internal error", connector=request.get("connector")))
+            internal = ProxyError("internal error", connector=request.get(connector_key))
+            return error_response(internal)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.version not in (HttpVersion11, HttpVersion10):
@@ -88,7 +90,7 @@ class Gateway:
         if match is None:
             raise RouteNotFoundError("no connector matches this request")
         connector = match.target
-        request["connector"] = connector.name
+        request[connector_key] = connector.name
         try:
             return await forward(request, connector, match.rest, target.query)
         except ProxyError as exc:

@@ -15,6 +15,10 @@ from aiohttp.abc import AbstractAccessLogger
 
 ACCESS_LOGGER = "tokenproxy.access"
 
+# What the request path tells the access log.
+connector_key = web.RequestKey("connector", str)
+aborted_key = web.RequestKey("aborted", bool)
+
 
 class AccessLogger(AbstractAccessLogger):
     """``peer "METHOD /path HTTP/1.1" status bytes duration connector=name``."""
@@ -32,8 +36,8 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             response.body_length,
             time * 1000,
-            request.get("connector", "-"),
-            " aborted" if request.get("aborted") else "",
+            request.get(connector_key, "-"),
+            " aborted" if request.get(aborted_key) else "",
         )
 
     @property

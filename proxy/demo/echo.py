@@ -15,15 +15,18 @@ from aiohttp import web
 
 async def describe_request(request: web.BaseRequest) -> dict[str, Any]:
     """Method, raw path and query, every header (duplicates kept, in order), body size and hash."""
-    body = await request.read()
+    digest, size = hashlib.sha256(), 0
+    async for chunk in request.content.iter_any():  # streamed: any size, constant memory
+        digest.update(chunk)
+        size += len(chunk)
     path, _, query = request.raw_path.partition("?")
     return {
         "method": request.method,
         "path": path,
         "query": query,
         "headers": [[name, value] for name, value in request.headers.items()],
-        "body_bytes": len(body),
-        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "body_bytes": size,
+        "body_sha256": digest.hexdigest(),
     }
 
 

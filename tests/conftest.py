@@ -1,0 +1,122 @@
+"""Shared fixtures: a recording upstream, a proxy started from a YAML config, a raw client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from pytest_aiohttp import AiohttpRawServer
+
+from proxy.config import load_settings
+from proxy.logs import install_filters
+from proxy.server import ProxyServer
+from tests.fakes import RecordingUpstream
+
+
+@dataclass
+class RunningProxy:
+    server: ProxyServer
+    url: str
+    port: int
+
+
+StartProxy = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def upstream(aiohttp_raw_server: AiohttpRawServer) -> RecordingUpstream:
+    fake = RecordingUpstream()
+    # Like the proxy, the fake must see bodies as sent: no inflating of gzip bodies.
+    server = await aiohttp_raw_server(fake, auto_decompress=False)
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
+    def write(config: dict[str, Any]) -> Path:
+        path = tmp_path / "tokenproxy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+@pytest.fixture
+async def start_proxy(
+    write_config: Callable[[dict[str, Any]], Path],
+) -> AsyncIterator[StartProxy]:
+    """Start a real proxy on an ephemeral loopback port from a config dict (via the loader)."""
+    started: list[ProxyServer] = []
+
+    async def start(config: dict[str, Any]) -> RunningProxy:
+        config = {**config, "listen": {"host": "127.0.0.1", "port": 0, **config.get("listen", {})}}
+        settings = load_settings(write_config(config)).settings
+        server = ProxyServer(settings)
+        await server.start()
+        started.append(server)
+        assert server.port is not None
+        return RunningProxy(server, f"http://127.0.0.1:{server.port}", server.port)
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+def connector(upstream_url: str, **fields: Any) -> dict[str, Any]:
+    """A connector config for tests: route /api, static token, overridable fields."""
+    return {"route": "/api", "upstream": upstream_url, "auth": STATIC_AUTH, **fields}
+
+
+STATIC_TOKEN = "tok_static_test_value"
+STATIC_AUTH = {"type": "static", "token": STATIC_TOKEN}
+
+
+@pytest.fixture
+async def api_proxy(start_proxy: StartProxy, upstream: RecordingUpstream) -> RunningProxy:
+    """The common case: one connector 'api' on /api -> <upstream>/base with a static token."""
+    return await start_proxy({"connectors": {"api": connector(upstream.url + "/base")}})
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that sends only what the test says and never alters bodies."""
+    async with aiohttp.ClientSession(
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        timeout=aiohttp.ClientTimeout(total=15),
+    ) as session:
+        yield session
+
+
+async def raw_request(port: int, data: bytes, *, timeout: float = 5) -> bytes:
+    """Send raw bytes, return everything the proxy answers until it closes (bounded)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks = []
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        writer.close()
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+@pytest.fixture(autouse=True)
+def _proxy_log_filters() -> None:
+    # What `tokenproxy run` installs; tests see the logs production would write.
+    install_filters()
+    logging.getLogger().setLevel(logging.DEBUG)

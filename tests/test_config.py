@@ -1,0 +1,353 @@
+"""Loading the config file: value sources, environment overrides, validation, cross-checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import load_settings
+from proxy.errors import ConfigError
+
+CANARY = "sec_CANARY_9f8e7d"
+WriteConfig = Callable[[dict[str, Any]], Path]
+
+
+def base_config(**connector_fields: Any) -> dict[str, Any]:
+    crm = {
+        "route": "/crm",
+        "upstream": "https://api.crm.example.com/v2",
+        "auth": {"type": "static", "token": "t"},
+    }
+    crm.update(connector_fields)
+    return {"connectors": {"crm": crm}}
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    return info.value.problems
+
+
+def test_minimal_config_gets_contract_defaults(write_config: WriteConfig) -> None:
+    settings = load_settings(write_config(base_config())).settings
+    assert (settings.listen.host, settings.listen.port) == ("127.0.0.1", 8080)
+    assert settings.admin.prefix == "/_proxy"
+    crm = settings.connectors["crm"]
+    assert crm.auth.type == "static"
+    assert crm.auth.header == "Authorization" and crm.auth.token_prefix == "Bearer"
+    assert (crm.timeouts.connect, crm.timeouts.read) == (10, 60)
+    assert settings.server.keepalive_timeout == 30
+
+
+def test_environment_overrides_nested_fields(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENPROXY_LISTEN__PORT", "9123")
+    monkeypatch.setenv("TOKENPROXY_CONNECTORS__CRM__TIMEOUTS__READ", "5")
+    monkeypatch.setenv("TOKENPROXY_CONNECTORS__CRM__AUTH__TOKEN", "from-env")
+    # Variables of the CLI and key handling share the prefix but are not config fields.
+    monkeypatch.setenv("TOKENPROXY_CONFIG", "/elsewhere.yaml")
+    settings = load_settings(write_config(base_config())).settings
+    assert settings.listen.port == 9123
+    assert settings.connectors["crm"].timeouts.read == 5
+    assert settings.connectors["crm"].auth.token.get_secret_value() == "from-env"  # type: ignore[union-attr]
+
+
+def test_command_line_overrides_beat_the_environment(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENPROXY_LISTEN__PORT", "9123")
+    loaded = load_settings(write_config(base_config()), {"listen": {"port": 9200}})
+    assert loaded.settings.listen.port == 9200
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "expected"),
+    [
+        ("${TP_TOKEN}", {"TP_TOKEN": "abc"}, "abc"),
+        ("pre-${TP_TOKEN}-post", {"TP_TOKEN": "abc"}, "pre-abc-post"),
+        ("${TP_UNSET:-fallback}", {}, "fallback"),
+        ("${TP_EMPTY:-fallback}", {"TP_EMPTY": ""}, "fallback"),
+        ("${TP_TOKEN:-fallback}", {"TP_TOKEN": "set"}, "set"),
+        ("$${TP_TOKEN}", {"TP_TOKEN": "abc"}, "${TP_TOKEN}"),
+        # A value is never interpreted twice: a variable holding `file:` stays a string.
+        ("${TP_TOKEN}", {"TP_TOKEN": "file:/etc/passwd"}, "file:/etc/passwd"),
+    ],
+)
+def test_environment_variable_sources(
+    write_config: WriteConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    raw: str,
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(write_config(base_config(auth={"type": "static", "token": raw})))
+    token = settings.settings.connectors["crm"].auth.token  # type: ignore[union-attr]
+    assert token.get_secret_value() == expected
+
+
+def test_file_source_reads_the_whole_value_without_trailing_newline(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text("from-file\n")
+    monkeypatch.setenv("TP_DIR", str(tmp_path))
+    path = write_config(base_config(auth={"type": "static", "token": "file:${TP_DIR}/token"}))
+    token = load_settings(path).settings.connectors["crm"].auth.token  # type: ignore[union-attr]
+    assert token.get_secret_value() == "from-file"
+
+
+def test_non_string_fields_take_sources_too(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TP_PORT", "8181")
+    config = {**base_config(), "listen": {"port": "${TP_PORT}"}}
+    assert load_settings(write_config(config)).settings.listen.port == 8181
+
+
+def test_every_problem_is_reported_at_once_with_its_path(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    config = {
+        "listen": {"port": 70000, "hots": "x"},
+        "admin": {"prefix": "no-slash"},
+        "connectors": {
+            "crm": {
+                "route": "/crm",
+                "upstream": "ftp://api.example.com",
+                "auth": {"type": "static", "tokn": "x"},
+                "timeout": {},
+            },
+            "erp": {
+                "route": "/erp",
+                "upstream": "https://erp.example.com",
+                "auth": {"type": "basic", "username": "u", "password": "${TP_NOT_SET}"},
+            },
+            "hr": {
+                "route": "/hr",
+                "upstream": "https://hr.example.com",
+                "auth": {"type": "static", "token": f"file:{tmp_path}/missing"},
+            },
+            "bi": {"route": "/bi", "upstream": "https://bi.example.com", "auth": {"type": "magic"}},
+        },
+    }
+    problems = problems_of(write_config(config))
+    expected = [
+        "listen.port: Input should be less than or equal to 65535",
+        "listen.hots: unknown key",
+        "admin.prefix: must start with '/'",
+        "connectors.crm.upstream: must be an absolute http:// or https:// URL",
+        "connectors.crm.auth.token: Field required",
+        "connectors.crm.auth.tokn: unknown key",
+        "connectors.crm.timeout: unknown key",
+        "connectors.erp.auth.password: environment variable TP_NOT_SET is not set",
+        f"connectors.hr.auth.token: cannot read file {tmp_path}/missing (No such file or directory)",
+    ]
+    for line in expected:
+        assert line in problems
+    assert any(p.startswith("connectors.bi.auth: Input tag 'magic'") for p in problems)
+    assert len(problems) == len(expected) + 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"route": "crm"}, "connectors.crm.route: must start with '/'"),
+        (
+            {"route": "/a/../b"},
+            "connectors.crm.route: must not contain empty, '.' or '..' segments",
+        ),
+        (
+            {"route": "/a%2fb"},
+            "connectors.crm.route: may not contain '?', '#', '%', ';', '\\', spaces or controls",
+        ),
+        (
+            {"hosts": ["http://api.example.com"]},
+            "connectors.crm.hosts.0: must be a hostname with an optional :port, without a scheme "
+            "or path",
+        ),
+        (
+            {"upstream": "https://user:pw@api.example.com"},
+            "connectors.crm.upstream: must not carry credentials: put them in 'auth'",
+        ),
+        (
+            {"upstream": "https://api.example.com/v1?key=x"},
+            "connectors.crm.upstream: must not have a query string or fragment",
+        ),
+        (
+            {"timeouts": {"connect": 0}},
+            "connectors.crm.timeouts.connect: Input should be greater than 0",
+        ),
+        (
+            {"auth": {"type": "static", "token": "t", "header": "Bad Header"}},
+            "connectors.crm.auth.header: must be an HTTP header name (letters, digits and "
+            "!#$%&'*+-.^_`|~)",
+        ),
+        (
+            {"auth": {"type": "static", "token": "t", "token_prefix": "Bearer\r\nX-Evil: 1"}},
+            "connectors.crm.auth.token_prefix: may hold only printable ASCII characters (no CR, "
+            "LF or controls)",
+        ),
+        ({"auth": {"type": "static", "token": ""}}, "connectors.crm.auth.token: must not be empty"),
+        (
+            {"auth": {"type": "basic", "username": "a:b", "password": "p"}},
+            "connectors.crm.auth.username: must not contain ':' (RFC 7617 §2)",
+        ),
+        ({"auth": {}}, "connectors.crm.auth: Unable to extract tag using discriminator 'type'"),
+    ],
+)
+def test_field_rules(write_config: WriteConfig, fields: dict[str, Any], problem: str) -> None:
+    assert problems_of(write_config(base_config(**fields))) == [problem]
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        (
+            {
+                "connectors": {
+                    "a": {
+                        "route": "/x/",
+                        "upstream": "https://a.example",
+                        "auth": {"type": "none"},
+                    },
+                    "b": {"route": "/x", "upstream": "https://b.example", "auth": {"type": "none"}},
+                }
+            },
+            "connectors.b.route: '/x' is already the route of connector 'a'",
+        ),
+        (
+            {"connectors": {"a": {"upstream": "https://a.example", "auth": {"type": "none"}}}},
+            "connectors.a: needs a 'route', 'hosts', or both",
+        ),
+        (
+            {
+                "connectors": {
+                    "a": {
+                        "hosts": ["API.example.com"],
+                        "upstream": "https://a.example",
+                        "auth": {"type": "none"},
+                    },
+                    "b": {
+                        "hosts": ["api.example.com"],
+                        "upstream": "https://b.example",
+                        "auth": {"type": "none"},
+                    },
+                }
+            },
+            "connectors.b.hosts: 'api.example.com' is already a host of connector 'a'",
+        ),
+        (
+            {
+                "connectors": {
+                    "a": {
+                        "route": "/_proxy/x",
+                        "upstream": "https://a.example",
+                        "auth": {"type": "none"},
+                    }
+                }
+            },
+            "connectors.a.route: '/_proxy/x' lies under the admin prefix '/_proxy'",
+        ),
+        (
+            {"listen": {"host": "0.0.0.0"}},
+            "listen.host: '0.0.0.0' is not a loopback address; a public listener needs "
+            "'clients.allow_cidrs' or 'clients.api_keys' to restrict who may use the "
+            "credentials it injects",
+        ),
+    ],
+)
+def test_cross_field_rules(write_config: WriteConfig, config: dict[str, Any], problem: str) -> None:
+    assert problems_of(write_config(config)) == [problem]
+
+
+@pytest.mark.parametrize("clients", [{"allow_cidrs": ["10.0.0.0/8"]}, {"api_keys": ["k"]}])
+def test_public_listener_is_allowed_when_clients_are_restricted(
+    write_config: WriteConfig, clients: dict[str, Any]
+) -> None:
+    config = {**base_config(), "listen": {"host": "0.0.0.0"}, "clients": clients}
+    assert load_settings(write_config(config)).settings.listen.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "::1", "localhost"])
+def test_loopback_listeners_need_no_client_restriction(
+    write_config: WriteConfig, host: str
+) -> None:
+    config = {**base_config(), "listen": {"host": host}}
+    assert load_settings(write_config(config)).settings.listen.host == host
+
+
+@pytest.mark.parametrize(
+    ("upstream", "warned"),
+    [
+        ("http://api.example.com", True),
+        ("https://api.example.com", False),
+        ("http://127.0.0.1:9000", False),
+        ("http://localhost:9000", False),
+    ],
+)
+def test_plain_http_to_a_remote_upstream_is_a_warning(
+    write_config: WriteConfig, upstream: str, warned: bool
+) -> None:
+    warnings = load_settings(write_config(base_config(upstream=upstream))).warnings
+    assert bool(warnings) == warned
+    if warned:
+        assert warnings == [
+            "connectors.crm.upstream: plain http:// to api.example.com sends the injected "
+            "credential unencrypted"
+        ]
+
+
+def test_route_is_stored_without_trailing_slash(write_config: WriteConfig) -> None:
+    settings = load_settings(write_config(base_config(route="/crm/"))).settings
+    assert settings.connectors["crm"].route == "/crm"
+
+
+def test_problems_never_contain_secret_values(write_config: WriteConfig) -> None:
+    config = {
+        "listen": {"port": CANARY},
+        "clients": {"api_keys": [{"nested": CANARY}]},
+        "connectors": {
+            "crm": {
+                "route": "/crm",
+                "upstream": f"https://user:{CANARY}@api.example.com",
+                "auth": {"type": "static", "token": f"{CANARY}\r\n"},
+            }
+        },
+    }
+    problems = problems_of(write_config(config))
+    assert len(problems) == 4
+    assert not any(CANARY in problem for problem in problems)
+
+
+def test_yaml_syntax_error_names_the_place_not_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(f"connectors:\n  crm: {{token: {CANARY}\n")
+    problems = problems_of(path)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}: line 3, column 1:")
+    assert CANARY not in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("- a\n- b\n", "the top level must be a mapping of keys to values"),
+        (None, "cannot read (No such file or directory)"),
+    ],
+)
+def test_unusable_files(tmp_path: Path, content: str | None, problem: str) -> None:
+    path = tmp_path / "config.yaml"
+    if content is not None:
+        path.write_text(content)
+    assert problems_of(path) == [f"{path}: {problem}"]
+
+
+def test_empty_file_is_a_valid_config_with_no_connectors(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_settings(path).settings.connectors == {}
