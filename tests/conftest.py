@@ -96,14 +96,14 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def raw_request(port: int, data: bytes, *, timeout: float = 5) -> bytes:
+async def raw_request(port: int, data: bytes, *, wait: float = 5) -> bytes:
     """Send raw bytes, return everything the proxy answers until it closes (bounded)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
         chunks = []
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait):
             while chunk := await reader.read(65536):
                 chunks.append(chunk)
         return b"".join(chunks)

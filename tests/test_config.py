@@ -145,7 +145,8 @@ def test_every_problem_is_reported_at_once_with_its_path(
         "connectors.crm.auth.tokn: unknown key",
         "connectors.crm.timeout: unknown key",
         "connectors.erp.auth.password: environment variable TP_NOT_SET is not set",
-        f"connectors.hr.auth.token: cannot read file {tmp_path}/missing (No such file or directory)",
+        f"connectors.hr.auth.token: cannot read file {tmp_path}/missing "
+        "(No such file or directory)",
     ]
     for line in expected:
         assert line in problems

@@ -446,7 +446,7 @@ async def test_client_going_away_cancels_the_upstream_request(start_proxy: Start
     port = server.sockets[0].getsockname()[1]
     try:
         proxy = await start_proxy({"connectors": {"api": connector(f"http://127.0.0.1:{port}")}})
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         await asyncio.sleep(0.2)
