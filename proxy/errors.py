@@ -31,6 +31,8 @@ class ProxyError(Exception):
     status = 500
     code = "internal_error"
     proxy_status = "proxy_internal_error"
+    close_connection = False
+    """True when the connection must not serve another request after this answer."""
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class BadRequestError(ProxyError):
     status = 400
     code = "bad_request"
     proxy_status = "http_request_error"
+    close_connection = True  # the client may be out of step with us (nginx closes too)
 
 
 class ForbiddenError(ProxyError):
@@ -77,6 +80,7 @@ class MethodNotAllowedError(ProxyError):
 
 class ConnectNotSupportedError(MethodNotAllowedError):
     code = "connect_not_supported"
+    close_connection = True  # a client would go on with TLS bytes, not HTTP
 
 
 class UpstreamError(ProxyError):

@@ -41,12 +41,15 @@ PROXY_NAME = "tokenproxy"
 def error_response(exc: ProxyError) -> web.Response:
     body = {"error": exc.code, "message": exc.message, "connector": exc.connector}
     headers = {"Proxy-Status": f"{PROXY_NAME}; error={exc.proxy_status}", **exc.headers}
-    return web.Response(
+    response = web.Response(
         status=exc.status,
         body=orjson.dumps(body),
         content_type="application/json",
         headers=headers,
     )
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 class Gateway:

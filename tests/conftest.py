@@ -96,19 +96,33 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def raw_request(port: int, data: bytes, *, wait: float = 5) -> bytes:
-    """Send raw bytes, return everything the proxy answers until it closes (bounded)."""
+async def raw_request(port: int, data: bytes, *, until_close: bool = False) -> bytes:
+    """Send raw bytes; return the answer once the proxy closes, or (unless ``until_close``)
+    once one response with a ``Content-Length`` body is complete. Bounded to 5 seconds."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        chunks = []
-        async with asyncio.timeout(wait):
+        answer = b""
+        async with asyncio.timeout(5):
             while chunk := await reader.read(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
+                answer += chunk
+                if not until_close and _complete(answer):
+                    break
+        return answer
     finally:
         writer.close()
+
+
+def _complete(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def status_of(raw: bytes) -> int:

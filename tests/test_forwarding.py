@@ -389,7 +389,9 @@ async def test_upstream_failing_mid_body_aborts_the_client_connection(
         proxy = await start_proxy(
             {"connectors": {"api": connector(f"http://127.0.0.1:{raw.port}", timeouts=timeouts)}}
         )
-        answer = await raw_request(proxy.port, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await raw_request(
+            proxy.port, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n", until_close=True
+        )
     finally:
         await raw.close()
     head, _, body = answer.partition(b"\r\n\r\n")

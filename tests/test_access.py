@@ -1,0 +1,100 @@
+"""Who may use the proxy: client addresses and client keys (HARDENING.md G1-G4, G8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import RunningProxy, StartProxy, connector, raw_request, status_of
+from tests.fakes import RecordingUpstream
+
+KEY = "client-key-0123"
+
+
+async def _proxy(
+    start_proxy: StartProxy, upstream: RecordingUpstream, clients: dict[str, Any]
+) -> RunningProxy:
+    return await start_proxy({"clients": clients, "connectors": {"api": connector(upstream.url)}})
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "allowed"),
+    [(["127.0.0.0/8"], True), (["127.0.0.1/32", "10.0.0.0/8"], True), (["10.0.0.0/8"], False)],
+)
+async def test_client_address_allowlist_uses_the_socket_peer(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    client: aiohttp.ClientSession,
+    cidrs: list[str],
+    allowed: bool,
+) -> None:
+    proxy = await _proxy(start_proxy, upstream, {"allow_cidrs": cidrs})
+    spoofed = {"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "10.1.2.3", "Forwarded": "for=10.1.2.3"}
+    async with client.get(f"{proxy.url}/api/x", headers=spoofed) as response:
+        assert response.status == (200 if allowed else 403)
+        if not allowed:
+            assert (await response.json())["error"] == "forbidden"
+    assert len(upstream.requests) == (1 if allowed else 0)
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ([("Proxy-Authorization", f"Bearer {KEY}")], True),
+        ([("Proxy-Authorization", f"bearer {KEY}")], True),
+        ([("Proxy-Authorization", "Bearer other-key")], True),
+        ([], False),
+        ([("Proxy-Authorization", f"Bearer {KEY.upper()}")], False),
+        ([("Proxy-Authorization", f"Bearer {KEY}x")], False),
+        ([("Proxy-Authorization", f"Bearer  {KEY}")], False),
+        ([("Proxy-Authorization", f"Basic {KEY}")], False),
+        (
+            [("Proxy-Authorization", f"Bearer {KEY}"), ("Proxy-Authorization", f"Bearer {KEY}")],
+            False,
+        ),
+        ([("Authorization", f"Bearer {KEY}")], False),
+    ],
+)
+async def test_client_keys(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    client: aiohttp.ClientSession,
+    headers: list[tuple[str, str]],
+    allowed: bool,
+) -> None:
+    proxy = await _proxy(start_proxy, upstream, {"api_keys": [KEY, "other-key"]})
+    async with client.get(f"{proxy.url}/api/x", headers=headers) as response:
+        assert response.status == (200 if allowed else 403)
+    assert len(upstream.requests) == (1 if allowed else 0)
+    if allowed:  # the key is never forwarded
+        assert upstream.header_values("Proxy-Authorization") == []
+
+
+async def test_unknown_routes_are_refused_before_routing_without_a_key(
+    start_proxy: StartProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    proxy = await _proxy(start_proxy, upstream, {"api_keys": [KEY]})
+    async with client.get(f"{proxy.url}/nowhere") as response:
+        assert response.status == 403
+
+
+async def test_health_needs_no_client_key(
+    start_proxy: StartProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    proxy = await _proxy(start_proxy, upstream, {"api_keys": [KEY]})
+    async with client.get(f"{proxy.url}/_proxy/health") as response:
+        assert response.status == 200
+
+
+async def test_default_listener_is_loopback_only(
+    start_proxy: StartProxy, upstream: RecordingUpstream
+) -> None:
+    proxy = await start_proxy({"connectors": {"api": connector(upstream.url)}})
+    addresses = proxy.server._runner.addresses if proxy.server._runner else []
+    assert [address[0] for address in addresses] == ["127.0.0.1"]
+    answer = await raw_request(
+        proxy.port, b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert status_of(answer) == 200

@@ -1,0 +1,190 @@
+"""The listening side against hostile or odd clients, over raw sockets (HARDENING.md §5.A)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+
+from tests.conftest import RunningProxy, StartProxy, connector, raw_request, status_of
+from tests.fakes import RecordingUpstream
+
+GET = b"GET /api/x HTTP/1.1\r\nHost: x\r\n"
+
+MALFORMED = {
+    "cl-and-te": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two-lengths": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "plus-length": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na",
+    "negative-length": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "xchunked": b"POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "chunked-identity": b"POST /api/x HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "space-before-colon": b"POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+    "nul-in-value": GET + b"X-A: a\x00b\r\n\r\n",
+    "cr-in-value": GET + b"X-A: a\rb\r\n\r\n",
+    "obs-fold": GET + b"X-A: a\r\n b\r\n\r\n",
+    "empty-name": GET + b": value\r\n\r\n",
+    "duplicate-host": b"GET /api/x HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    "no-host-http11": b"GET /api/x HTTP/1.1\r\n\r\n",
+    "http09": b"GET /api/x\r\n\r\n",
+    "http2-line": b"GET /api/x HTTP/2.0\r\nHost: x\r\n\r\n",
+    "http12": b"GET /api/x HTTP/1.2\r\nHost: x\r\n\r\n",
+    "lowercase-method": b"get /api/x HTTP/1.1\r\nHost: x\r\n\r\n",
+    "raw-utf8-path": "GET /api/\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    "long-header": GET + b"X-A: " + b"a" * 9000 + b"\r\n\r\n",
+    "long-line": b"GET /api/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "many-headers": GET + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n",
+    "dot-segment": b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: x\r\n\r\n",
+    "encoded-slash": b"GET /api/..%2Fadmin HTTP/1.1\r\nHost: x\r\n\r\n",
+    "backslash": b"GET /api/..\\admin HTTP/1.1\r\nHost: x\r\n\r\n",
+    "double-slash": b"GET //api/x HTTP/1.1\r\nHost: x\r\n\r\n",
+    "semicolon-dots": b"GET /api/x;/../../admin HTTP/1.1\r\nHost: x\r\n\r\n",
+    "encoded-nul": b"GET /api/%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_malformed_requests_get_400_and_never_reach_the_upstream(
+    api_proxy: RunningProxy, upstream: RecordingUpstream, request_bytes: bytes
+) -> None:
+    answer = await raw_request(api_proxy.port, request_bytes)
+    assert status_of(answer) == 400  # aiohttp echoes the client's version in the status line
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("method", ["CONNECT", "TRACE"])
+async def test_connect_and_trace_are_405(
+    api_proxy: RunningProxy, upstream: RecordingUpstream, method: str
+) -> None:
+    target = b"api.example.com:443" if method == "CONNECT" else b"/api/x"
+    answer = await raw_request(
+        api_proxy.port, method.encode() + b" " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert status_of(answer) == 405
+    assert b"Proxy-Status: tokenproxy; error=http_request_denied" in answer
+    code = b"connect_not_supported" if method == "CONNECT" else b"method_not_allowed"
+    assert b'"error":"' + code + b'"' in answer
+    if method == "CONNECT":
+        assert b"TLS tunnel cannot carry injected credentials" in answer
+    assert upstream.requests == []
+
+
+async def test_unknown_prefix_is_404_no_route(
+    api_proxy: RunningProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    for path in ("/apix/y", "/other", "/"):
+        async with client.get(api_proxy.url + path) as response:
+            assert response.status == 404
+            assert await response.json() == {
+                "error": "no_route",
+                "message": "no connector matches this request",
+                "connector": None,
+            }
+            assert response.headers["Proxy-Status"] == "tokenproxy; error=destination_not_found"
+    assert upstream.requests == []
+
+
+async def test_absolute_form_and_host_header_select_by_hosts(
+    start_proxy: StartProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy(
+        {
+            "connectors": {
+                "api": connector(upstream.url + "/v2", hosts=["api.example.com"]),
+                "other": connector(upstream.url + "/other", route="/other"),
+            }
+        }
+    )
+    # Forward-proxy style, as a legacy client with HTTP_PROXY set sends it.
+    async with client.get("http://api.example.com/x?q=1", proxy=proxy.url) as response:
+        assert response.status == 200
+    assert (upstream.last["path"], upstream.last["query"]) == ("/v2/x", "q=1")
+    # Host header naming a configured host, on an origin-form request.
+    async with client.get(f"{proxy.url}/y", headers={"Host": "API.example.com:80"}) as response:
+        assert response.status == 200
+    assert upstream.last["path"] == "/v2/y"
+    # An absolute-form request for an unlisted host is 404, whatever its path.
+    async with client.get("http://evil.example/other/x", proxy=proxy.url) as response:
+        assert response.status == 404
+        assert (await response.json())["error"] == "no_route"
+    assert len(upstream.requests) == 2
+    assert all(h != "evil.example" for r in upstream.requests for k, h in r["headers"])
+
+
+async def test_upgrade_is_stripped_and_never_switches_protocols(
+    api_proxy: RunningProxy, upstream: RecordingUpstream
+) -> None:
+    request = (
+        b"GET /api/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    answer = await raw_request(api_proxy.port, request)
+    assert status_of(answer) == 200
+    assert len(upstream.requests) == 1
+    assert upstream.header_values("Upgrade") == []
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    api_proxy: RunningProxy, upstream: RecordingUpstream
+) -> None:
+    requests = b"".join(b"GET /api/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(20))
+    answer = await raw_request(
+        api_proxy.port,
+        requests + b"GET /api/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        until_close=True,
+    )
+    assert answer.count(b"HTTP/1.1 200 OK") == 21
+    assert [r["path"] for r in upstream.requests] == [f"/base/{i}" for i in range(20)] + [
+        "/base/last"
+    ]
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["idle", "dripping-headers"])
+async def test_slow_clients_are_closed_at_the_keepalive_deadline(
+    start_proxy: StartProxy, upstream: RecordingUpstream, drip: bool
+) -> None:
+    proxy = await start_proxy(
+        {"server": {"keepalive_timeout": 0.5}, "connectors": {"api": connector(upstream.url)}}
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    started = time.monotonic()
+    try:
+        if drip:
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(1024), 0.1)
+                except TimeoutError:
+                    if drip:
+                        writer.write(b"x")  # one byte every 0.1 s, never ending the headers
+                    continue
+                if not data:
+                    break
+    finally:
+        writer.close()
+    assert time.monotonic() - started < 3
+    assert upstream.requests == []
+
+
+def test_pure_python_parser_is_reported() -> None:
+    code = "from proxy.server import http_parser_warning; print(http_parser_warning())"
+    native = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert native.stdout.strip() == "None"
+    python = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},
+    )
+    assert "pure-Python HTTP parser" in python.stdout
