@@ -13,10 +13,12 @@ import signal
 
 import aiohttp.http_parser
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from proxy.config.models import Settings
 from proxy.connectors import ConnectorSet
-from proxy.gateway import Gateway
+from proxy.errors import BadRequestError, ProxyError
+from proxy.gateway import Gateway, error_response
 from proxy.logs import ACCESS_LOGGER, AccessLogger
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,39 @@ def http_parser_warning() -> str | None:
     )
 
 
+class _ProxyRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering its own errors in the contract's format.
+
+    aiohttp's default 400 page quotes the request bytes its parser rejected, which may hold
+    a client's credential; ours says only what kind of error it was.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # Keeps aiohttp's logging (filtered) and its refusal once a response is under way.
+        super().handle_error(request, status, exc, message)
+        error = (
+            BadRequestError("malformed HTTP request")
+            if status == 400
+            else ProxyError("internal error")
+        )
+        response = error_response(error)
+        response.set_status(status)
+        response.force_close()
+        return response
+
+
+class _ProxyHTTPServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        # web.Server offers no handler-class option; this mirrors its own __call__ (3.14).
+        return _ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
 class ProxyServer:
     """Start and stop one listening proxy. ``port`` is the bound port (useful with port 0)."""
 
@@ -51,7 +86,7 @@ class ProxyServer:
         settings = self.settings
         limits = settings.server
         self._connectors = ConnectorSet(settings)
-        handler = web.Server(
+        handler = _ProxyHTTPServer(
             Gateway(settings, self._connectors),
             handler_cancellation=True,  # a client that goes away cancels its upstream request
             keepalive_timeout=limits.keepalive_timeout,

@@ -352,3 +352,12 @@ def test_empty_file_is_a_valid_config_with_no_connectors(tmp_path: Path) -> None
     path = tmp_path / "empty.yaml"
     path.write_text("")
     assert load_settings(path).settings.connectors == {}
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", None), ("${TP_UNSET:-}", None), ("t", "t")])
+def test_empty_admin_token_means_none(
+    write_config: WriteConfig, raw: str, expected: str | None
+) -> None:
+    config = {**base_config(), "admin": {"token": raw}}
+    token = load_settings(write_config(config)).settings.admin.token
+    assert (token.get_secret_value() if token else None) == expected

@@ -55,6 +55,8 @@ async def test_malformed_requests_get_400_and_never_reach_the_upstream(
 ) -> None:
     answer = await raw_request(api_proxy.port, request_bytes)
     assert status_of(answer) == 400  # aiohttp echoes the client's version in the status line
+    assert b"Proxy-Status: tokenproxy; error=http_request_error\r\n" in answer
+    assert b'"error":"bad_request"' in answer
     assert upstream.requests == []
 
 

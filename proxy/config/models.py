@@ -25,6 +25,12 @@ class AdminConfig(StrictModel):
     prefix: RoutePrefix = Field("/_proxy", description="path prefix of the admin endpoints")
     token: SecretStr | None = Field(None, description="when set, admin POSTs need it as Bearer")
 
+    @field_validator("token")
+    @classmethod
+    def _empty_means_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # `token: ${ADMIN_TOKEN:-}` with the variable unset: no token, not an empty one.
+        return value if value is not None and value.get_secret_value() else None
+
     @field_validator("prefix")
     @classmethod
     def _not_root(cls, value: str) -> str:

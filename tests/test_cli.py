@@ -1,0 +1,175 @@
+"""The command line, run as a user runs it: ``python -m proxy ...`` in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import connector
+from tests.fakes import RecordingUpstream
+
+CANARY = "sec_CANARY_cli_5150"
+WriteConfig = Callable[[dict[str, Any]], Path]
+
+
+def tokenproxy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_version() -> None:
+    result = tokenproxy("--version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"tokenproxy \d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_check_valid_config_lists_connectors_and_warnings(write_config: WriteConfig) -> None:
+    path = write_config(
+        {
+            "connectors": {
+                "crm": connector(
+                    "http://api.example.com/v2", auth={"type": "static", "token": CANARY}
+                ),
+            }
+        }
+    )
+    result = tokenproxy("check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "warning: connectors.crm.upstream: plain http:// to api.example.com sends the injected "
+        "credential unencrypted",
+        f"{path}: valid, 1 connector(s)",
+        "  crm: route /api, auth static -> http://api.example.com/v2",
+    ]
+    assert CANARY not in result.stdout + result.stderr
+
+
+def test_check_invalid_config_exits_1_with_every_problem(write_config: WriteConfig) -> None:
+    path = write_config(
+        {
+            "listen": {"port": "x"},
+            "connectors": {
+                "crm": {
+                    "route": "/c",
+                    "upstream": "ftp://x",
+                    "auth": {"type": "static", "token": f"{CANARY}\n"},
+                }
+            },
+        }
+    )
+    result = tokenproxy("check", "-c", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"{path}: invalid configuration",
+        "  listen.port: Input should be a valid integer, unable to parse string as an integer",
+        "  connectors.crm.upstream: must be an absolute http:// or https:// URL",
+        "  connectors.crm.auth.token: may hold only printable ASCII characters (no CR, LF or "
+        "controls)",
+    ]
+    assert CANARY not in result.stderr
+
+
+def test_check_reads_the_config_named_by_the_environment(write_config: WriteConfig) -> None:
+    path = write_config({"connectors": {"a": connector("https://a.example")}})
+    result = tokenproxy("check", env={"TOKENPROXY_CONFIG": str(path)})
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"{path}: valid")
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--host", "0.0.0.0"], "listen.host: '0.0.0.0' is not a loopback address"),
+        (["--port", "70000"], "listen.port: Input should be less than or equal to 65535"),
+    ],
+)
+def test_run_refuses_an_invalid_config_with_exit_2(
+    write_config: WriteConfig, args: list[str], problem: str
+) -> None:
+    path = write_config({"connectors": {"a": connector("https://a.example")}})
+    result = tokenproxy("run", "-c", str(path), *args)
+    assert result.returncode == 2
+    assert problem in result.stderr
+
+
+@asynccontextmanager
+async def running(*args: str, ready: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """Start ``python -m proxy ARGS``; yield once a line matching ``ready`` was printed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output = ""
+    try:
+        async with asyncio.timeout(20):
+            while not re.search(ready, output):
+                line = await process.stdout.readline()
+                assert line, f"exited before it was ready:\n{output}"
+                output += line.decode()
+        yield process, output
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _stop(process: asyncio.subprocess.Process, sig: signal.Signals) -> tuple[int, str]:
+    process.send_signal(sig)
+    assert process.stdout is not None
+    async with asyncio.timeout(20):
+        rest = (await process.stdout.read()).decode()
+        return await process.wait(), rest
+
+
+async def test_run_serves_until_sigterm(
+    write_config: WriteConfig, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    path = write_config(
+        {"connectors": {"api": connector(upstream.url, auth={"type": "static", "token": CANARY})}}
+    )
+    args = ("run", "-c", str(path), "--port", "0", "--log-level", "debug")
+    async with running(*args, ready=r"listening on http://127\.0\.0\.1:\d+") as (process, output):
+        port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", output).group(1)  # type: ignore[union-attr]
+        async with client.get(f"http://127.0.0.1:{port}/api/x?secret={CANARY}") as response:
+            assert response.status == 200
+        code, rest = await _stop(process, signal.SIGTERM)
+    assert code == 0
+    assert upstream.header_values("Authorization") == [f"Bearer {CANARY}"]
+    log = output + rest
+    assert '"GET /api/x HTTP/1.1" 200' in log
+    assert CANARY not in log
+
+
+async def test_demo_prints_curl_lines_that_work(client: aiohttp.ClientSession) -> None:
+    async with running("demo", "--port", "0", ready="Ctrl-C stops everything") as (process, output):
+        urls = re.findall(r"curl -s '?(http://127\.0\.0\.1:\d+/echo/[^' ]*)'?", output)
+        assert urls, output
+        async with client.get(urls[0]) as response:
+            assert response.status == 200
+            echoed = await response.json()
+        assert echoed["path"] == "/v1/hello"
+        assert ["Authorization", "Bearer demo-static-token"] in echoed["headers"]
+        code, _ = await _stop(process, signal.SIGINT)
+    assert code == 0

@@ -1,0 +1,23 @@
+"""Every file shipped in config/ loads and passes validation as it stands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import load_settings
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+EXAMPLES = sorted(CONFIG_DIR.rglob("*.yaml"))
+
+
+def test_there_are_examples() -> None:
+    assert {p.name for p in EXAMPLES} >= {"tokenproxy.yaml", "minimal.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(CONFIG_DIR)) for p in EXAMPLES])
+def test_example_loads(path: Path) -> None:
+    loaded = load_settings(path)
+    assert loaded.settings.connectors
+    assert loaded.warnings == []
