@@ -15,11 +15,12 @@ from tests.conftest import RunningProxy, StartProxy, connector, raw_request, sta
 from tests.fakes import RecordingUpstream
 
 GET = b"GET /api/x HTTP/1.1\r\nHost: x\r\n"
+POST = b"POST /api/x HTTP/1.1\r\nHost: x\r\n"
 
 MALFORMED = {
     "cl-and-te": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "two-lengths": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "two-lengths": POST + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
     "plus-length": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na",
     "negative-length": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
     "xchunked": b"POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
