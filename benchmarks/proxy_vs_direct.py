@@ -1,0 +1,209 @@
+"""Small GETs through tokenproxy vs straight to the same upstream, measured side by side.
+
+    .venv/bin/python benchmarks/proxy_vs_direct.py            # 5 interleaved rounds of 5 s
+    .venv/bin/python benchmarks/proxy_vs_direct.py --smoke    # seconds; for CI, no numbers kept
+
+The upstream (aiohttp, ~100-byte answers) and the proxy each run in their own process. Load
+comes from wrk when installed (``apt-get install -y wrk``), else from a built-in aiohttp load
+generator, which is slower than wrk and says so. Rounds alternate direct and proxy so drift
+on a shared machine hits both alike; the table gives medians and the proxy/direct ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BODY = b'{"id": 1, "name": "benchmark", "items": [1, 2, 3], "padding": "xxxxxxxxxxxxxxxxxxxx"}\n'
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve_upstream(port: int) -> None:
+    from aiohttp import web
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        return web.Response(body=BODY, content_type="application/json")
+
+    async def main() -> None:
+        runner = web.ServerRunner(web.Server(handle, access_log=None))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def wait_for_port(port: int, deadline: float = 15) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@contextlib.contextmanager
+def upstream_process(port: int) -> Iterator[None]:
+    process = multiprocessing.get_context("spawn").Process(target=_serve_upstream, args=(port,))
+    process.start()
+    try:
+        wait_for_port(port)
+        yield
+    finally:
+        process.terminate()
+        process.join(5)
+
+
+@contextlib.contextmanager
+def proxy_process(port: int, upstream_port: int) -> Iterator[None]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.yaml"
+        config.write_text(
+            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+            "server: {access_log: false}\n"
+            "connectors:\n"
+            "  bench:\n"
+            "    route: /bench\n"
+            f"    upstream: http://127.0.0.1:{upstream_port}\n"
+            "    auth: {type: static, token: bench-token}\n"
+        )
+        command = [sys.executable, "-m", "proxy", "run", "-c", str(config)]
+        command += ["--log-level", "warning"]
+        process = subprocess.Popen(command)
+        try:
+            wait_for_port(port)
+            yield
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(10)
+
+
+def run_wrk(url: str, connections: int, seconds: float) -> Sample:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert match, out
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rps, out
+    return Sample(float(rps.group(1)), latency("50"), latency("99"))
+
+
+async def _builtin_load(url: str, connections: int, seconds: float) -> Sample:
+    import aiohttp
+
+    latencies: list[float] = []
+    end = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            while time.monotonic() < end:
+                started = time.perf_counter()
+                async with session.get(url) as response:
+                    await response.read()
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    latencies.sort()
+    pick = latencies.__getitem__
+    return Sample(
+        len(latencies) / seconds,
+        pick(len(latencies) // 2) * 1000,
+        pick(min(len(latencies) - 1, int(len(latencies) * 0.99))) * 1000,
+    )
+
+
+def measure(url: str, connections: int, seconds: float, use_wrk: bool) -> Sample:
+    if use_wrk:
+        return run_wrk(url, connections, seconds)
+    return asyncio.run(_builtin_load(url, connections, seconds))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="one short round (CI)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds, args.connections = 1, 1, 4
+    use_wrk = shutil.which("wrk") is not None
+    if not use_wrk:
+        print("wrk not found (apt-get install -y wrk): using the slower built-in load generator")
+
+    upstream_port, proxy_port = free_port(), free_port()
+    urls = {
+        "direct": f"http://127.0.0.1:{upstream_port}/items/1",
+        "tokenproxy": f"http://127.0.0.1:{proxy_port}/bench/items/1",
+    }
+    samples: dict[str, list[Sample]] = {name: [] for name in urls}
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    with upstream_process(upstream_port), proxy_process(proxy_port, upstream_port):
+        measure(urls["tokenproxy"], args.connections, min(args.seconds, 1), use_wrk)  # warm-up
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                samples[name].append(measure(url, args.connections, args.seconds, use_wrk))
+
+    tool = "wrk" if use_wrk else "built-in"
+    print(
+        f"\n{args.rounds} interleaved rounds x {args.seconds:g}s, {args.connections} connections, "
+        f"{len(BODY)}-byte responses, load by {tool}, medians:"
+    )
+    print(f"{'target':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    medians = {}
+    for name, runs in samples.items():
+        medians[name] = Sample(
+            statistics.median(s.rps for s in runs),
+            statistics.median(s.p50_ms for s in runs),
+            statistics.median(s.p99_ms for s in runs),
+        )
+        m = medians[name]
+        print(f"{name:<12}{m.rps:>10.0f}{m.p50_ms:>10.2f}{m.p99_ms:>10.2f}")
+    direct, proxy = medians["direct"], medians["tokenproxy"]
+    print(
+        f"tokenproxy/direct throughput: {proxy.rps / direct.rps:.2f}; "
+        f"added p50 latency: {proxy.p50_ms - direct.p50_ms:.2f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
