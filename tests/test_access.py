@@ -72,20 +72,21 @@ async def test_client_keys(
         assert upstream.header_values("Proxy-Authorization") == []
 
 
-async def test_unknown_routes_are_refused_before_routing_without_a_key(
-    start_proxy: StartProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/nowhere", 403), ("/api/x", 403), ("/_proxy/health", 200), ("/_proxy/connectors", 200)],
+)
+async def test_key_is_checked_before_routing_but_not_for_admin_reads(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    client: aiohttp.ClientSession,
+    path: str,
+    status: int,
 ) -> None:
     proxy = await _proxy(start_proxy, upstream, {"api_keys": [KEY]})
-    async with client.get(f"{proxy.url}/nowhere") as response:
-        assert response.status == 403
-
-
-async def test_health_needs_no_client_key(
-    start_proxy: StartProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
-) -> None:
-    proxy = await _proxy(start_proxy, upstream, {"api_keys": [KEY]})
-    async with client.get(f"{proxy.url}/_proxy/health") as response:
-        assert response.status == 200
+    async with client.get(proxy.url + path) as response:
+        assert response.status == status
+    assert upstream.requests == []
 
 
 async def test_default_listener_is_loopback_only(
