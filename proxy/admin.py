@@ -8,6 +8,7 @@ GET/HEAD must carry it as ``Authorization: Bearer <token>`` (compared in constan
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,9 +18,15 @@ from aiohttp import hdrs, web
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.models import AdminConfig
 from proxy.connectors import Connector, ConnectorSet
-from proxy.errors import AdminUnauthorizedError, MethodNotAllowedError, RouteNotFoundError
+from proxy.errors import (
+    AdminUnauthorizedError,
+    MethodNotAllowedError,
+    ProxyError,
+    RouteNotFoundError,
+)
 
 Endpoint = Callable[[], Awaitable[web.StreamResponse]]
+_REFRESH = re.compile(r"^/connectors/([A-Za-z0-9_-]+)/refresh$")
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
@@ -41,7 +48,8 @@ def describe_connector(connector: Connector) -> dict[str, Any]:
         "upstream": config.upstream,
         "auth": auth,
         "timeouts": config.timeouts.model_dump(),
-        "state": "ready",
+        "warmup": config.warmup,
+        **connector.authenticator.describe(),
     }
 
 
@@ -62,10 +70,14 @@ class AdminApi:
         return path == self.prefix or path.startswith(self.prefix + "/")
 
     async def handle(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        subpath = path[len(self.prefix) :]
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
             self._authorize(request)
-            raise MethodNotAllowedError(f"{request.method} is not supported here")
-        endpoint = self._endpoints.get(path[len(self.prefix) :])
+            refresh = _REFRESH.match(subpath)
+            if refresh is None or request.method != hdrs.METH_POST:
+                raise MethodNotAllowedError(f"{request.method} is not supported here")
+            return await self._refresh(refresh.group(1))
+        endpoint = self._endpoints.get(subpath)
         if endpoint is None:
             raise RouteNotFoundError("no such admin endpoint")
         return await endpoint()
@@ -81,8 +93,28 @@ class AdminApi:
         return json_response({"status": "ok"})
 
     async def _ready(self) -> web.StreamResponse:
-        states = {name: "ready" for name in self._connectors.connectors}
+        """Ready once every ``warmup`` connector holds a valid token."""
+        connectors = self._connectors.connectors.values()
+        states = {c.name: c.authenticator.describe()["state"] for c in connectors}
+        waiting = [
+            c.name for c in connectors if c.config.warmup and not c.authenticator.has_valid_token
+        ]
+        if waiting:
+            return json_response(
+                {"status": "not_ready", "waiting_for": waiting, "connectors": states}, status=503
+            )
         return json_response({"status": "ready", "connectors": states})
+
+    async def _refresh(self, name: str) -> web.StreamResponse:
+        connector = self._connectors.connectors.get(name)
+        if connector is None:
+            raise RouteNotFoundError(f"no connector named {name!r}")
+        try:
+            await connector.authenticator.refresh()
+        except ProxyError as exc:
+            exc.connector = name
+            raise
+        return json_response(describe_connector(connector))
 
     async def _list_connectors(self) -> web.StreamResponse:
         return json_response(

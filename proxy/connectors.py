@@ -16,6 +16,7 @@ from proxy.auth import Authenticator, build_authenticator
 from proxy.config.models import ConnectorConfig, Settings
 from proxy.routing import Match, RouteTable
 from proxy.target import Target
+from proxy.tokens.model import Clock
 
 # aiohttp adds these when absent; a transparent proxy must send only what the client sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -60,17 +61,19 @@ class Connector:
         return URL(url, encoded=True)
 
 
-def build_connector(name: str, config: ConnectorConfig) -> Connector:
+def build_connector(name: str, config: ConnectorConfig, clock: Clock | None = None) -> Connector:
     upstream = URL(config.upstream)
     origin = str(upstream.origin())
+    connect, read = config.timeouts.connect, config.timeouts.read
+    # The token endpoint gets the connector's timeouts too, and an overall bound: a provider
+    # dripping its answer must not hold every waiting request for ever.
+    token_timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect, sock_read=read)
     return Connector(
         name=name,
         config=config,
-        authenticator=build_authenticator(config.auth),
+        authenticator=build_authenticator(name, config.auth, token_timeout, clock),
         session=new_client_session(),
-        timeout=aiohttp.ClientTimeout(
-            total=None, connect=config.timeouts.connect, sock_read=config.timeouts.read
-        ),
+        timeout=aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read),
         origin=origin,
         base_path=upstream.raw_path.rstrip("/"),
     )
@@ -79,9 +82,10 @@ def build_connector(name: str, config: ConnectorConfig) -> Connector:
 class ConnectorSet:
     """All connectors of a config and their route table. Build it inside the event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.connectors = {
-            name: build_connector(name, config) for name, config in settings.connectors.items()
+            name: build_connector(name, config, clock)
+            for name, config in settings.connectors.items()
         }
         self._table: RouteTable[Connector] = RouteTable(
             routes=[
@@ -101,3 +105,4 @@ class ConnectorSet:
     async def close(self) -> None:
         for connector in self.connectors.values():
             await connector.session.close()
+            await connector.authenticator.close()

@@ -9,9 +9,12 @@
     ├── RouteNotFoundError             404 no_route
     ├── MethodNotAllowedError          405 method_not_allowed
     │   └── ConnectNotSupportedError   405 connect_not_supported
-    └── UpstreamError                  502 upstream_unreachable
-        ├── UpstreamTLSError           502 upstream_tls_error
-        └── UpstreamTimeoutError       504 upstream_timeout   (also a TimeoutError)
+    ├── UpstreamError                  502 upstream_unreachable
+    │   ├── UpstreamTLSError           502 upstream_tls_error
+    │   └── UpstreamTimeoutError       504 upstream_timeout   (also a TimeoutError)
+    ├── TokenEndpointError             502 token_endpoint_error
+    │   └── TokenEndpointTimeoutError  504 token_endpoint_timeout   (also a TimeoutError)
+    └── TokenUnavailableError          503 token_unavailable (with Retry-After)
 
     ConfigError(ValueError)            start-up only: every problem, each with its field path
 
@@ -98,6 +101,48 @@ class UpstreamTimeoutError(UpstreamError, TimeoutError):
     status = 504
     code = "upstream_timeout"
     proxy_status = "connection_timeout"
+
+
+class TokenEndpointError(ProxyError):
+    """No token could be had from the identity provider.
+
+    ``retryable`` says whether trying again at once may help (transport errors, 5xx, 429);
+    ``retry_after`` is the provider's own ``Retry-After``; ``oauth_error`` the RFC 6749 §5.2
+    error code it answered with, if any (never its ``error_description``).
+    """
+
+    status = 502
+    code = "token_endpoint_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        connector: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        oauth_error: str | None = None,
+    ) -> None:
+        super().__init__(message, connector=connector)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.oauth_error = oauth_error
+
+
+class TokenEndpointTimeoutError(TokenEndpointError, TimeoutError):
+    status = 504
+    code = "token_endpoint_timeout"
+    proxy_status = "connection_timeout"
+
+
+class TokenUnavailableError(ProxyError):
+    """The token endpoint is in back-off after failures: answered at once, never queued."""
+
+    status = 503
+    code = "token_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int, connector: str | None = None) -> None:
+        super().__init__(message, connector=connector, headers={"Retry-After": str(retry_after)})
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 
 import aiohttp
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
+from proxy.auth import Credential
 from proxy.connectors import Connector
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
 from proxy.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
@@ -59,19 +61,49 @@ def map_client_errors(connector: str) -> Iterator[None]:
 async def forward(
     request: web.BaseRequest, connector: Connector, rest: str, query: str | None
 ) -> web.StreamResponse:
+    auth = connector.authenticator
     headers = filter_headers(request.headers, REQUEST_DROPPED)
-    credential = await connector.authenticator.credential()
+    body: bytes | aiohttp.StreamReader | None = None
+    if request.body_exists:
+        length = request.content_length
+        if length is not None:
+            # Keep the client's framing: many APIs refuse chunked uploads.
+            headers[hdrs.CONTENT_LENGTH] = str(length)
+        if auth.reauth_on and length is not None and length <= auth.replay_limit:
+            body = await request.content.read()  # small enough to replay after a 401
+        else:
+            body = request.content
+    replayable = not isinstance(body, aiohttp.StreamReader)
+
+    credential = await auth.credential()
+    upstream = await _send(request, connector, rest, query, headers, body, credential)
+    if credential is not None and upstream.status in auth.reauth_on:
+        # Compare-and-invalidate, then one replay with the new credential (RFC 6750 §3.1).
+        renewed = await auth.renew(credential)
+        if renewed is not None and replayable:
+            upstream.close()
+            upstream = await _send(request, connector, rest, query, headers, body, renewed)
+    try:
+        return await _relay(request, upstream, connector)
+    finally:
+        # Never leave a half-read connection in the pool (HARDENING.md C16).
+        upstream.close()
+
+
+async def _send(
+    request: web.BaseRequest,
+    connector: Connector,
+    rest: str,
+    query: str | None,
+    headers: CIMultiDict[str],
+    body: bytes | aiohttp.StreamReader | None,
+    credential: Credential | None,
+) -> aiohttp.ClientResponse:
+    headers = headers.copy()
     if credential is not None:
         query = credential.apply(headers, query)
-    body = None
-    if request.body_exists:
-        body = request.content
-        if request.content_length is not None:
-            # Keep the client's framing: many APIs refuse chunked uploads.
-            headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
-
     with map_client_errors(connector.name):
-        upstream = await connector.session.request(
+        return await connector.session.request(
             request.method,
             connector.upstream_url(rest, query),
             headers=headers,
@@ -79,11 +111,6 @@ async def forward(
             allow_redirects=False,
             timeout=connector.timeout,
         )
-    try:
-        return await _relay(request, upstream, connector)
-    finally:
-        # Never leave a half-read connection in the pool (HARDENING.md C16).
-        upstream.close()
 
 
 async def _relay(

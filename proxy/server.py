@@ -8,6 +8,7 @@ sees every request, which removes most of aiohttp's historical attack surface
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -16,10 +17,11 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config.models import Settings
-from proxy.connectors import ConnectorSet
+from proxy.connectors import Connector, ConnectorSet
 from proxy.errors import BadRequestError, ProxyError
 from proxy.gateway import Gateway, error_response
 from proxy.logs import ACCESS_LOGGER, AccessLogger
+from proxy.tokens.model import Clock
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +78,18 @@ class _ProxyHTTPServer(web.Server):
 class ProxyServer:
     """Start and stop one listening proxy. ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        self._clock = clock
         self.port: int | None = None
         self._runner: web.ServerRunner | None = None
+        self._warmups: set[asyncio.Task[None]] = set()
         self._connectors: ConnectorSet | None = None
 
     async def start(self) -> None:
         settings = self.settings
         limits = settings.server
-        self._connectors = ConnectorSet(settings)
+        self._connectors = ConnectorSet(settings, self._clock)
         handler = _ProxyHTTPServer(
             Gateway(settings, self._connectors),
             handler_cancellation=True,  # a client that goes away cancels its upstream request
@@ -104,8 +108,22 @@ class ProxyServer:
         site = web.TCPSite(self._runner, settings.listen.host, settings.listen.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        for connector in self._connectors.connectors.values():
+            if connector.config.warmup:
+                task = asyncio.get_running_loop().create_task(self._warm_up(connector))
+                self._warmups.add(task)
+                task.add_done_callback(self._warmups.discard)
+
+    @staticmethod
+    async def _warm_up(connector: Connector) -> None:
+        """Fetch the first token now; /ready stays 503 until it is there. Failures are logged
+        by the token manager, and the next request tries again."""
+        with contextlib.suppress(ProxyError):
+            await connector.authenticator.refresh()
 
     async def stop(self) -> None:
+        for task in list(self._warmups):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

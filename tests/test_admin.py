@@ -22,7 +22,7 @@ async def test_ready_lists_every_connector(
 ) -> None:
     async with client.get(f"{api_proxy.url}/_proxy/ready") as response:
         assert response.status == 200
-        assert await response.json() == {"status": "ready", "connectors": {"api": "ready"}}
+        assert await response.json() == {"status": "ready", "connectors": {"api": "static"}}
 
 
 async def test_connectors_describe_routing_but_never_credentials(
@@ -54,7 +54,8 @@ async def test_connectors_describe_routing_but_never_credentials(
                 "upstream": upstream.url + "/v2",
                 "auth": {"type": "static", "header": "Authorization"},
                 "timeouts": {"connect": 10, "read": 60},
-                "state": "ready",
+                "warmup": False,
+                "state": "static",
             },
             {
                 "name": "q",
@@ -63,7 +64,8 @@ async def test_connectors_describe_routing_but_never_credentials(
                 "upstream": upstream.url,
                 "auth": {"type": "static", "query_param": "key"},
                 "timeouts": {"connect": 2, "read": 3},
-                "state": "ready",
+                "warmup": False,
+                "state": "static",
             },
         ]
     }

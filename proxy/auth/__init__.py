@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import aiohttp
+
 from proxy.auth.base import Authenticator, Credential
 from proxy.auth.static import FixedAuthenticator, basic_authenticator, static_authenticator
-from proxy.config.auth import AuthConfig, BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
+from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
+from proxy.config.models import AuthConfig
+from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.tokens.endpoint import new_token_session
+from proxy.tokens.manager import TokenManager
+from proxy.tokens.model import Clock
+from proxy.tokens.oauth2 import OAuth2Grant
 
 
-def build_authenticator(config: AuthConfig) -> Authenticator:
+def build_authenticator(
+    name: str, config: AuthConfig, timeout: aiohttp.ClientTimeout, clock: Clock | None = None
+) -> Authenticator:
+    """The connector's authenticator. ``timeout`` bounds each token request."""
     match config:
         case NoneAuthConfig():
             return FixedAuthenticator(None)
@@ -15,6 +26,9 @@ def build_authenticator(config: AuthConfig) -> Authenticator:
             return static_authenticator(config)
         case BasicAuthConfig():
             return basic_authenticator(config)
+        case OAuth2AuthConfig():
+            grant = OAuth2Grant(config, name)
+            return TokenManager(name, config, grant, new_token_session(), timeout, clock=clock)
 
 
 __all__ = ["Authenticator", "Credential", "build_authenticator"]

@@ -8,7 +8,7 @@ are further authenticators behind the same protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from multidict import CIMultiDict
@@ -61,9 +61,31 @@ def credential_for(token: str, config: InjectedAuthConfig) -> Credential:
 class Authenticator(Protocol):
     """Supplies the credential for one connector's upstream requests."""
 
+    reauth_on: frozenset[int]
+    """Upstream statuses after which :meth:`renew` is worth asking (empty: never)."""
+    replay_limit: int
+    """Largest request body to buffer so the request can be replayed after a renewal."""
+
     async def credential(self) -> Credential | None:
         """The credential to inject now, or ``None`` to forward without one (type ``none``).
 
         Raises a :class:`~proxy.errors.ProxyError` when no credential can be had.
         """
         ...
+
+    async def renew(self, rejected: Credential) -> Credential | None:
+        """The upstream rejected ``rejected``: return a credential to replay with, or None."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """State for ``/connectors`` and ``/ready``: never a credential."""
+        ...
+
+    @property
+    def has_valid_token(self) -> bool: ...
+
+    async def refresh(self) -> None:
+        """Obtain a new credential now; raises a ProxyError on failure. No-op if fixed."""
+        ...
+
+    async def close(self) -> None: ...

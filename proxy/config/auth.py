@@ -1,12 +1,12 @@
-"""The ``auth`` block of a connector: one model per ``type``, joined in one tagged union.
+"""The ``auth`` block of a connector for credentials fixed in the config.
 
-A new auth type is a new model here plus its entry in :data:`AuthConfig`; nothing else in the
-config layer changes.
+Each ``type`` is one model; :data:`proxy.config.models.AuthConfig` joins them (and the
+token-issuing types of :mod:`proxy.config.oauth2`) in one tagged union.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -66,10 +66,3 @@ class BasicAuthConfig(InjectedAuthConfig):
         if ":" in value:
             raise ValueError("must not contain ':' (RFC 7617 §2)")
         return value
-
-
-AuthConfig = Annotated[
-    NoneAuthConfig | StaticAuthConfig | BasicAuthConfig,
-    Field(discriminator="type"),
-]
-AUTH_TYPES = ("none", "static", "basic")

@@ -6,11 +6,11 @@ Every message names the field and states the rule, never a secret value.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from yarl import URL
 
+from proxy.config.base import is_loopback_host
 from proxy.config.models import Settings
 
 
@@ -18,16 +18,6 @@ from proxy.config.models import Settings
 class CheckResult:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals; any other name counts as public."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _route_covers(prefix: str, path: str) -> bool:
@@ -70,6 +60,11 @@ def cross_check(settings: Settings) -> CheckResult:
                 )
             else:
                 hosts[host] = name
+        if getattr(connector.auth, "grant", None) == "password":
+            result.warnings.append(
+                f"{where}.auth.grant: the password grant is deprecated by RFC 9700 §2.4; "
+                "prefer client credentials where the provider offers them"
+            )
         upstream = URL(connector.upstream)
         if upstream.scheme == "http" and not is_loopback_host(upstream.host or ""):
             result.warnings.append(

@@ -16,9 +16,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource
 
-from proxy.config.auth import AUTH_TYPES
 from proxy.config.checks import cross_check
-from proxy.config.models import ENV_PREFIX, Settings
+from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
 from proxy.config.sources import Location, resolve_tree
 from proxy.errors import ConfigError
 

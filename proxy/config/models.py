@@ -6,14 +6,24 @@ listener without client restrictions) are checked by :mod:`proxy.config.checks`.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
-from proxy.config.auth import AuthConfig
+from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.base import HostName, RoutePrefix, StrictModel
+from proxy.config.oauth2 import OAuth2AuthConfig
 
 ENV_PREFIX = "TOKENPROXY_"
+
+# A new auth type is a model plus its entry here; nothing else in the config layer changes.
+AuthConfig = Annotated[
+    NoneAuthConfig | StaticAuthConfig | BasicAuthConfig | OAuth2AuthConfig,
+    Field(discriminator="type"),
+]
+AUTH_TYPES = ("none", "static", "basic", "oauth2")
 
 
 class ListenConfig(StrictModel):
@@ -79,6 +89,7 @@ class ConnectorConfig(StrictModel):
     hosts: list[HostName] = Field(default_factory=list, description="select by Host / absolute URI")
     upstream: str = Field(description="base URL: /<route>/x/y -> <upstream>/x/y")
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    warmup: bool = Field(False, description="fetch a token at start; /ready waits for it")
     auth: AuthConfig
 
     @field_validator("upstream")

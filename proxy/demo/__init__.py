@@ -1,8 +1,8 @@
 """``tokenproxy demo``: a working proxy with nothing to configure.
 
-It starts a demo echo upstream and the proxy on loopback, with one connector per auth type
-that can run without outside services, and prints ``curl`` lines that show the injected
-credentials arriving at the upstream.
+It starts a demo identity provider, a demo echo upstream and the proxy on loopback, with one
+connector per auth type that can run without outside services, and prints ``curl`` lines
+that show the injected credentials arriving at the upstream.
 """
 
 from __future__ import annotations
@@ -13,12 +13,19 @@ from aiohttp import web
 
 from proxy.config.models import Settings
 from proxy.demo.echo import create_echo_server
+from proxy.demo.idp import (
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    DEMO_PASSWORD,
+    DEMO_USERNAME,
+    DemoIdentityProvider,
+)
 from proxy.server import ProxyServer, stop_on_signals
 
 DEMO_STATIC_TOKEN = "demo-static-token"
 
 
-def demo_settings(echo_url: str, port: int) -> Settings:
+def demo_settings(echo_url: str, idp_url: str, port: int) -> Settings:
     return Settings.model_validate(
         {
             "listen": {"host": "127.0.0.1", "port": port},
@@ -34,6 +41,33 @@ def demo_settings(echo_url: str, port: int) -> Settings:
                     "upstream": echo_url,
                     "auth": {"type": "basic", "username": "demo", "password": "demo-password"},
                 },
+                "echo-oauth": {
+                    "route": "/echo-oauth",
+                    "upstream": echo_url,
+                    "warmup": True,
+                    "auth": {
+                        "type": "oauth2",
+                        "grant": "client_credentials",
+                        "token_url": f"{idp_url}/token",
+                        "client_id": DEMO_CLIENT_ID,
+                        "client_secret": DEMO_CLIENT_SECRET,
+                        "scopes": ["demo.read", "demo.write"],
+                    },
+                },
+                "echo-password": {
+                    "route": "/echo-password",
+                    "upstream": echo_url,
+                    "auth": {
+                        "type": "oauth2",
+                        "grant": "password",
+                        "token_url": f"{idp_url}/token",
+                        "client_id": DEMO_CLIENT_ID,
+                        "client_secret": DEMO_CLIENT_SECRET,
+                        "client_auth": "client_secret_post",
+                        "username": DEMO_USERNAME,
+                        "password": DEMO_PASSWORD,
+                    },
+                },
             },
         }
     )
@@ -44,6 +78,8 @@ def curl_lines(port: int) -> list[str]:
     return [
         f"curl -s '{base}/echo/hello?name=world'",
         f"curl -s -X POST --data 'ping' {base}/echo-basic/items",
+        f"curl -s {base}/echo-oauth/orders",
+        f"curl -s {base}/echo-password/profile",
         f"curl -s -x {base} http://echo.demo.localhost/hello",
         f"curl -s {base}/_proxy/connectors",
         f"curl -si {base}/nowhere",
@@ -54,22 +90,26 @@ async def run_demo(port: int = 8080, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
 
-    echo_runner = web.ServerRunner(create_echo_server(), handle_signals=False)
-    await echo_runner.setup()
-    await web.TCPSite(echo_runner, "127.0.0.1", 0).start()
-    echo_port = echo_runner.addresses[0][1]
-    proxy = ProxyServer(demo_settings(f"http://127.0.0.1:{echo_port}", port))
+    runners = []
+    for server in (create_echo_server(), web.Server(DemoIdentityProvider(), access_log=None)):
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+    echo_url, idp_url = (f"http://127.0.0.1:{r.addresses[0][1]}" for r in runners)
+    proxy = ProxyServer(demo_settings(echo_url, idp_url, port))
     try:
         await proxy.start()
         assert proxy.port is not None
         lines = "\n".join(f"  {line}" for line in curl_lines(proxy.port))
         print(
             f"tokenproxy demo: proxy on http://127.0.0.1:{proxy.port}, "
-            f"echo upstream on http://127.0.0.1:{echo_port}\n"
+            f"echo upstream on {echo_url}, identity provider on {idp_url}\n"
             f"Try:\n{lines}\nCtrl-C stops everything.",
             flush=True,
         )
         await stop.wait()
     finally:
         await proxy.stop()
-        await echo_runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()

@@ -1,0 +1,148 @@
+"""Config of auth types that obtain tokens from an identity provider.
+
+:class:`TokenLifecycleConfig` holds what every token-issuing type shares (expiry, renewal,
+re-auth); :class:`OAuth2AuthConfig` adds the OAuth2 grants of RFC 6749.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, SecretStr, field_validator, model_validator
+from yarl import URL
+
+from proxy.config.auth import InjectedAuthConfig
+from proxy.config.base import HeaderName, is_loopback_host
+
+# Parameters the grant itself sets; extra_params may not smuggle a second copy of them.
+RESERVED_PARAMS = frozenset(
+    {"grant_type", "client_id", "client_secret", "username", "password", "refresh_token"}
+)
+
+
+def token_endpoint_url(value: str) -> str:
+    """An https:// URL, or http:// to loopback only (RFC 6749 §3.2: the endpoint MUST use TLS)."""
+    try:
+        url = URL(value)
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute https:// URL")
+    if url.scheme == "http" and not is_loopback_host(url.host):
+        raise ValueError("must use https:// (plain http:// only to a loopback address)")
+    if url.user is not None or url.password is not None or url.fragment:
+        raise ValueError("must not carry credentials or a fragment")
+    return value
+
+
+def _json_object(value: Any) -> Any:
+    """Accept a mapping, or a JSON object written as a string (how vendor UIs store them)."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise ValueError("must be a mapping, or a JSON object as a string") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping, or a JSON object as a string")
+    return {key: item if isinstance(item, str) else str(item) for key, item in value.items()}
+
+
+class TokenLifecycleConfig(InjectedAuthConfig):
+    """How tokens from an identity provider are cached, renewed and re-acquired."""
+
+    refresh_margin: float = Field(
+        60, ge=0, description="seconds before expiry when a token is no longer handed out"
+    )
+    default_ttl: float = Field(
+        300, gt=0, description="lifetime when the response gives none and it is not a JWT"
+    )
+    max_ttl: float = Field(86400, gt=0, description="longer lifetimes are clamped to this")
+    reauth_on: list[int] = Field(
+        default_factory=lambda: [401],
+        description="upstream statuses that invalidate the token and replay the request once",
+    )
+    reauth_max_body: int = Field(
+        1024 * 1024, ge=0, description="largest request body buffered so it can be replayed"
+    )
+    reauth_interval: float = Field(
+        30, ge=0, description="least seconds between two forced refreshes of one connector"
+    )
+
+    @field_validator("reauth_on")
+    @classmethod
+    def _client_error_statuses(cls, value: list[int]) -> list[int]:
+        if any(not 400 <= status <= 499 for status in value):
+            raise ValueError("may list only 4xx statuses")
+        return value
+
+
+class OAuth2AuthConfig(TokenLifecycleConfig):
+    """OAuth2 token endpoint (RFC 6749): client credentials, password or refresh-token grant."""
+
+    type: Literal["oauth2"]
+    grant: Literal["client_credentials", "password", "refresh_token"]
+    token_url: str
+    refresh_url: str | None = Field(None, description="default: token_url")
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_auth: Literal["client_secret_basic", "client_secret_post", "none"] = (
+        "client_secret_basic"
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    refresh_token: SecretStr | None = Field(None, description="seed of the refresh_token grant")
+    grant_type: str | None = Field(None, min_length=1, description="overrides the wire value")
+    scopes: list[str] | str | None = None
+    scope_separator: str = " "
+    audience: str | None = None
+    extra_params: dict[str, SecretStr] = Field(
+        default_factory=dict, description="added to the token request body"
+    )
+    headers: dict[HeaderName, SecretStr] = Field(
+        default_factory=dict, description="sent to the token endpoint"
+    )
+    token_field: Literal["access_token", "id_token"] = "access_token"
+
+    _token_url = field_validator("token_url")(token_endpoint_url)
+
+    @field_validator("refresh_url")
+    @classmethod
+    def _refresh_url(cls, value: str | None) -> str | None:
+        return None if value is None else token_endpoint_url(value)
+
+    @field_validator("extra_params", "headers", mode="before")
+    @classmethod
+    def _mapping(cls, value: Any) -> Any:
+        return _json_object(value)
+
+    @field_validator("extra_params")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        clashes = sorted(RESERVED_PARAMS & value.keys())
+        if clashes:
+            raise ValueError(f"must not set {', '.join(clashes)}: use the dedicated fields")
+        return value
+
+    @model_validator(mode="after")
+    def _grant_needs(self) -> OAuth2AuthConfig:
+        needed = {
+            "client_credentials": ("client_id",),
+            "password": ("username", "password"),
+            "refresh_token": ("refresh_token",),
+        }[self.grant]
+        if self.client_auth != "none":
+            needed += ("client_id", "client_secret")
+        missing = sorted({name for name in needed if getattr(self, name) is None})
+        if missing:
+            raise ValueError(
+                f"grant {self.grant!r} with client_auth {self.client_auth!r} needs "
+                + ", ".join(missing)
+            )
+        return self
+
+    @property
+    def scope(self) -> str | None:
+        if self.scopes is None or isinstance(self.scopes, str):
+            return self.scopes
+        return self.scope_separator.join(self.scopes) or None

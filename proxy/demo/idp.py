@@ -1,0 +1,148 @@
+"""The demo identity provider: an OAuth2 token endpoint (RFC 6749) on loopback.
+
+Grants: client credentials, password, and refresh token with rotation. Presenting a refresh
+token that was already used revokes its whole family, as RFC 9700 §4.14 providers do, so a
+client that ever runs two refreshes with the same token is caught. Client authentication by
+``client_secret_basic`` (form-urlencoded before base64, RFC 6749 §2.3.1) or
+``client_secret_post``, never both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+import orjson
+from aiohttp import hdrs, web
+
+DEMO_CLIENT_ID = "demo-client"
+DEMO_CLIENT_SECRET = "demo-secret"
+DEMO_USERNAME = "demo-user"
+DEMO_PASSWORD = "demo-password"
+
+
+class OAuthError(Exception):
+    def __init__(self, error: str, status: int = 400, description: str = "") -> None:
+        super().__init__(error)
+        self.error, self.status, self.description = error, status, description
+
+
+@dataclass
+class RefreshFamily:
+    subject: str
+    current: str
+    used: set[str] = field(default_factory=set)
+    revoked: bool = False
+
+
+def oauth_json(payload: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(payload),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+class DemoIdentityProvider:
+    """``POST /token``. ``expires_in`` is the lifetime it grants, in seconds."""
+
+    def __init__(self, expires_in: int = 300) -> None:
+        self.expires_in = expires_in
+        self.clients = {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}
+        self.users = {DEMO_USERNAME: DEMO_PASSWORD}
+        self.issued: set[str] = set()
+        self._families: dict[str, RefreshFamily] = {}
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/token" or request.method != hdrs.METH_POST:
+            return oauth_json({"error": "not_found"}, status=404)
+        form = {key: str(value) for key, value in (await request.post()).items()}
+        try:
+            return oauth_json(self.grant(request, form))
+        except OAuthError as exc:
+            body = {"error": exc.error}
+            if exc.description:
+                body["error_description"] = exc.description
+            headers = {"WWW-Authenticate": "Basic"} if exc.status == 401 else {}
+            response = oauth_json(body, status=exc.status)
+            response.headers.update(headers)
+            return response
+
+    def authenticate_client(self, request: web.BaseRequest, form: dict[str, str]) -> str:
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        if header is not None and "client_secret" in form:
+            raise OAuthError("invalid_request", description="more than one client authentication")
+        if header is not None:
+            scheme, _, encoded = header.partition(" ")
+            try:
+                decoded = base64.b64decode(encoded, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise OAuthError("invalid_client", 401) from None
+            if scheme.lower() != "basic" or ":" not in decoded:
+                raise OAuthError("invalid_client", 401)
+            raw_id, raw_secret = decoded.split(":", 1)
+            client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+        else:
+            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+        expected = self.clients.get(client_id)
+        if expected is None or not secrets.compare_digest(secret.encode(), expected.encode()):
+            raise OAuthError("invalid_client", 401)
+        return client_id
+
+    def grant(self, request: web.BaseRequest, form: dict[str, str]) -> dict[str, Any]:
+        client_id = self.authenticate_client(request, form)
+        grant_type = form.get("grant_type")
+        if grant_type == "client_credentials":
+            return self.issue(client_id, with_refresh=False, scope=form.get("scope"))
+        if grant_type == "password":
+            username, password = form.get("username", ""), form.get("password", "")
+            expected = self.users.get(username)
+            if expected is None or not secrets.compare_digest(password.encode(), expected.encode()):
+                raise OAuthError("invalid_grant", description="bad username or password")
+            return self.issue(username, with_refresh=True, scope=form.get("scope"))
+        if grant_type == "refresh_token":
+            return self.refresh(form.get("refresh_token", ""))
+        raise OAuthError("unsupported_grant_type")
+
+    def refresh(self, presented: str) -> dict[str, Any]:
+        family = self._families.get(presented)
+        if family is None or family.revoked:
+            raise OAuthError("invalid_grant", description="unknown or revoked refresh token")
+        if presented != family.current:
+            family.revoked = True  # reuse of a rotated token: revoke the whole family
+            raise OAuthError("invalid_grant", description="refresh token reuse detected")
+        family.used.add(presented)
+        token = self.issue(family.subject, with_refresh=False)
+        family.current = secrets.token_urlsafe(24)
+        self._families[family.current] = family
+        token["refresh_token"] = family.current
+        return token
+
+    def issue(
+        self, subject: str, *, with_refresh: bool, scope: str | None = None
+    ) -> dict[str, Any]:
+        access_token = "demo-at-" + secrets.token_urlsafe(24)
+        self.issued.add(access_token)
+        token: dict[str, Any] = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+        }
+        if scope:
+            token["scope"] = scope
+        if with_refresh:
+            refresh_token = secrets.token_urlsafe(24)
+            self._families[refresh_token] = RefreshFamily(subject, refresh_token)
+            token["refresh_token"] = refresh_token
+        return token
+
+    def seed_refresh_token(self, subject: str = DEMO_USERNAME) -> str:
+        """A fresh refresh token, as an authorization-code bootstrap would have produced."""
+        refresh_token = secrets.token_urlsafe(24)
+        self._families[refresh_token] = RefreshFamily(subject, refresh_token)
+        return refresh_token

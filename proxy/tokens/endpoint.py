@@ -1,0 +1,170 @@
+"""Sending one token request, and judging the answer.
+
+Every failure becomes a :class:`~proxy.errors.TokenEndpointError` that says whether an
+immediate retry may help. Nothing here logs a request or response body, a header, or the
+provider's ``error_description`` above DEBUG (it may quote what we sent).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+
+from proxy.errors import TokenEndpointError, TokenEndpointTimeoutError
+
+logger = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 1024 * 1024
+_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+_MEDIA_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]{1,40}/[a-z0-9!#$&^_.+-]{1,60}$")
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """A token request, built without I/O by a grant and sent by :func:`send_token_request`.
+
+    ``replayable`` is False for requests whose loss is ambiguous: a refresh-token grant the
+    provider may have executed (rotating the token) before the answer was lost must not be
+    sent again blindly (RFC 9700 §4.14).
+    """
+
+    url: str
+    method: str = "POST"
+    form: Mapping[str, str] | None = field(default=None, repr=False)
+    json: Any = field(default=None, repr=False)
+    query: Mapping[str, str] | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    replayable: bool = True
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes = field(repr=False)
+
+
+def new_token_session() -> aiohttp.ClientSession:
+    """The token endpoint's own pool, apart from the upstream's so neither starves the other."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=10),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        headers={"User-Agent": "tokenproxy", "Accept": "application/json"},
+    )
+
+
+async def send_token_request(
+    session: aiohttp.ClientSession, request: TokenRequest, limits: aiohttp.ClientTimeout
+) -> TokenResponse:
+    """Send ``request``; never follow a redirect; read at most 1 MiB of answer."""
+    try:
+        async with session.request(
+            request.method,
+            request.url,
+            params=request.query,
+            data=request.form,
+            json=request.json,
+            headers=request.headers,
+            allow_redirects=False,
+            timeout=limits,
+        ) as response:
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise TokenEndpointError("the token endpoint's answer is larger than 1 MiB")
+            return TokenResponse(response.status, response.headers, bytes(body))
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise TokenEndpointTimeoutError(
+            "timed out waiting for the token endpoint", retryable=request.replayable
+        ) from None
+    except aiohttp.ClientSSLError:
+        raise TokenEndpointError("TLS handshake with the token endpoint failed") from None
+    except aiohttp.ClientConnectorError:
+        # Nothing was sent, so trying again is always safe.
+        raise TokenEndpointError("cannot connect to the token endpoint", retryable=True) from None
+    except aiohttp.ClientError:
+        raise TokenEndpointError(
+            "the token endpoint closed the connection or sent a malformed answer",
+            retryable=request.replayable,
+        ) from None
+
+
+def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _oauth_error(body: bytes) -> tuple[str | None, str | None]:
+    """``error`` and ``error_description`` of an RFC 6749 §5.2 answer, sanitised."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(payload, dict):
+        return None, None
+    code = payload.get("error")
+    description = payload.get("error_description")
+    code = code if isinstance(code, str) and _ERROR_CODE.match(code) else None
+    if isinstance(description, str):
+        description = _PRINTABLE.sub("?", description)[:200]
+    else:
+        description = None
+    return code, description
+
+
+def json_payload(response: TokenResponse, connector: str) -> dict[str, Any]:
+    """The JSON object of a 2xx answer, or the classified error of any other answer."""
+    status = response.status
+    if 300 <= status < 400:
+        raise TokenEndpointError(
+            f"the token endpoint answered {status} (a redirect, never followed)"
+        )
+    if status == 429 or status >= 500:
+        raise TokenEndpointError(
+            f"the token endpoint answered {status}",
+            retryable=True,
+            retry_after=_retry_after(response.headers),
+        )
+    if status >= 400:
+        code, description = _oauth_error(response.body)
+        if description:
+            logger.debug(
+                "connector %s: token endpoint error_description: %s", connector, description
+            )
+        reason = f"{status} {code}" if code else str(status)
+        raise TokenEndpointError(
+            f"the token endpoint refused the request ({reason})", oauth_error=code
+        )
+    if status < 200:
+        raise TokenEndpointError(f"the token endpoint answered {status}")
+    try:
+        payload = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        shown = media_type if _MEDIA_TYPE.match(media_type) else "unknown"
+        raise TokenEndpointError(
+            f"the token endpoint's answer is not JSON (Content-Type: {shown})"
+        ) from None
+    if not isinstance(payload, dict):
+        raise TokenEndpointError("the token endpoint's answer is not a JSON object")
+    return payload

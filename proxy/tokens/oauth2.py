@@ -1,0 +1,114 @@
+"""The OAuth2 grants of RFC 6749 as pure request builders and response readers (no I/O).
+
+Client authentication follows RFC 6749 §2.3.1: with ``client_secret_basic`` the id and secret
+are form-urlencoded *before* base64, and credentials never go both in the header and the body.
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote_plus
+
+from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.tokens.endpoint import TokenRequest, TokenResponse, json_payload
+from proxy.tokens.model import (
+    IssuedToken,
+    bounded_lifetime,
+    check_token_type,
+    jwt_lifetime,
+    parse_expires_in,
+    validate_token,
+)
+
+_WIRE_GRANT = {
+    "client_credentials": "client_credentials",
+    "password": "password",
+    "refresh_token": "refresh_token",
+}
+
+
+def basic_client_credentials(client_id: str, client_secret: str) -> str:
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+class OAuth2Grant:
+    """Builds the token requests of one connector and reads the answers."""
+
+    def __init__(self, config: OAuth2AuthConfig, connector: str) -> None:
+        self.config = config
+        self.connector = connector
+        self.refresh_url = config.refresh_url or config.token_url
+
+    @property
+    def has_primary_grant(self) -> bool:
+        """False when only a refresh token can get a token (the ``refresh_token`` grant)."""
+        return self.config.grant != "refresh_token"
+
+    @property
+    def keeps_refresh_tokens(self) -> bool:
+        # RFC 6749 §4.4.3: no refresh token for client credentials; ignore one if sent.
+        return self.config.grant != "client_credentials"
+
+    def seed_refresh_token(self) -> str | None:
+        token = self.config.refresh_token
+        return token.get_secret_value() if token is not None else None
+
+    def _client_auth(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(form fields, headers) that authenticate the client."""
+        config = self.config
+        secret = config.client_secret.get_secret_value() if config.client_secret else ""
+        if config.client_auth == "client_secret_basic":
+            assert config.client_id is not None
+            return {}, {"Authorization": basic_client_credentials(config.client_id, secret)}
+        form = {"client_id": config.client_id} if config.client_id else {}
+        if config.client_auth == "client_secret_post":
+            form["client_secret"] = secret
+        return form, {}
+
+    def _request(self, url: str, grant_form: dict[str, str], replayable: bool) -> TokenRequest:
+        config = self.config
+        auth_form, auth_headers = self._client_auth()
+        form = {**grant_form, **auth_form}
+        for name, value in config.extra_params.items():
+            form[name] = value.get_secret_value()
+        headers = {name: value.get_secret_value() for name, value in config.headers.items()}
+        headers.update(auth_headers)
+        return TokenRequest(url=url, form=form, headers=headers, replayable=replayable)
+
+    def primary_request(self) -> TokenRequest:
+        config = self.config
+        form = {"grant_type": config.grant_type or _WIRE_GRANT[config.grant]}
+        if config.grant == "password":
+            assert config.username is not None and config.password is not None
+            form["username"] = config.username
+            form["password"] = config.password.get_secret_value()
+        if config.scope:
+            form["scope"] = config.scope
+        if config.audience:
+            form["audience"] = config.audience
+        return self._request(config.token_url, form, replayable=True)
+
+    def refresh_request(self, refresh_token: str) -> TokenRequest:
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        if self.config.grant == "refresh_token" and self.config.grant_type:
+            form["grant_type"] = self.config.grant_type
+        return self._request(self.refresh_url, form, replayable=False)
+
+    def read(self, response: TokenResponse, *, refreshing: bool, now_wall: float) -> IssuedToken:
+        """The token, its lifetime and any new refresh token; raises TokenEndpointError."""
+        config = self.config
+        payload = json_payload(response, self.connector)
+        token = validate_token(payload.get(config.token_field), config.token_field)
+        check_token_type(payload, custom_prefix=config.token_prefix.lower() != "bearer")
+        lifetime = parse_expires_in(payload.get("expires_in"))
+        if lifetime is None:
+            lifetime = jwt_lifetime(token, now_wall)
+        if lifetime is None:
+            lifetime = config.default_ttl
+        refresh = payload.get("refresh_token") if self.keeps_refresh_tokens else None
+        return IssuedToken(
+            access_token=token,
+            lifetime=bounded_lifetime(lifetime, config.max_ttl, self.connector),
+            refresh_token=None if refresh is None else validate_token(refresh, "refresh_token"),
+        )
