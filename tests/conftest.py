@@ -15,9 +15,10 @@ import yaml
 from pytest_aiohttp import AiohttpRawServer
 
 from proxy.config import load_settings
+from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from proxy.logs import install_filters
 from proxy.server import ProxyServer
-from tests.fakes import RecordingUpstream
+from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 
 
 @dataclass
@@ -41,6 +42,19 @@ async def upstream(aiohttp_raw_server: AiohttpRawServer) -> RecordingUpstream:
 
 
 @pytest.fixture
+async def idp(aiohttp_raw_server: AiohttpRawServer) -> FakeIdP:
+    fake = FakeIdP()
+    server = await aiohttp_raw_server(fake, access_log=None)
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
 def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
     def write(config: dict[str, Any]) -> Path:
         path = tmp_path / "tokenproxy.yaml"
@@ -57,10 +71,10 @@ async def start_proxy(
     """Start a real proxy on an ephemeral loopback port from a config dict (via the loader)."""
     started: list[ProxyServer] = []
 
-    async def start(config: dict[str, Any]) -> RunningProxy:
+    async def start(config: dict[str, Any], clock: FakeClock | None = None) -> RunningProxy:
         config = {**config, "listen": {"host": "127.0.0.1", "port": 0, **config.get("listen", {})}}
         settings = load_settings(write_config(config)).settings
-        server = ProxyServer(settings)
+        server = ProxyServer(settings, clock)
         await server.start()
         started.append(server)
         assert server.port is not None
@@ -74,6 +88,19 @@ async def start_proxy(
 def connector(upstream_url: str, **fields: Any) -> dict[str, Any]:
     """A connector config for tests: route /api, static token, overridable fields."""
     return {"route": "/api", "upstream": upstream_url, "auth": STATIC_AUTH, **fields}
+
+
+def oauth2_connector(upstream_url: str, idp_url: str, **auth: Any) -> dict[str, Any]:
+    """A connector on /api whose token comes from the fake IdP (client credentials)."""
+    settings = {
+        "type": "oauth2",
+        "grant": "client_credentials",
+        "token_url": f"{idp_url}/token",
+        "client_id": DEMO_CLIENT_ID,
+        "client_secret": DEMO_CLIENT_SECRET,
+        **auth,
+    }
+    return {"route": "/api", "upstream": upstream_url, "auth": settings}
 
 
 STATIC_TOKEN = "tok_static_test_value"

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.demo.echo import describe_request, echo
+from proxy.demo.idp import DemoIdentityProvider, OAuthError
 
 Responder = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -83,3 +84,101 @@ class RawUpstream:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class FakeIdP(DemoIdentityProvider):
+    """The demo identity provider, with knobs and counters for tests.
+
+    - ``calls``: every request (path, form, headers), in order; ``max_active``: the most
+      requests it was ever answering at once;
+    - ``delay``: seconds before each answer; ``script``: answers for the next calls, used
+      before falling back to real OAuth2 behaviour;
+    - ``overrides``: fields merged into every issued token (``None`` removes a field);
+    - ``reuse_detected``: a rotated refresh token was presented again (RFC 9700 §4.14).
+    """
+
+    def __init__(self, expires_in: int = 300) -> None:
+        super().__init__(expires_in)
+        self.calls: list[dict[str, Any]] = []
+        self.delay = 0.0
+        self.script: list[Responder] = []
+        self.overrides: dict[str, Any] = {}
+        self.active = self.max_active = 0
+        self.reuse_detected = False
+        self.url = ""  # set once the server listens
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        form = {key: str(value) for key, value in (await request.post()).items()}
+        self.calls.append(
+            {
+                "path": request.path,
+                "query": request.query_string,
+                "form": form,
+                "headers": dict(request.headers),
+            }
+        )
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.script:
+                return await self.script.pop(0)(request)
+            return await super().__call__(request)
+        finally:
+            self.active -= 1
+
+    def issue(
+        self, subject: str, *, with_refresh: bool, scope: str | None = None
+    ) -> dict[str, Any]:
+        token = super().issue(subject, with_refresh=with_refresh, scope=scope)
+        for key, value in self.overrides.items():
+            if value is None:
+                token.pop(key, None)
+            else:
+                token[key] = value
+        return token
+
+    def refresh(self, presented: str) -> dict[str, Any]:
+        try:
+            return super().refresh(presented)
+        except OAuthError as exc:
+            self.reuse_detected |= exc.description == "refresh token reuse detected"
+            raise
+
+    @property
+    def grants(self) -> list[str]:
+        return [call["form"].get("grant_type", "") for call in self.calls]
+
+
+def answer(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Responder:
+    """A scripted IdP or upstream answer: JSON for dicts and lists, raw for bytes/str."""
+
+    async def respond(request: web.BaseRequest) -> web.StreamResponse:
+        if isinstance(body, dict | list):
+            return web.json_response(body, status=status, headers=headers)
+        text = body.encode() if isinstance(body, str) else body
+        return web.Response(status=status, body=text, headers=headers)
+
+    return respond
+
+
+class FakeClock:
+    """Monotonic and wall time that move only when told; ``sleep`` advances them at once."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.wall_offset = 1_800_000_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now + self.wall_offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

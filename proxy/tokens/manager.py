@@ -192,7 +192,7 @@ class TokenManager:
         """Never raises: the outcome, success or failure, is shared by every waiter."""
         wait = self._last_fetch_start + self._policy.min_fetch_interval - self._clock.monotonic()
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._clock.sleep(wait)
         started = self._last_fetch_start = self._clock.monotonic()
         self.stats.fetches += 1
         try:
@@ -255,7 +255,7 @@ class TokenManager:
                     exc.message,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
         raise AssertionError("unreachable")
 
     def _publish(self, issued: IssuedToken, started: float) -> Token:

@@ -12,6 +12,7 @@ life. Three instants matter (``lifetime`` L, margin M = min(refresh_margin, L/2)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import math
@@ -34,8 +35,11 @@ _BEARER_TYPES = frozenset({"bearer"})
 
 
 class Clock(Protocol):
+    """Time as the token logic sees it; tests inject a fake that never really sleeps."""
+
     def monotonic(self) -> float: ...
     def wall(self) -> float: ...
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
@@ -44,6 +48,9 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)
