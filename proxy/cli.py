@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy import __version__
 from proxy.config import LoadedConfig, load_settings
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ProxyError
 from proxy.logs import configure_logging
 
 DEFAULT_CONFIG = Path("config/tokenproxy.yaml")
@@ -44,6 +44,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and exit 0 (valid) or 1")
     check.add_argument("-c", "--config", help=config_help)
+
+    token = commands.add_parser(
+        "token", help="acquire one token for a connector and show it masked"
+    )
+    token.add_argument("name", help="connector name")
+    token.add_argument("-c", "--config", help=config_help)
 
     demo = commands.add_parser("demo", help="run the proxy with a demo upstream on loopback")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
@@ -107,6 +113,56 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def mask(value: str) -> str:
+    """``eyJh…(812 chars)``: enough to recognise a token, never enough to use one."""
+    shown = value[:4] if len(value) >= 32 else ""
+    return f"{shown}…({len(value)} chars)"
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from proxy.connectors import build_connector
+
+    configure_logging("error")  # the command prints the outcome itself
+    path = _config_path(args.config)
+    loaded = _load(path)
+    if isinstance(loaded, ConfigError):
+        _print_problems(path, loaded)
+        return 1
+    config = loaded.settings.connectors.get(args.name)
+    if config is None:
+        known = ", ".join(sorted(loaded.settings.connectors)) or "none"
+        print(f"tokenproxy: no connector {args.name!r} (connectors: {known})", file=sys.stderr)
+        return 1
+
+    async def acquire() -> int:
+        connector = build_connector(args.name, config)
+        try:
+            credential = await connector.authenticator.credential()
+        except ProxyError as exc:
+            print(f"{args.name}: {exc.code}: {exc.message}", file=sys.stderr)
+            return 1
+        finally:
+            await connector.session.close()
+            await connector.authenticator.close()
+        state = connector.authenticator.describe()
+        if credential is None:
+            print(f"{args.name}: pass-through (auth type none): no credential")
+            return 0
+        where = credential.header or f"query parameter {credential.query_param}"
+        prefix = getattr(config.auth, "token_prefix", "") if credential.header else ""
+        shown = (
+            mask(credential.value.removeprefix(f"{prefix} ")) if prefix else mask(credential.value)
+        )
+        expires = state.get("expires_in")
+        source = getattr(config.auth, "token_url", None) or "the config file"
+        print(f"{args.name}: {where}: {prefix + ' ' if prefix else ''}{shown}")
+        print(f"  expires in: {'never' if expires is None else f'{expires}s'}")
+        print(f"  source: {config.auth.type} from {source}")
+        return 0
+
+    return asyncio.run(acquire())
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
@@ -118,6 +174,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "check": _cmd_check,
+    "token": _cmd_token,
     "demo": _cmd_demo,
 }
 

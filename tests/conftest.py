@@ -153,6 +153,16 @@ def _complete(answer: bytes) -> bool:
     return False
 
 
+async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5) -> None:
+    """Wait until ``condition()`` holds, polling; fail after ``within`` seconds.
+
+    For state of another server (a fetch finishing in the proxy), which offers no event.
+    """
+    async with asyncio.timeout(within):
+        while not await condition():  # noqa: ASYNC110 - nothing to await but the state itself
+            await asyncio.sleep(0.02)
+
+
 def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1])
 

@@ -361,3 +361,77 @@ def test_empty_admin_token_means_none(
     config = {**base_config(), "admin": {"token": raw}}
     token = load_settings(write_config(config)).settings.admin.token
     assert (token.get_secret_value() if token else None) == expected
+
+
+def oauth2(**fields: Any) -> dict[str, Any]:
+    auth = {
+        "type": "oauth2",
+        "grant": "client_credentials",
+        "token_url": "https://idp.example.com/token",
+        "client_id": "id",
+        "client_secret": "secret",
+    }
+    auth.update(fields)
+    return {k: v for k, v in auth.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [
+        (
+            oauth2(client_secret=None),
+            "connectors.crm.auth: grant 'client_credentials' with client_auth "
+            "'client_secret_basic' needs client_secret",
+        ),
+        (
+            oauth2(grant="password"),
+            "connectors.crm.auth: grant 'password' with client_auth 'client_secret_basic' needs "
+            "password, username",
+        ),
+        (
+            oauth2(grant="refresh_token", client_auth="none", client_secret=None),
+            "connectors.crm.auth: grant 'refresh_token' with client_auth 'none' needs "
+            "refresh_token",
+        ),
+        (
+            oauth2(grant="authorization_code"),
+            "connectors.crm.auth.grant: Input should be 'client_credentials', 'password' or "
+            "'refresh_token'",
+        ),
+        (
+            oauth2(token_url="http://idp.example.com/token"),
+            "connectors.crm.auth.token_url: must use https:// (plain http:// only to a loopback "
+            "address)",
+        ),
+        (
+            oauth2(refresh_url="ftp://idp.example.com/token"),
+            "connectors.crm.auth.refresh_url: must be an absolute https:// URL",
+        ),
+        (
+            oauth2(extra_params={"client_secret": "x", "grant_type": "y"}),
+            "connectors.crm.auth.extra_params: must not set client_secret, grant_type: use the "
+            "dedicated fields",
+        ),
+        (
+            oauth2(extra_params="[1, 2]"),
+            "connectors.crm.auth.extra_params: must be a mapping, or a JSON object as a string",
+        ),
+        (oauth2(reauth_on=[401, 500]), "connectors.crm.auth.reauth_on: may list only 4xx statuses"),
+        (oauth2(client_auth="private_key_jwt"), None),
+    ],
+)
+def test_oauth2_rules(write_config: WriteConfig, auth: dict[str, Any], problem: str | None) -> None:
+    problems = problems_of(write_config(base_config(auth=auth)))
+    if problem is None:  # an enum error; its exact wording is pydantic's
+        assert len(problems) == 1 and problems[0].startswith("connectors.crm.auth.client_auth:")
+    else:
+        assert problems == [problem]
+
+
+def test_password_grant_is_accepted_with_a_warning(write_config: WriteConfig) -> None:
+    auth = oauth2(grant="password", username="u", password="p", token_url="http://127.0.0.1:1/t")
+    loaded = load_settings(write_config(base_config(auth=auth)))
+    assert loaded.warnings == [
+        "connectors.crm.auth.grant: the password grant is deprecated by RFC 9700 §2.4; prefer "
+        "client credentials where the provider offers them"
+    ]

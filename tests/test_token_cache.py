@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import RunningProxy, StartProxy, oauth2_connector
+from tests.conftest import RunningProxy, StartProxy, eventually, oauth2_connector
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 
 
@@ -70,9 +70,11 @@ async def test_token_is_reused_then_renewed_in_the_background(
     await call(client, proxy)
     assert asyncio.get_running_loop().time() - started < 0.25
     assert bearer(upstream) == first
-    async with asyncio.timeout(5):
-        while (await status_of(client, proxy))["fetches"] < 2 or idp.active:
-            await asyncio.sleep(0.02)
+
+    async def renewed() -> bool:
+        return (await status_of(client, proxy))["state"] == "valid" and not idp.active
+
+    await eventually(renewed)
     await call(client, proxy)
     assert len(idp.calls) == 2 and bearer(upstream) != first
 

@@ -1,0 +1,173 @@
+"""Upstream rejections: compare-and-invalidate, one forced refresh, one replay (§5.C C5-C8, D7)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.demo.echo import echo
+from tests.conftest import RunningProxy, StartProxy, oauth2_connector
+from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
+
+
+class RejectingUpstream:
+    """Rejects every request carrying a token in ``rejected`` (or all, with ``always``)."""
+
+    def __init__(self, status: int = 401, always: bool = False) -> None:
+        self.status = status
+        self.always = always
+        self.rejected: set[str] = set()
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        token = request.headers.get("Authorization", "")
+        if self.always or token in self.rejected:
+            return web.Response(
+                status=self.status,
+                text="token rejected",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return await echo(request)
+
+
+async def start(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+    **auth: Any,
+) -> RunningProxy:
+    return await start_proxy(
+        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}, clock
+    )
+
+
+async def warm(
+    client: aiohttp.ClientSession, proxy: RunningProxy, upstream: RecordingUpstream
+) -> str:
+    """One successful request; returns the token it carried."""
+    async with client.get(f"{proxy.url}/api/warm") as response:
+        assert response.status == 200
+    return upstream.header_values("Authorization")[0]
+
+
+async def test_one_401_means_one_refresh_and_a_byte_exact_replay(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy = await start(start_proxy, upstream, idp, clock)
+    rejecting = RejectingUpstream()
+    upstream.respond = rejecting
+    first = await warm(client, proxy, upstream)
+    rejecting.rejected.add(first)  # the upstream revokes the token
+    body = os.urandom(50_000)
+    async with client.post(f"{proxy.url}/api/orders", data=body) as response:
+        assert response.status == 200
+    assert len(idp.calls) == 2
+    rejected_try, replay = upstream.requests[-2:]
+    assert dict(rejected_try["headers"])["Authorization"] == first
+    assert dict(replay["headers"])["Authorization"] != first
+    digest = hashlib.sha256(body).hexdigest()
+    assert rejected_try["body_sha256"] == replay["body_sha256"] == digest
+
+
+async def test_a_401_that_persists_is_passed_through_after_one_retry(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy = await start(start_proxy, upstream, idp, clock)
+    upstream.respond = RejectingUpstream(always=True)
+    async with client.get(f"{proxy.url}/api/x") as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        assert await response.text() == "token rejected"
+    assert (len(idp.calls), len(upstream.requests)) == (2, 2)
+    # Within reauth_interval no further forced refresh: the 401 passes straight through.
+    async with client.get(f"{proxy.url}/api/x") as response:
+        assert response.status == 401
+    assert (len(idp.calls), len(upstream.requests)) == (2, 3)
+    clock.advance(31)
+    async with client.get(f"{proxy.url}/api/x") as response:
+        assert response.status == 401
+    assert (len(idp.calls), len(upstream.requests)) == (3, 5)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_bodies_too_large_to_buffer_are_not_replayed_but_the_token_is_renewed(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+    client: aiohttp.ClientSession,
+    chunked: bool,
+) -> None:
+    proxy = await start(start_proxy, upstream, idp, clock, reauth_max_body=1000)
+    rejecting = RejectingUpstream()
+    upstream.respond = rejecting
+    first = await warm(client, proxy, upstream)
+    rejecting.rejected.add(first)
+
+    async def stream() -> Any:
+        yield b"x" * 100
+
+    data = stream() if chunked else b"x" * 5000
+    async with client.post(f"{proxy.url}/api/upload", data=data) as response:
+        assert response.status == 401
+    assert len(upstream.requests) == 2  # warm-up, and the one rejected try
+    assert len(idp.calls) == 2  # ...but the rejected token was replaced for what follows
+    async with client.get(f"{proxy.url}/api/next") as response:
+        assert response.status == 200
+    assert upstream.header_values("Authorization") != [first]
+
+
+async def test_a_burst_of_401s_causes_one_refresh(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy = await start(start_proxy, upstream, idp, clock)
+    rejecting = RejectingUpstream()
+    upstream.respond = rejecting
+    first = await warm(client, proxy, upstream)
+    rejecting.rejected.add(first)
+    idp.delay = 0.1
+
+    async def one() -> int:
+        async with client.get(f"{proxy.url}/api/x") as response:
+            return response.status
+
+    assert await asyncio.gather(*(one() for _ in range(100))) == [200] * 100
+    assert len(idp.calls) == 2
+    tokens = [dict(r["headers"])["Authorization"] for r in upstream.requests[1:]]
+    assert tokens.count(first) == 100 and len(set(tokens)) == 2
+
+
+@pytest.mark.parametrize(("reauth_on", "refreshes"), [([401], 0), ([401, 403], 1)])
+async def test_only_configured_statuses_trigger_a_refresh(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+    client: aiohttp.ClientSession,
+    reauth_on: list[int],
+    refreshes: int,
+) -> None:
+    proxy = await start(start_proxy, upstream, idp, clock, reauth_on=reauth_on)
+    upstream.respond = RejectingUpstream(status=403, always=True)
+    async with client.post(f"{proxy.url}/api/x", data=b"payload") as response:
+        assert response.status == 403
+    assert len(idp.calls) == 1 + refreshes
+    assert len(upstream.requests) == 1 + refreshes
