@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import StartProxy, raw_request
-from tests.fakes import RawUpstream, RecordingUpstream
+from proxy.demo.idp import DEMO_CLIENT_ID
+from tests.conftest import StartProxy, oauth2_connector, raw_request
+from tests.fakes import FakeClock, FakeIdP, RawUpstream, RecordingUpstream, answer
 
 TOKEN = "tok_CANARY_static_7f3a"
 QUERY_TOKEN = "tok_CANARY_query_51c2"
@@ -115,3 +122,82 @@ async def test_no_secret_leaks_on_any_path(
     for canary in CANARIES:
         assert canary not in everything
     assert "upstream_reset_mid_body" in caplog.text
+
+
+CLIENT_SECRET = "sec_CANARY_client_secret_3e"
+USER_PASSWORD = "sec_CANARY_user_password_8d"
+ISSUED = "tok_CANARY_issued_access_1b"
+ISSUED_REFRESH = "tok_CANARY_issued_refresh_6a"
+TOKEN_CANARIES = (CLIENT_SECRET, USER_PASSWORD, ISSUED, ISSUED_REFRESH, "CANARY")
+
+
+async def test_no_secret_of_a_token_connector_leaks(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    write_config: Callable[[dict[str, Any]], Path],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    idp.clients[DEMO_CLIENT_ID] = CLIENT_SECRET
+    idp.users["svc"] = USER_PASSWORD
+    idp.overrides.update(access_token=ISSUED, refresh_token=ISSUED_REFRESH)
+    auth = {
+        "grant": "password",
+        "username": "svc",
+        "password": USER_PASSWORD,
+        "client_secret": CLIENT_SECRET,
+    }
+    config = {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
+    proxy = await start_proxy(config, clock)
+    seen: list[str] = []
+
+    async def plain(request: web.BaseRequest) -> web.StreamResponse:
+        if (
+            upstream.header_values("Authorization") == [f"Bearer {ISSUED}"]
+            and len(upstream.requests) == 3
+        ):
+            return web.Response(status=401, text="expired")
+        return web.Response(text="fine")
+
+    upstream.respond = plain
+
+    async def call(path: str = "/api/x") -> None:
+        async with client.get(proxy.url + path) as response:
+            seen.append(f"{response.status} {dict(response.headers)} {await response.text()}")
+
+    await call()  # password grant
+    clock.advance(400)
+    await (
+        call()
+    )  # refresh with the (unknown to the IdP) refresh token: invalid_grant, then password
+    await call()  # the upstream rejects the token once: forced refresh and replay
+    idp.script.extend(
+        [
+            answer(
+                401, {"error": "invalid_client", "error_description": f"bad secret {CLIENT_SECRET}"}
+            ),
+            answer(200, f"<html>{USER_PASSWORD}</html>"),
+            answer(500, f"trace: password={USER_PASSWORD}"),
+        ]
+    )
+    for _ in range(3):
+        clock.advance(400)
+        await call()
+    await call("/_proxy/connectors")
+    await call("/_proxy/ready")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "proxy", "token", "api", "-c", str(write_config(config))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    seen.append(result.stdout + result.stderr)
+
+    assert len(idp.calls) >= 7 and ISSUED in " ".join(map(str, upstream.requests))
+    everything = "\n".join(seen) + caplog.text
+    for canary in TOKEN_CANARIES:
+        assert canary not in everything

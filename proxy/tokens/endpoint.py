@@ -2,13 +2,13 @@
 
 Every failure becomes a :class:`~proxy.errors.TokenEndpointError` that says whether an
 immediate retry may help. Nothing here logs a request or response body, a header, or the
-provider's ``error_description`` above DEBUG (it may quote what we sent).
+provider's ``error_description``: providers quote what they were sent, secrets included.
+Only the RFC 6749 error code is kept.
 """
 
 from __future__ import annotations
 
 import email.utils
-import logging
 import re
 import time
 from collections.abc import Mapping
@@ -21,11 +21,8 @@ from multidict import CIMultiDictProxy
 
 from proxy.errors import TokenEndpointError, TokenEndpointTimeoutError
 
-logger = logging.getLogger(__name__)
-
 MAX_RESPONSE_BYTES = 1024 * 1024
 _ERROR_CODE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 _MEDIA_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]{1,40}/[a-z0-9!#$&^_.+-]{1,60}$")
 
 
@@ -114,25 +111,17 @@ def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _oauth_error(body: bytes) -> tuple[str | None, str | None]:
-    """``error`` and ``error_description`` of an RFC 6749 §5.2 answer, sanitised."""
+def _oauth_error(body: bytes) -> str | None:
+    """The ``error`` code of an RFC 6749 §5.2 answer, if it is a plausible code."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(payload, dict):
-        return None, None
-    code = payload.get("error")
-    description = payload.get("error_description")
-    code = code if isinstance(code, str) and _ERROR_CODE.match(code) else None
-    if isinstance(description, str):
-        description = _PRINTABLE.sub("?", description)[:200]
-    else:
-        description = None
-    return code, description
+        return None
+    code = payload.get("error") if isinstance(payload, dict) else None
+    return code if isinstance(code, str) and _ERROR_CODE.match(code) else None
 
 
-def json_payload(response: TokenResponse, connector: str) -> dict[str, Any]:
+def json_payload(response: TokenResponse) -> dict[str, Any]:
     """The JSON object of a 2xx answer, or the classified error of any other answer."""
     status = response.status
     if 300 <= status < 400:
@@ -146,11 +135,7 @@ def json_payload(response: TokenResponse, connector: str) -> dict[str, Any]:
             retry_after=_retry_after(response.headers),
         )
     if status >= 400:
-        code, description = _oauth_error(response.body)
-        if description:
-            logger.debug(
-                "connector %s: token endpoint error_description: %s", connector, description
-            )
+        code = _oauth_error(response.body)
         reason = f"{status} {code}" if code else str(status)
         raise TokenEndpointError(
             f"the token endpoint refused the request ({reason})", oauth_error=code

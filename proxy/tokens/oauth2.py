@@ -98,7 +98,7 @@ class OAuth2Grant:
     def read(self, response: TokenResponse, *, refreshing: bool, now_wall: float) -> IssuedToken:
         """The token, its lifetime and any new refresh token; raises TokenEndpointError."""
         config = self.config
-        payload = json_payload(response, self.connector)
+        payload = json_payload(response)
         token = validate_token(payload.get(config.token_field), config.token_field)
         check_token_type(payload, custom_prefix=config.token_prefix.lower() != "bearer")
         lifetime = parse_expires_in(payload.get("expires_in"))
