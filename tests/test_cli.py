@@ -171,5 +171,9 @@ async def test_demo_prints_curl_lines_that_work(client: aiohttp.ClientSession) -
             echoed = await response.json()
         assert echoed["path"] == "/v1/hello"
         assert ["Authorization", "Bearer demo-static-token"] in echoed["headers"]
+        oauth_url = next(url for url in re.findall(r"curl -s (\S+/echo-oauth/\S+)", output))
+        async with client.get(oauth_url) as response:
+            headers = dict((await response.json())["headers"])
+        assert headers["Authorization"].startswith("Bearer demo-at-")
         code, _ = await _stop(process, signal.SIGINT)
     assert code == 0
