@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import multiprocessing
-import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
+
+from aiohttp import web
+from harness import child_process, free_port, serve_forever, tokenproxy
 
 BODY = b'{"id": 1, "name": "benchmark", "items": [1, 2, 3], "padding": "xxxxxxxxxxxxxxxxxxxx"}\n'
 
@@ -39,70 +34,11 @@ class Sample:
     p99_ms: float
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve_upstream(port: int) -> None:
-    from aiohttp import web
-
+def small_json_server() -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
     async def handle(request: web.BaseRequest) -> web.Response:
         return web.Response(body=BODY, content_type="application/json")
 
-    async def main() -> None:
-        runner = web.ServerRunner(web.Server(handle, access_log=None))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
-def wait_for_port(port: int, deadline: float = 15) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-@contextlib.contextmanager
-def upstream_process(port: int) -> Iterator[None]:
-    process = multiprocessing.get_context("spawn").Process(target=_serve_upstream, args=(port,))
-    process.start()
-    try:
-        wait_for_port(port)
-        yield
-    finally:
-        process.terminate()
-        process.join(5)
-
-
-@contextlib.contextmanager
-def proxy_process(port: int, upstream_port: int) -> Iterator[None]:
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench.yaml"
-        config.write_text(
-            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            "server: {access_log: false}\n"
-            "connectors:\n"
-            "  bench:\n"
-            "    route: /bench\n"
-            f"    upstream: http://127.0.0.1:{upstream_port}\n"
-            "    auth: {type: static, token: bench-token}\n"
-        )
-        command = [sys.executable, "-m", "proxy", "run", "-c", str(config)]
-        command += ["--log-level", "warning"]
-        process = subprocess.Popen(command)
-        try:
-            wait_for_port(port)
-            yield
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(10)
+    return handle
 
 
 def run_wrk(url: str, connections: int, seconds: float) -> Sample:
@@ -175,8 +111,16 @@ def main() -> int:
         "tokenproxy": f"http://127.0.0.1:{proxy_port}/bench/items/1",
     }
     samples: dict[str, list[Sample]] = {name: [] for name in urls}
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
-    with upstream_process(upstream_port), proxy_process(proxy_port, upstream_port):
+    connectors = (
+        "  bench:\n"
+        "    route: /bench\n"
+        f"    upstream: http://127.0.0.1:{upstream_port}\n"
+        "    auth: {type: static, token: bench-token}\n"
+    )
+    with (
+        child_process(serve_forever, small_json_server, upstream_port, port=upstream_port),
+        tokenproxy(proxy_port, connectors),
+    ):
         measure(urls["tokenproxy"], args.connections, min(args.seconds, 1), use_wrk)  # warm-up
         for _ in range(args.rounds):
             for name, url in urls.items():

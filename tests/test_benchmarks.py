@@ -6,18 +6,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_proxy_vs_direct_smoke() -> None:
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("proxy_vs_direct.py", ["direct ", "tokenproxy ", "tokenproxy/direct throughput:"]),
+        # One burst of 50 cold requests: 0 failed, exactly 1 token request.
+        ("token_engine.py", ["       50", "       0               1"]),
+    ],
+)
+def test_benchmark_smoke(script: str, expected: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "proxy_vs_direct.py"), "--smoke"],
+        [sys.executable, str(BENCHMARKS / script), "--smoke"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert any(line.startswith("direct ") for line in lines)
-    assert any(line.startswith("tokenproxy ") for line in lines)
-    assert "tokenproxy/direct throughput:" in result.stdout
+    for text in expected:
+        assert text in result.stdout, result.stdout
