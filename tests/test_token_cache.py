@@ -398,3 +398,43 @@ async def test_one_failing_connector_never_affects_another(
     assert asyncio.get_running_loop().time() - started < 1
     async with await stuck as response:
         assert response.status == 504
+
+
+async def test_a_burst_in_the_renewal_window_renews_once_without_waiting(
+    proxy: RunningProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    await call(client, proxy)
+    first = bearer(upstream)
+    clock.advance(200)  # inside [renew_at, stale_at)
+    idp.delay = 0.5
+    started = asyncio.get_running_loop().time()
+    results = await asyncio.gather(*(call(client, proxy) for _ in range(200)))
+    assert [status for status, _ in results] == [200] * 200
+    assert asyncio.get_running_loop().time() - started < 0.5  # nobody waited for the IdP
+    assert {bearer(upstream, i) for i in range(1, 201)} == {first}
+    assert len(idp.calls) == 2  # one renewal, under way in the background
+
+
+async def test_concurrent_renewals_never_reuse_a_refresh_token(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    auth = {"grant": "refresh_token", "refresh_token": idp.seed_refresh_token()}
+    proxy = await start_proxy(
+        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}, clock
+    )
+    idp.delay = 0.05
+    for _ in range(5):
+        results = await asyncio.gather(*(call(client, proxy) for _ in range(50)))
+        assert {status for status, _ in results} == {200}
+        clock.advance(301)  # expired: the next burst must renew with the rotated token
+    assert idp.grants == ["refresh_token"] * 5
+    assert idp.max_active == 1
+    assert not idp.reuse_detected
