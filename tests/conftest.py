@@ -103,6 +103,32 @@ def oauth2_connector(upstream_url: str, idp_url: str, **auth: Any) -> dict[str, 
     return {"route": "/api", "upstream": upstream_url, "auth": settings}
 
 
+StartOAuth2 = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+def start_oauth2(
+    start_proxy: StartProxy, upstream: RecordingUpstream, idp: FakeIdP, clock: FakeClock
+) -> StartOAuth2:
+    """Start a proxy with one connector 'api' on /api, its token from the fake IdP, on the
+    fake clock; keyword arguments go into its ``auth`` block."""
+
+    async def start(**auth: Any) -> RunningProxy:
+        connectors = {"api": oauth2_connector(upstream.url, idp.url, **auth)}
+        return await start_proxy({"connectors": connectors}, clock)
+
+    return start
+
+
+async def warm(
+    client: aiohttp.ClientSession, proxy: RunningProxy, upstream: RecordingUpstream
+) -> str:
+    """One successful request through /api; returns the Authorization it carried upstream."""
+    async with client.get(f"{proxy.url}/api/warm") as response:
+        assert response.status == 200
+    return upstream.header_values("Authorization")[0]
+
+
 STATIC_TOKEN = "tok_static_test_value"
 STATIC_AUTH = {"type": "static", "token": STATIC_TOKEN}
 

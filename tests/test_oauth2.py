@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_PASSWORD, DEMO_USERNAME
-from tests.conftest import StartProxy, oauth2_connector
+from tests.conftest import StartOAuth2
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 
 ODD_SECRET = "a:b+c/d=e f%\u00e9"
@@ -31,7 +31,7 @@ async def _get(client: aiohttp.ClientSession, url: str) -> int:
     ],
 )
 async def test_client_authentication_methods(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
@@ -45,9 +45,7 @@ async def test_client_authentication_methods(
             answer(200, {"access_token": "public-client-token", "token_type": "Bearer"})
         )
     auth = {"client_auth": client_auth, "client_secret": ODD_SECRET}
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
-    )
+    proxy = await start_oauth2(**auth)
     assert await _get(client, f"{proxy.url}/api/x") == 200
     call = idp.calls[0]
     assert call["path"] == "/token"
@@ -66,7 +64,7 @@ async def test_client_authentication_methods(
 
 
 async def test_client_credentials_request_fields(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
@@ -78,9 +76,7 @@ async def test_client_credentials_request_fields(
         "extra_params": '{"resource": "urn:x", "tenant": 42}',
         "headers": {"X-Tenant": "t-1"},
     }
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
-    )
+    proxy = await start_oauth2(**auth)
     assert await _get(client, f"{proxy.url}/api/x") == 200
     call = idp.calls[0]
     assert call["form"] == {
@@ -98,22 +94,19 @@ async def test_client_credentials_request_fields(
 
 @pytest.mark.parametrize(("scopes", "sent"), [("a b", "a b"), (["a", "b"], "a b"), ([], None)])
 async def test_scopes_as_string_or_list(
-    start_proxy: StartProxy,
-    upstream: RecordingUpstream,
+    start_oauth2: StartOAuth2,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
     scopes: Any,
     sent: str | None,
 ) -> None:
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, scopes=scopes)}}
-    )
+    proxy = await start_oauth2(scopes=scopes)
     assert await _get(client, f"{proxy.url}/api/x") == 200
     assert idp.calls[0]["form"].get("scope") == sent
 
 
 async def test_password_grant_with_override_refresh_url_and_rotation(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
@@ -126,9 +119,7 @@ async def test_password_grant_with_override_refresh_url_and_rotation(
         "password": DEMO_PASSWORD,
         "refresh_url": f"{idp.url}/token?via=refresh",
     }
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}, clock
-    )
+    proxy = await start_oauth2(**auth)
     for _ in range(3):
         assert await _get(client, f"{proxy.url}/api/x") == 200
         clock.advance(100)  # expire the token: the next request must renew
@@ -144,7 +135,7 @@ async def test_password_grant_with_override_refresh_url_and_rotation(
 
 
 async def test_grant_type_override_is_sent_on_the_wire(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
@@ -156,26 +147,21 @@ async def test_grant_type_override_is_sent_on_the_wire(
         "password": "p",
         "grant_type": "urn:vendor:password",
     }
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
-    )
+    proxy = await start_oauth2(**auth)
     assert await _get(client, f"{proxy.url}/api/x") == 200
     assert idp.grants == ["urn:vendor:password"]
     assert upstream.header_values("Authorization") == ["Bearer vendor-token"]
 
 
 async def test_password_grant_falls_back_when_the_refresh_token_is_rejected(
-    start_proxy: StartProxy,
-    upstream: RecordingUpstream,
+    start_oauth2: StartOAuth2,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     auth = {"grant": "password", "username": DEMO_USERNAME, "password": DEMO_PASSWORD}
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}, clock
-    )
+    proxy = await start_oauth2(**auth)
     assert await _get(client, f"{proxy.url}/api/x") == 200
     idp.script.append(answer(400, {"error": "invalid_grant"}))
     clock.advance(400)
@@ -185,16 +171,13 @@ async def test_password_grant_falls_back_when_the_refresh_token_is_rejected(
 
 
 async def test_refresh_token_grant_needs_a_new_seed_after_invalid_grant(
-    start_proxy: StartProxy,
-    upstream: RecordingUpstream,
+    start_oauth2: StartOAuth2,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
     auth = {"grant": "refresh_token", "refresh_token": idp.seed_refresh_token()}
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}, clock
-    )
+    proxy = await start_oauth2(**auth)
     assert await _get(client, f"{proxy.url}/api/x") == 200
     idp.script.append(answer(400, {"error": "invalid_grant", "error_description": "revoked"}))
     clock.advance(400)
@@ -212,16 +195,13 @@ async def test_refresh_token_grant_needs_a_new_seed_after_invalid_grant(
 
 
 async def test_client_credentials_ignore_a_refresh_token(
-    start_proxy: StartProxy,
-    upstream: RecordingUpstream,
+    start_oauth2: StartOAuth2,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
     idp.overrides["refresh_token"] = "should-be-ignored"
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url)}}, clock
-    )
+    proxy = await start_oauth2()
     assert await _get(client, f"{proxy.url}/api/x") == 200
     clock.advance(400)
     assert await _get(client, f"{proxy.url}/api/x") == 200
@@ -229,14 +209,12 @@ async def test_client_credentials_ignore_a_refresh_token(
 
 
 async def test_id_token_can_be_the_bearer(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
 ) -> None:
     idp.overrides["id_token"] = "the.id.token"
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, token_field="id_token")}}
-    )
+    proxy = await start_oauth2(token_field="id_token")
     assert await _get(client, f"{proxy.url}/api/x") == 200
     assert upstream.header_values("Authorization") == ["Bearer the.id.token"]

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from proxy.demo.echo import echo
-from tests.conftest import RunningProxy, StartProxy, oauth2_connector
+from tests.conftest import RunningProxy, StartOAuth2, warm
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 
 
@@ -35,39 +35,28 @@ class RejectingUpstream:
         return await echo(request)
 
 
-async def start(
-    start_proxy: StartProxy,
+async def with_revoked_token(
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
-    idp: FakeIdP,
-    clock: FakeClock,
-    **auth: Any,
-) -> RunningProxy:
-    return await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}, clock
-    )
-
-
-async def warm(
-    client: aiohttp.ClientSession, proxy: RunningProxy, upstream: RecordingUpstream
-) -> str:
-    """One successful request; returns the token it carried."""
-    async with client.get(f"{proxy.url}/api/warm") as response:
-        assert response.status == 200
-    return upstream.header_values("Authorization")[0]
-
-
-async def test_one_401_means_one_refresh_and_a_byte_exact_replay(
-    start_proxy: StartProxy,
-    upstream: RecordingUpstream,
-    idp: FakeIdP,
-    clock: FakeClock,
     client: aiohttp.ClientSession,
-) -> None:
-    proxy = await start(start_proxy, upstream, idp, clock)
+    **auth: Any,
+) -> tuple[RunningProxy, str]:
+    """A proxy whose first token worked once and is now rejected by the upstream."""
+    proxy = await start_oauth2(**auth)
     rejecting = RejectingUpstream()
     upstream.respond = rejecting
     first = await warm(client, proxy, upstream)
-    rejecting.rejected.add(first)  # the upstream revokes the token
+    rejecting.rejected.add(first)
+    return proxy, first
+
+
+async def test_one_401_means_one_refresh_and_a_byte_exact_replay(
+    start_oauth2: StartOAuth2,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+) -> None:
+    proxy, first = await with_revoked_token(start_oauth2, upstream, client)
     body = os.urandom(50_000)
     async with client.post(f"{proxy.url}/api/orders", data=body) as response:
         assert response.status == 200
@@ -80,13 +69,13 @@ async def test_one_401_means_one_refresh_and_a_byte_exact_replay(
 
 
 async def test_a_401_that_persists_is_passed_through_after_one_retry(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
     clock: FakeClock,
     client: aiohttp.ClientSession,
 ) -> None:
-    proxy = await start(start_proxy, upstream, idp, clock)
+    proxy = await start_oauth2()
     upstream.respond = RejectingUpstream(always=True)
     async with client.get(f"{proxy.url}/api/x") as response:
         assert response.status == 401
@@ -105,18 +94,13 @@ async def test_a_401_that_persists_is_passed_through_after_one_retry(
 
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_bodies_too_large_to_buffer_are_not_replayed_but_the_token_is_renewed(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
-    clock: FakeClock,
     client: aiohttp.ClientSession,
     chunked: bool,
 ) -> None:
-    proxy = await start(start_proxy, upstream, idp, clock, reauth_max_body=1000)
-    rejecting = RejectingUpstream()
-    upstream.respond = rejecting
-    first = await warm(client, proxy, upstream)
-    rejecting.rejected.add(first)
+    proxy, first = await with_revoked_token(start_oauth2, upstream, client, reauth_max_body=1000)
 
     async def stream() -> Any:
         yield b"x" * 100
@@ -132,17 +116,12 @@ async def test_bodies_too_large_to_buffer_are_not_replayed_but_the_token_is_rene
 
 
 async def test_a_burst_of_401s_causes_one_refresh(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
-    clock: FakeClock,
     client: aiohttp.ClientSession,
 ) -> None:
-    proxy = await start(start_proxy, upstream, idp, clock)
-    rejecting = RejectingUpstream()
-    upstream.respond = rejecting
-    first = await warm(client, proxy, upstream)
-    rejecting.rejected.add(first)
+    proxy, first = await with_revoked_token(start_oauth2, upstream, client)
     idp.delay = 0.1
 
     async def one() -> int:
@@ -157,15 +136,14 @@ async def test_a_burst_of_401s_causes_one_refresh(
 
 @pytest.mark.parametrize(("reauth_on", "refreshes"), [([401], 0), ([401, 403], 1)])
 async def test_only_configured_statuses_trigger_a_refresh(
-    start_proxy: StartProxy,
+    start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
-    clock: FakeClock,
     client: aiohttp.ClientSession,
     reauth_on: list[int],
     refreshes: int,
 ) -> None:
-    proxy = await start(start_proxy, upstream, idp, clock, reauth_on=reauth_on)
+    proxy = await start_oauth2(reauth_on=reauth_on)
     upstream.respond = RejectingUpstream(status=403, always=True)
     async with client.post(f"{proxy.url}/api/x", data=b"payload") as response:
         assert response.status == 403

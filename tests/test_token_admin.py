@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import StartProxy, connector, eventually, oauth2_connector
+from tests.conftest import StartOAuth2, StartProxy, connector, eventually, oauth2_connector
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -67,15 +67,12 @@ async def test_warmup_failure_keeps_the_proxy_unready_but_serving(
 
 
 async def test_status_shows_counts_and_expiry_never_the_token(
-    start_proxy: StartProxy,
-    upstream: RecordingUpstream,
+    start_oauth2: StartOAuth2,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url)}}, clock
-    )
+    proxy = await start_oauth2()
     async with client.get(f"{proxy.url}/api/x") as response:
         assert response.status == 200
     clock.advance(200)

@@ -10,18 +10,23 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import RunningProxy, StartProxy, eventually, oauth2_connector
+from tests.conftest import (
+    RunningProxy,
+    StartOAuth2,
+    StartProxy,
+    eventually,
+    oauth2_connector,
+    warm,
+)
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 
 
 @pytest.fixture
 async def proxy(
-    start_proxy: StartProxy, upstream: RecordingUpstream, idp: FakeIdP, clock: FakeClock
+    start_oauth2: StartOAuth2,
 ) -> RunningProxy:
     """One client-credentials connector; the IdP grants 300 s, the margin is 60 s."""
-    return await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url)}}, clock
-    )
+    return await start_oauth2()
 
 
 async def call(client: aiohttp.ClientSession, proxy: RunningProxy) -> tuple[int, dict[str, Any]]:
@@ -59,8 +64,7 @@ async def test_token_is_reused_then_renewed_in_the_background(
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
-    await call(client, proxy)
-    first = bearer(upstream)
+    first = await warm(client, proxy, upstream)
     clock.advance(179)  # lifetime 300, margin 60: renew_at = 180, stale_at = 240
     await call(client, proxy)
     assert len(idp.calls) == 1 and bearer(upstream) == first
@@ -86,8 +90,7 @@ async def test_stale_token_makes_requests_wait_for_the_renewal(
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
-    await call(client, proxy)
-    first = bearer(upstream)
+    first = await warm(client, proxy, upstream)
     clock.advance(250)  # past stale_at (240), before expiry (300)
     results = await asyncio.gather(*(call(client, proxy) for _ in range(20)))
     assert {status for status, _ in results} == {200}
@@ -102,8 +105,7 @@ async def test_failing_renewal_keeps_using_a_token_until_it_expires(
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
-    await call(client, proxy)
-    first = bearer(upstream)
+    first = await warm(client, proxy, upstream)
     # A long Retry-After: one attempt, then a back-off that outlasts the token.
     idp.script.append(answer(503, "down", {"Retry-After": "600"}))
     clock.advance(250)
@@ -225,19 +227,15 @@ def jwt(claims: dict[str, Any]) -> str:
     ids=["numeric-string", "float", "absent", "huge-clamped", "jwt-exp", "expires-in-wins"],
 )
 async def test_lifetimes(
-    start_proxy: StartProxy,
-    upstream: RecordingUpstream,
+    start_oauth2: StartOAuth2,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
-    clock: FakeClock,
     fields: dict[str, Any],
     expires_in: int,
 ) -> None:
     idp.expires_in = 999
     idp.overrides.update(fields)
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url)}}, clock
-    )
+    proxy = await start_oauth2()
     assert (await call(client, proxy))[0] == 200
     assert (await status_of(client, proxy))["expires_in"] == expires_in
 
@@ -407,8 +405,7 @@ async def test_a_burst_in_the_renewal_window_renews_once_without_waiting(
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
-    await call(client, proxy)
-    first = bearer(upstream)
+    first = await warm(client, proxy, upstream)
     clock.advance(200)  # inside [renew_at, stale_at)
     idp.delay = 0.5
     started = asyncio.get_running_loop().time()
@@ -420,16 +417,13 @@ async def test_a_burst_in_the_renewal_window_renews_once_without_waiting(
 
 
 async def test_concurrent_renewals_never_reuse_a_refresh_token(
-    start_proxy: StartProxy,
-    upstream: RecordingUpstream,
+    start_oauth2: StartOAuth2,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
     auth = {"grant": "refresh_token", "refresh_token": idp.seed_refresh_token()}
-    proxy = await start_proxy(
-        {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}, clock
-    )
+    proxy = await start_oauth2(**auth)
     idp.delay = 0.05
     for _ in range(5):
         results = await asyncio.gather(*(call(client, proxy) for _ in range(50)))
