@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from proxy.auth import Authenticator, build_authenticator
+from proxy.auth.base import Authenticator
+from proxy.auth.factory import build_authenticator
 from proxy.config.models import ConnectorConfig, Settings
 from proxy.routing import Match, RouteTable
 from proxy.target import Target

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from proxy.auth import Credential
+from proxy.auth.base import Credential
 from proxy.connectors import Connector
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
 from proxy.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers

@@ -167,7 +167,7 @@ async def test_password_grant_falls_back_when_the_refresh_token_is_rejected(
     clock.advance(400)
     assert await _get(client, f"{proxy.url}/api/x") == 200
     assert idp.grants == ["password", "refresh_token", "password"]
-    assert caplog.text.count("refresh token was rejected (invalid_grant) and dropped") == 1
+    assert caplog.text.count("renewal failed (invalid_grant); the refresh token was dropped") == 1
 
 
 async def test_refresh_token_grant_needs_a_new_seed_after_invalid_grant(

@@ -14,16 +14,17 @@ from yarl import URL
 
 from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.base import HostName, RoutePrefix, StrictModel
+from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
 
 ENV_PREFIX = "TOKENPROXY_"
 
 # A new auth type is a model plus its entry here; nothing else in the config layer changes.
 AuthConfig = Annotated[
-    NoneAuthConfig | StaticAuthConfig | BasicAuthConfig | OAuth2AuthConfig,
+    NoneAuthConfig | StaticAuthConfig | BasicAuthConfig | OAuth2AuthConfig | CustomAuthConfig,
     Field(discriminator="type"),
 ]
-AUTH_TYPES = ("none", "static", "basic", "oauth2")
+AUTH_TYPES = ("none", "static", "basic", "oauth2", "custom")
 
 
 class ListenConfig(StrictModel):

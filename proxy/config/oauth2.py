@@ -36,7 +36,7 @@ def token_endpoint_url(value: str) -> str:
     return value
 
 
-def _json_object(value: Any) -> Any:
+def json_object(value: Any) -> Any:
     """Accept a mapping, or a JSON object written as a string (how vendor UIs store them)."""
     if isinstance(value, str):
         try:
@@ -114,7 +114,7 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
     @field_validator("extra_params", "headers", mode="before")
     @classmethod
     def _mapping(cls, value: Any) -> Any:
-        return _json_object(value)
+        return json_object(value)
 
     @field_validator("extra_params")
     @classmethod

@@ -121,8 +121,8 @@ def _oauth_error(body: bytes) -> str | None:
     return code if isinstance(code, str) and _ERROR_CODE.match(code) else None
 
 
-def json_payload(response: TokenResponse) -> dict[str, Any]:
-    """The JSON object of a 2xx answer, or the classified error of any other answer."""
+def check_status(response: TokenResponse) -> None:
+    """Raise the classified error of any answer but a 2xx."""
     status = response.status
     if 300 <= status < 400:
         raise TokenEndpointError(
@@ -142,6 +142,10 @@ def json_payload(response: TokenResponse) -> dict[str, Any]:
         )
     if status < 200:
         raise TokenEndpointError(f"the token endpoint answered {status}")
+
+
+def read_json_object(response: TokenResponse) -> dict[str, Any]:
+    """The answer's body as a JSON object; the error says only its media type otherwise."""
     try:
         payload = orjson.loads(response.body)
     except orjson.JSONDecodeError:
@@ -153,3 +157,9 @@ def json_payload(response: TokenResponse) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise TokenEndpointError("the token endpoint's answer is not a JSON object")
     return payload
+
+
+def json_payload(response: TokenResponse) -> dict[str, Any]:
+    """The JSON object of a 2xx answer, or the classified error of any other answer."""
+    check_status(response)
+    return read_json_object(response)

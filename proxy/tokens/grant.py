@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import TokenRequest, TokenResponse
 from proxy.tokens.model import IssuedToken
+
+
+@dataclass(frozen=True)
+class CurrentTokens:
+    """What the connector holds now (either may be None), for building the next request."""
+
+    access_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
 
 
 class Grant(Protocol):
@@ -22,14 +32,17 @@ class Grant(Protocol):
         """False when only a refresh token can get a token."""
         ...
 
-    @property
-    def keeps_refresh_tokens(self) -> bool: ...
-
     def seed_refresh_token(self) -> str | None: ...
 
-    def primary_request(self) -> TokenRequest: ...
+    def primary_request(self, current: CurrentTokens) -> TokenRequest: ...
 
-    def refresh_request(self, refresh_token: str) -> TokenRequest: ...
+    def refresh_request(self, current: CurrentTokens) -> TokenRequest | None:
+        """The renewal request, or None when renewal needs the primary request."""
+        ...
+
+    def refresh_rejected(self, error: TokenEndpointError) -> bool:
+        """True when ``error`` of a renewal means: drop the refresh token, start over."""
+        ...
 
     def read(self, response: TokenResponse, *, refreshing: bool, now_wall: float) -> IssuedToken:
         """Raises :class:`~proxy.errors.TokenEndpointError` for any unusable answer."""

@@ -35,7 +35,7 @@ from proxy.auth.base import Credential, credential_for
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.errors import ProxyError, TokenEndpointError, TokenUnavailableError
 from proxy.tokens.endpoint import TokenRequest, send_token_request
-from proxy.tokens.grant import Grant
+from proxy.tokens.grant import CurrentTokens, Grant
 from proxy.tokens.model import Clock, IssuedToken, SystemClock, Token
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class TokenManager:
         self._token: Token | None = None
         self._credential: Credential | None = None
         self._refresh_token = grant.seed_refresh_token()
+        self._last_access_token: str | None = None  # kept after an invalidation, for templates
         self._needs_refresh_token = False
         self._inflight: asyncio.Task[Token | TokenEndpointError] | None = None
         self._failures = 0
@@ -212,17 +213,20 @@ class TokenManager:
 
     async def _obtain(self) -> IssuedToken:
         grant = self._grant
-        refresh_token = self._refresh_token
-        if refresh_token is not None:
+        current = CurrentTokens(self._last_access_token, self._refresh_token)
+        renewal = grant.refresh_request(current)
+        if renewal is not None:
             try:
-                return await self._attempt(grant.refresh_request(refresh_token), refreshing=True)
+                return await self._attempt(renewal, refreshing=True)
             except TokenEndpointError as exc:
-                if exc.oauth_error != "invalid_grant":
+                if not grant.refresh_rejected(exc):
                     raise
                 self._refresh_token = None
+                current = CurrentTokens(self._last_access_token, None)
                 logger.warning(
-                    "connector %s: the refresh token was rejected (invalid_grant) and dropped",
+                    "connector %s: renewal failed (%s); the refresh token was dropped",
                     self.connector,
+                    exc.oauth_error or exc.message,
                 )
         if not grant.has_primary_grant:
             self._needs_refresh_token = True
@@ -230,7 +234,7 @@ class TokenManager:
                 "no valid refresh token: this connector needs a new refresh token",
                 oauth_error="invalid_grant",
             )
-        return await self._attempt(grant.primary_request(), refreshing=False)
+        return await self._attempt(grant.primary_request(current), refreshing=False)
 
     async def _attempt(self, request: TokenRequest, *, refreshing: bool) -> IssuedToken:
         policy = self._policy
@@ -267,6 +271,7 @@ class TokenManager:
         # Lifetimes count from when the request was sent: never later than the provider's.
         token = Token(issued.access_token, started, issued.lifetime, margin, "token endpoint")
         self._token = token
+        self._last_access_token = token.value
         self._credential = credential_for(token.value, self.config)
         if self._failures:
             logger.info("connector %s: token endpoint recovered", self.connector)

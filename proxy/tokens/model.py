@@ -94,19 +94,20 @@ def validate_token(value: Any, what: str) -> str:
     return value
 
 
-def parse_expires_in(value: Any) -> float | None:
-    """``expires_in`` as seconds: a number or numeric string; None when absent (B7)."""
+def parse_expires_in(value: Any, name: str = "expires_in") -> float | None:
+    """A count (of seconds, or whatever ``name`` holds): a number or numeric string, floored;
+    None when absent. Booleans, other strings and negatives are invalid answers (B7)."""
     if value is None:
         return None
     if isinstance(value, bool):
-        raise TokenEndpointError("expires_in is not a number")
+        raise TokenEndpointError(f"{name} is not a number")
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise TokenEndpointError("expires_in is not a number") from None
+            raise TokenEndpointError(f"{name} is not a number") from None
     if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise TokenEndpointError("expires_in is not a non-negative number")
+        raise TokenEndpointError(f"{name} is not a non-negative number")
     return float(math.floor(value))
 
 

@@ -10,7 +10,9 @@ import base64
 from urllib.parse import quote_plus
 
 from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import TokenRequest, TokenResponse, json_payload
+from proxy.tokens.grant import CurrentTokens
 from proxy.tokens.model import (
     IssuedToken,
     bounded_lifetime,
@@ -50,6 +52,10 @@ class OAuth2Grant:
         # RFC 6749 §4.4.3: no refresh token for client credentials; ignore one if sent.
         return self.config.grant != "client_credentials"
 
+    def refresh_rejected(self, error: TokenEndpointError) -> bool:
+        # RFC 6749 §5.2: invalid_grant means the refresh token is invalid, expired or revoked.
+        return error.oauth_error == "invalid_grant"
+
     def seed_refresh_token(self) -> str | None:
         token = self.config.refresh_token
         return token.get_secret_value() if token is not None else None
@@ -76,7 +82,7 @@ class OAuth2Grant:
         headers.update(auth_headers)
         return TokenRequest(url=url, form=form, headers=headers, replayable=replayable)
 
-    def primary_request(self) -> TokenRequest:
+    def primary_request(self, current: CurrentTokens) -> TokenRequest:
         config = self.config
         form = {"grant_type": config.grant_type or _WIRE_GRANT[config.grant]}
         if config.grant == "password":
@@ -89,8 +95,10 @@ class OAuth2Grant:
             form["audience"] = config.audience
         return self._request(config.token_url, form, replayable=True)
 
-    def refresh_request(self, refresh_token: str) -> TokenRequest:
-        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    def refresh_request(self, current: CurrentTokens) -> TokenRequest | None:
+        if current.refresh_token is None:
+            return None
+        form = {"grant_type": "refresh_token", "refresh_token": current.refresh_token}
         if self.config.grant == "refresh_token" and self.config.grant_type:
             form["grant_type"] = self.config.grant_type
         return self._request(self.refresh_url, form, replayable=False)

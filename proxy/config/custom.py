@@ -1,0 +1,122 @@
+"""The ``custom`` auth type: any vendor's token request, described in config.
+
+A request is a template (``url``, ``method``, ``query``, ``headers``, ``body``) whose strings
+may use ``{{client_id}}``, ``{{client_secret}}``, ``{{username}}``, ``{{password}}``,
+``{{refresh_token}}`` and ``{{access_token}}``. The token, refresh token and expiry are read
+from the JSON answer by path (:mod:`proxy.tokens.paths`), or the token from a header.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, Secret, SecretStr, field_validator, model_validator
+
+from proxy.config.base import HeaderName, StrictModel
+from proxy.config.oauth2 import TokenLifecycleConfig, json_object, token_endpoint_url
+from proxy.tokens.paths import parse_path
+from proxy.tokens.templates import NAMES, placeholders
+
+
+def _path(value: str | None) -> str | None:
+    if value is not None:
+        parse_path(value)
+    return value
+
+
+def _json_or_value(value: Any) -> Any:
+    """A body may be written as a JSON string, as several products store it."""
+    if isinstance(value, str):
+        import orjson
+
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise ValueError("must be a mapping, or a JSON object as a string") from None
+    return value
+
+
+class TokenRequestConfig(StrictModel):
+    """One HTTP request to a token endpoint. Values are secret: they often hold passwords."""
+
+    url: str
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    query: dict[str, SecretStr] = Field(default_factory=dict)
+    headers: dict[HeaderName, SecretStr] = Field(default_factory=dict)
+    body: Secret[dict[str, Any]] | None = None
+    body_format: Literal["form", "json"] = "form"
+
+    _url = field_validator("url")(token_endpoint_url)
+
+    @field_validator("query", "headers", mode="before")
+    @classmethod
+    def _mapping(cls, value: Any) -> Any:
+        return json_object(value)
+
+    @field_validator("body", mode="before")
+    @classmethod
+    def _body(cls, value: Any) -> Any:
+        value = _json_or_value(value)
+        if not isinstance(value, dict):
+            raise ValueError("must be a mapping, or a JSON object as a string")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenRequestConfig:
+        body = self.body.get_secret_value() if self.body is not None else None
+        if body is not None and self.method == "GET":
+            raise ValueError("a GET request cannot have a body: put the fields in 'query'")
+        if body is not None and self.body_format == "form":
+            if any(isinstance(v, dict | list) for v in body.values()):
+                raise ValueError("a form body must be flat: nested values need body_format: json")
+        used = placeholders(body) | placeholders(
+            [v.get_secret_value() for v in (*self.query.values(), *self.headers.values())]
+        )
+        unknown = sorted(used - NAMES)
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join('{{' + n + '}}' for n in unknown)}; known: "
+                + ", ".join(sorted(NAMES))
+            )
+        return self
+
+
+class RefreshRequestConfig(TokenRequestConfig):
+    """The renewal request; its paths default to those of the token request."""
+
+    access_token_path: str | None = None
+    refresh_token_path: str | None = None
+    expires_path: str | None = None
+
+    _paths = field_validator("access_token_path", "refresh_token_path", "expires_path")(_path)
+
+
+class CustomAuthConfig(TokenLifecycleConfig):
+    type: Literal["custom"]
+    token_request: TokenRequestConfig
+    refresh_request: RefreshRequestConfig | None = None
+    access_token_path: str = "access_token"
+    refresh_token_path: str | None = None
+    expires_path: str | None = "expires_in"
+    expires_type: Literal[
+        "seconds", "milliseconds", "datetime", "epoch_seconds", "epoch_milliseconds"
+    ] = "seconds"
+    token_header: HeaderName | None = Field(
+        None, description="take the token from this response header instead of the body"
+    )
+    client_id: SecretStr | None = None
+    client_secret: SecretStr | None = None
+    username: SecretStr | None = None
+    password: SecretStr | None = None
+
+    _paths = field_validator("access_token_path", "refresh_token_path", "expires_path")(_path)
+
+    def template_values(self) -> dict[str, str]:
+        """The credentials that placeholders may name (tokens are added per request)."""
+        fields = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "username": self.username,
+            "password": self.password,
+        }
+        return {name: v.get_secret_value() for name, v in fields.items() if v is not None}
