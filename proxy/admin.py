@@ -26,7 +26,7 @@ from proxy.errors import (
 )
 
 Endpoint = Callable[[], Awaitable[web.StreamResponse]]
-_REFRESH = re.compile(r"^/connectors/([A-Za-z0-9_-]+)/refresh$")
+_REFRESH = re.compile(r"/connectors/([A-Za-z0-9_-]+)/refresh")
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
@@ -73,7 +73,7 @@ class AdminApi:
         subpath = path[len(self.prefix) :]
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
             self._authorize(request)
-            refresh = _REFRESH.match(subpath)
+            refresh = _REFRESH.fullmatch(subpath)
             if refresh is None or request.method != hdrs.METH_POST:
                 raise MethodNotAllowedError(f"{request.method} is not supported here")
             return await self._refresh(refresh.group(1))

@@ -17,7 +17,7 @@ from proxy.errors import BadRequestError
 # by a server behind the upstream (Envoy CVE-2019-9901, CVE-2021-29492).
 _ENCODED_DANGER = re.compile(r"%(?:2f|5c|00)", re.IGNORECASE)
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_DOT_SEGMENT = re.compile(r"^(?:\.|%2e){1,2}$", re.IGNORECASE)
+_DOT_SEGMENT = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,5 +68,5 @@ def validate_path(path: str) -> None:
             raise BadRequestError("path contains an empty segment ('//')")
         # Tomcat-style parameters: `/x;/../y` and `/..;x/` are dot-segments to some servers.
         for part in segment.split(";"):
-            if _DOT_SEGMENT.match(part):
+            if _DOT_SEGMENT.fullmatch(part):
                 raise BadRequestError("path contains a '.' or '..' segment")

@@ -58,7 +58,7 @@ def clock() -> FakeClock:
 def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
     def write(config: dict[str, Any]) -> Path:
         path = tmp_path / "tokenproxy.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(config, sort_keys=False))  # keep the order written
         return path
 
     return write

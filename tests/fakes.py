@@ -108,12 +108,15 @@ class FakeIdP(DemoIdentityProvider):
         self.url = ""  # set once the server listens
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        form = {key: str(value) for key, value in (await request.post()).items()}
+        is_json = request.content_type == "application/json"
+        form = {} if is_json else {k: str(v) for k, v in (await request.post()).items()}
         self.calls.append(
             {
+                "method": request.method,
                 "path": request.path,
                 "query": request.query_string,
                 "form": form,
+                "json": await request.json() if is_json else None,
                 "headers": dict(request.headers),
             }
         )

@@ -195,6 +195,21 @@ def test_every_problem_is_reported_at_once_with_its_path(
         ),
         ({"auth": {"type": "static", "token": ""}}, "connectors.crm.auth.token: must not be empty"),
         (
+            {"auth": {"type": "static", "token": "t", "header": "X-Key\n"}},
+            "connectors.crm.auth.header: must be an HTTP header name (letters, digits and "
+            "!#$%&'*+-.^_`|~)",
+        ),
+        (
+            {"auth": {"type": "static", "token": "t", "token_prefix": "Bearer\n"}},
+            "connectors.crm.auth.token_prefix: may hold only printable ASCII characters (no CR, "
+            "LF or controls)",
+        ),
+        (
+            {"hosts": ["api.example.com\n"]},
+            "connectors.crm.hosts.0: must be a hostname with an optional :port, without a scheme "
+            "or path",
+        ),
+        (
             {"auth": {"type": "basic", "username": "a:b", "password": "p"}},
             "connectors.crm.auth.username: must not contain ':' (RFC 7617 §2)",
         ),
@@ -435,3 +450,60 @@ def test_password_grant_is_accepted_with_a_warning(write_config: WriteConfig) ->
         "connectors.crm.auth.grant: the password grant is deprecated by RFC 9700 §2.4; prefer "
         "client credentials where the provider offers them"
     ]
+
+
+def custom(**fields: Any) -> dict[str, Any]:
+    auth: dict[str, Any] = {"type": "custom", "token_request": {"url": "https://idp.example/t"}}
+    auth.update(fields)
+    return auth
+
+
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [
+        (
+            custom(token_request={"url": "https://idp.example/t", "body": {"p": "{{pasword}}"}}),
+            "connectors.crm.auth.token_request: unknown placeholder(s) {{pasword}}; known: "
+            "access_token, client_id, client_secret, password, refresh_token, username",
+        ),
+        (
+            custom(
+                token_request={"url": "https://idp.example/t", "method": "GET", "body": {"a": "1"}}
+            ),
+            "connectors.crm.auth.token_request: a GET request cannot have a body: put the fields "
+            "in 'query'",
+        ),
+        (
+            custom(token_request={"url": "https://idp.example/t", "body": {"a": {"b": "1"}}}),
+            "connectors.crm.auth.token_request: a form body must be flat: nested values need "
+            "body_format: json",
+        ),
+        (
+            custom(token_request={"url": "https://idp.example/t", "body": "{not json"}),
+            "connectors.crm.auth.token_request.body: must be a mapping, or a JSON object as a "
+            "string",
+        ),
+        (
+            custom(access_token_path="$.items[*].token"),
+            "connectors.crm.auth.access_token_path: cannot read the path '$.items[*].token' at "
+            "character 8",
+        ),
+        (
+            custom(refresh_request={"url": "https://idp.example/r", "expires_path": "a..b"}),
+            "connectors.crm.auth.refresh_request.expires_path: cannot read the path 'a..b' at "
+            "character 2",
+        ),
+        (
+            custom(expires_type="minutes"),
+            "connectors.crm.auth.expires_type: Input should be 'seconds', 'milliseconds', "
+            "'datetime', 'epoch_seconds' or 'epoch_milliseconds'",
+        ),
+        (
+            custom(token_request={"url": "http://idp.example/t"}),
+            "connectors.crm.auth.token_request.url: must use https:// (plain http:// only to a "
+            "loopback address)",
+        ),
+    ],
+)
+def test_custom_rules(write_config: WriteConfig, auth: dict[str, Any], problem: str) -> None:
+    assert problems_of(write_config(base_config(auth=auth))) == [problem]

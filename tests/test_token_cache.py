@@ -256,6 +256,10 @@ async def test_lifetimes(
             "the access_token holds characters that cannot go in a header, or is too long",
         ),
         (
+            {"access_token": "trailing-newline\n"},
+            "the access_token holds characters that cannot go in a header, or is too long",
+        ),
+        (
             {"access_token": "a b"},
             "the access_token holds characters that cannot go in a header, or is too long",
         ),

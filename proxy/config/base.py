@@ -9,11 +9,11 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 # RFC 9110 §5.6.2 token characters: what a header field name may be made of.
-_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Header values we send may hold visible ASCII and spaces, never CR, LF, NUL or other controls.
-_FIELD_VALUE_RE = re.compile(r"^[\x20-\x7e]*$")
+_FIELD_VALUE_RE = re.compile(r"[\x20-\x7e]*")
 _HOST_RE = re.compile(
-    r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 )
 
 
@@ -34,13 +34,13 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _header_name(value: str) -> str:
-    if not _TOKEN_RE.match(value):
+    if not _TOKEN_RE.fullmatch(value):
         raise ValueError("must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
     return value
 
 
 def _field_value(value: str) -> str:
-    if not _FIELD_VALUE_RE.match(value):
+    if not _FIELD_VALUE_RE.fullmatch(value):
         raise ValueError("may hold only printable ASCII characters (no CR, LF or controls)")
     return value
 
@@ -61,7 +61,7 @@ def _route_prefix(value: str) -> str:
 def _host_name(value: str) -> str:
     """A hostname with an optional port, compared case-insensitively."""
     host, _, port = value.lower().partition(":")
-    if not _HOST_RE.match(host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+    if not _HOST_RE.fullmatch(host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
         raise ValueError("must be a hostname with an optional :port, without a scheme or path")
     return value.lower()
 

@@ -22,8 +22,8 @@ from multidict import CIMultiDictProxy
 from proxy.errors import TokenEndpointError, TokenEndpointTimeoutError
 
 MAX_RESPONSE_BYTES = 1024 * 1024
-_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-_MEDIA_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]{1,40}/[a-z0-9!#$&^_.+-]{1,60}$")
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,40}/[a-z0-9!#$&^_.+-]{1,60}")
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _oauth_error(body: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     code = payload.get("error") if isinstance(payload, dict) else None
-    return code if isinstance(code, str) and _ERROR_CODE.match(code) else None
+    return code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else None
 
 
 def check_status(response: TokenResponse) -> None:
@@ -150,7 +150,7 @@ def read_json_object(response: TokenResponse) -> dict[str, Any]:
         payload = orjson.loads(response.body)
     except orjson.JSONDecodeError:
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        shown = media_type if _MEDIA_TYPE.match(media_type) else "unknown"
+        shown = media_type if _MEDIA_TYPE.fullmatch(media_type) else "unknown"
         raise TokenEndpointError(
             f"the token endpoint's answer is not JSON (Content-Type: {shown})"
         ) from None

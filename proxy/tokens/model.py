@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 # Visible ASCII without spaces: RFC 6750's b64token plus the few characters real providers
 # use (Salesforce tokens hold '!'). Anything else could split or inject a header (B14).
-_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")
+# Every validator here uses fullmatch: `$` would let a trailing newline through.
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 MAX_TOKEN_LENGTH = 16 * 1024
 _BEARER_TYPES = frozenset({"bearer"})
 
@@ -87,7 +88,7 @@ class IssuedToken:
 def validate_token(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise TokenEndpointError(f"the token endpoint's answer has no usable {what}")
-    if len(value) > MAX_TOKEN_LENGTH or not _TOKEN_CHARS.match(value):
+    if len(value) > MAX_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(value):
         raise TokenEndpointError(
             f"the {what} holds characters that cannot go in a header, or is too long"
         )

@@ -51,16 +51,15 @@ def parse_path(text: str) -> JsonPath:
     """Parse ``text``; raises ``ValueError`` for anything but member and index steps."""
     if not text or text != text.strip():
         raise ValueError("must be a non-empty path such as data.token or $.data.token")
-    if text.startswith("$"):
-        rest = text[1:]
-    else:
-        rest = "." + text
+    # Parse "$"-less, dotted-first: "a.b" reads as ".a.b"; `shift` maps back to text positions.
+    rest, shift = (text[1:], 1) if text.startswith("$") else ("." + text, -1)
     steps: list[Step] = []
     position = 0
     while position < len(rest):
         match = _STEP.match(rest, position)
         if match is None:
-            raise ValueError(f"cannot read the path {text!r} at character {position + 1}")
+            where = max(position + shift, 0) + 1
+            raise ValueError(f"cannot read the path {text!r} at character {where}")
         if match.group("index") is not None:
             steps.append(int(match.group("index")))
         else:
