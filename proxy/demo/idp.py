@@ -49,7 +49,7 @@ def oauth_json(payload: dict[str, Any], status: int = 200) -> web.Response:
 
 
 class DemoIdentityProvider:
-    """``POST /token``. ``expires_in`` is the lifetime it grants, in seconds."""
+    """A token endpoint at every path (``POST``). ``expires_in``: the lifetime it grants."""
 
     def __init__(self, expires_in: int = 300) -> None:
         self.expires_in = expires_in
@@ -59,7 +59,7 @@ class DemoIdentityProvider:
         self._families: dict[str, RefreshFamily] = {}
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.path != "/token" or request.method != hdrs.METH_POST:
+        if request.method != hdrs.METH_POST:
             return oauth_json({"error": "not_found"}, status=404)
         form = {key: str(value) for key, value in (await request.post()).items()}
         try:
@@ -141,8 +141,8 @@ class DemoIdentityProvider:
             token["refresh_token"] = refresh_token
         return token
 
-    def seed_refresh_token(self, subject: str = DEMO_USERNAME) -> str:
+    def seed_refresh_token(self, subject: str = DEMO_USERNAME, value: str | None = None) -> str:
         """A fresh refresh token, as an authorization-code bootstrap would have produced."""
-        refresh_token = secrets.token_urlsafe(24)
+        refresh_token = value or secrets.token_urlsafe(24)
         self._families[refresh_token] = RefreshFamily(subject, refresh_token)
         return refresh_token

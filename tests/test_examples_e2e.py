@@ -1,0 +1,132 @@
+"""Every example in config/examples/ works end to end against the fakes.
+
+Token endpoint and upstream URLs are pointed at the fake identity provider and the recording
+upstream (their paths kept), the fake provider learns the example's credentials, and answers
+to custom requests are shaped by the example's own paths. Each example must then obtain a
+token, forward a request with it, and renew it once it expires.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from yarl import URL
+
+from proxy.config.custom import CustomAuthConfig
+from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.tokens.paths import parse_path
+from tests.conftest import StartProxy
+from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
+
+EXAMPLES = {
+    path.stem: yaml.safe_load(path.read_text())
+    for path in sorted(
+        (Path(__file__).resolve().parent.parent / "config" / "examples").glob("*.yaml")
+    )
+}
+TOKEN_URL_KEYS = {"url", "token_url", "refresh_url"}
+
+
+def pointed_at(node: Any, idp: str, upstream: str, key: str = "") -> Any:
+    """The config with every token URL moved to ``idp`` and upstreams to ``upstream``."""
+    if isinstance(node, dict):
+        return {k: pointed_at(v, idp, upstream, k) for k, v in node.items()}
+    if (
+        isinstance(node, str)
+        and node.startswith("https://")
+        and (key in TOKEN_URL_KEYS or key == "upstream")
+    ):
+        target = URL(upstream if key == "upstream" else idp)
+        return str(
+            URL(node).with_scheme("http").with_host(target.host or "").with_port(target.port)
+        )
+    return node
+
+
+def document(values: dict[str, Any]) -> dict[str, Any]:
+    """A JSON answer holding each value at its (dotted or JSONPath) path."""
+    root: dict[str, Any] = {}
+    for path, value in values.items():
+        node: Any = root
+        steps = parse_path(path).steps
+        for step, following in zip(steps, (*steps[1:], None), strict=True):
+            if following is None:
+                node[step] = value
+            else:
+                node = node.setdefault(step, {})
+    return root
+
+
+def expiry(kind: str, seconds: int, wall: float) -> Any:
+    return {
+        "seconds": seconds,
+        "milliseconds": seconds * 1000,
+        "epoch_seconds": wall + seconds,
+        "epoch_milliseconds": (wall + seconds) * 1000,
+        "datetime": datetime.datetime.fromtimestamp(wall + seconds, datetime.UTC).isoformat(),
+    }[kind]
+
+
+def script_custom(idp: FakeIdP, auth: CustomAuthConfig, wall: float, *, refreshing: bool) -> str:
+    """Queue the answer a custom example's request expects; return the token it carries."""
+    token = f"tok-{'renewed' if refreshing else 'first'}"
+    renewal = auth.refresh_request if refreshing else None
+    values = {(renewal and renewal.access_token_path) or auth.access_token_path: token}
+    refresh_path = (renewal and renewal.refresh_token_path) or auth.refresh_token_path
+    if refresh_path:
+        values[refresh_path] = f"rt-{token}"
+    expires_path = (renewal and renewal.expires_path) or auth.expires_path
+    if expires_path:
+        values[expires_path] = expiry(auth.expires_type, 600, wall)
+    idp.script.append(answer(200, document(values)))
+    return token
+
+
+def teach(idp: FakeIdP, auth: OAuth2AuthConfig) -> None:
+    """Make the fake provider accept this example's client, user and refresh token."""
+    assert auth.client_id and auth.client_secret
+    idp.clients[auth.client_id] = auth.client_secret.get_secret_value()
+    if auth.username and auth.password:
+        idp.users[auth.username] = auth.password.get_secret_value()
+    if auth.refresh_token:
+        idp.seed_refresh_token(value=auth.refresh_token.get_secret_value())
+
+
+@pytest.mark.parametrize("example", EXAMPLES.values(), ids=EXAMPLES.keys())
+async def test_example_end_to_end(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    example: dict[str, Any],
+) -> None:
+    config = pointed_at(example, idp.url, upstream.url)
+    proxy = await start_proxy(config, clock)
+    settings = proxy.server.settings
+    ((name, connector),) = settings.connectors.items()
+    auth = connector.auth
+    route = connector.route or ""
+
+    for refreshing in (False, True):
+        if isinstance(auth, CustomAuthConfig):
+            token = script_custom(idp, auth, clock.wall(), refreshing=refreshing)
+        else:
+            assert isinstance(auth, OAuth2AuthConfig)
+            teach(idp, auth)
+        async with client.get(f"{proxy.url}{route}/items") as response:
+            assert response.status == 200, await response.text()
+        sent = upstream.header_values(getattr(auth, "header", "Authorization"))
+        if isinstance(auth, CustomAuthConfig):
+            assert sent == [f"{auth.token_prefix} {token}".strip()]
+        else:
+            assert sent[0].removeprefix(f"{auth.token_prefix} ") in idp.issued
+        clock.advance(3600 * 25)  # past any lifetime: the next request must renew
+
+    assert len(idp.calls) == 2, f"{name}: one token request, then one renewal"
+    assert not idp.reuse_detected
