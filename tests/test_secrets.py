@@ -201,3 +201,52 @@ async def test_no_secret_of_a_token_connector_leaks(
     everything = "\n".join(seen) + caplog.text
     for canary in TOKEN_CANARIES:
         assert canary not in everything
+
+
+async def test_no_secret_of_a_custom_token_request_leaks(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    auth = {
+        "type": "custom",
+        "username": "svc",
+        "password": USER_PASSWORD,
+        "client_secret": CLIENT_SECRET,
+        "token_request": {
+            "url": f"{idp.url}/login",
+            "body_format": "json",
+            "body": {"user": "{{username}}", "secret": "{{password}}"},
+            "headers": {"X-Key": "{{client_secret}}"},
+        },
+        "access_token_path": "data.token",
+    }
+    proxy = await start_proxy(
+        {"connectors": {"api": {"route": "/api", "upstream": upstream.url, "auth": auth}}}, clock
+    )
+    upstream.respond = answer(200, "fine")
+    idp.script.extend(
+        [
+            answer(200, {"data": {}, "echo": USER_PASSWORD}),  # path missing
+            answer(200, f"<html>{CLIENT_SECRET}</html>"),  # not JSON
+            answer(401, {"error": "invalid_client", "detail": USER_PASSWORD}),
+            answer(200, {"data": {"token": f"{ISSUED}\r\nX-Evil: 1"}}),  # unusable token
+            answer(200, {"data": {"token": ISSUED}}),
+        ]
+    )
+    seen = []
+    for _ in range(5):
+        async with client.get(f"{proxy.url}/api/x") as response:
+            seen.append(f"{response.status} {dict(response.headers)} {await response.text()}")
+        clock.advance(400)
+    async with client.get(f"{proxy.url}/_proxy/connectors") as response:
+        seen.append(await response.text())
+    assert [line[:3] for line in seen[:5]] == ["502", "502", "502", "502", "200"]
+    assert idp.calls[0]["json"] == {"user": "svc", "secret": USER_PASSWORD}  # really in play
+    everything = "\n".join(seen) + caplog.text
+    for canary in TOKEN_CANARIES:
+        assert canary not in everything
