@@ -97,6 +97,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands import the server side only when they need it: `check` stays quick.
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from proxy.server import serve
 

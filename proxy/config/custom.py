@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from pydantic import Field, Secret, SecretStr, field_validator, model_validator
 
 from proxy.config.base import HeaderName, StrictModel
@@ -27,8 +28,6 @@ def _path(value: str | None) -> str | None:
 def _json_or_value(value: Any) -> Any:
     """A body may be written as a JSON string, as several products store it."""
     if isinstance(value, str):
-        import orjson
-
         try:
             return orjson.loads(value)
         except orjson.JSONDecodeError:

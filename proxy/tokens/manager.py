@@ -26,7 +26,6 @@ import asyncio
 import logging
 import math
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -37,29 +36,9 @@ from proxy.errors import ProxyError, TokenEndpointError, TokenUnavailableError
 from proxy.tokens.endpoint import TokenRequest, send_token_request
 from proxy.tokens.grant import CurrentTokens, Grant
 from proxy.tokens.model import Clock, IssuedToken, SystemClock, Token
+from proxy.tokens.policy import RetryPolicy, TokenStats
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 3
-    """Tries of one token request for retryable failures (transport, 5xx, 429)."""
-    attempt_delay: float = 0.25
-    """First pause between tries; doubles, jittered. A longer Retry-After ends the tries."""
-    max_attempt_delay: float = 5.0
-    backoff_base: float = 1.0
-    """Back-off after a failed fetch: doubles with each further failure, jittered."""
-    backoff_max: float = 300.0
-    min_fetch_interval: float = 1.0
-    """Token requests of one connector start at least this far apart (no fetch storms)."""
-
-
-@dataclass
-class TokenStats:
-    fetches: int = 0
-    failures: int = 0
-    last_error: str | None = None
 
 
 class TokenManager:
