@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import __version__
-from proxy.config import LoadedConfig, load_settings
+from proxy.config.loader import LoadedConfig, load_settings
 from proxy.errors import ConfigError, ProxyError
 from proxy.logs import configure_logging
 
@@ -145,7 +145,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
             print(f"{args.name}: {exc.code}: {exc.message}", file=sys.stderr)
             return 1
         finally:
-            await connector.session.close()
+            await connector.upstream.close()
             await connector.authenticator.close()
         state = connector.authenticator.describe()
         if credential is None:

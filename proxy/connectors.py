@@ -15,28 +15,11 @@ from yarl import URL
 from proxy.auth.base import Authenticator
 from proxy.auth.factory import build_authenticator
 from proxy.config.models import ConnectorConfig, Settings
+from proxy.config.oauth2 import TokenLifecycleConfig
+from proxy.egress import Egress, token_egress, upstream_egress
 from proxy.routing import Match, RouteTable
 from proxy.target import Target
 from proxy.tokens.model import Clock
-
-# aiohttp adds these when absent; a transparent proxy must send only what the client sent.
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
-
-def new_client_session(limit: int = 100) -> aiohttp.ClientSession:
-    """A client session that alters nothing it relays.
-
-    No decompression (bodies pass byte-exact, no inflate bomb), no cookie jar (cookies
-    belong to the client), no proxy from the environment (``HTTP_PROXY`` is usually set for
-    the legacy client and points at us), no automatic headers.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=False),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        skip_auto_headers=_NO_AUTO_HEADERS,
-    )
 
 
 @dataclass(eq=False)
@@ -44,8 +27,7 @@ class Connector:
     name: str
     config: ConnectorConfig
     authenticator: Authenticator
-    session: aiohttp.ClientSession
-    timeout: aiohttp.ClientTimeout
+    upstream: Egress
     origin: str
     """``scheme://host[:port]`` of the upstream, exactly as configured."""
     base_path: str
@@ -63,19 +45,35 @@ class Connector:
 
 
 def build_connector(name: str, config: ConnectorConfig, clock: Clock | None = None) -> Connector:
+    """Raises :class:`~proxy.tls.TLSConfigError` if a TLS profile cannot be loaded."""
     upstream = URL(config.upstream)
-    origin = str(upstream.origin())
     connect, read = config.timeouts.connect, config.timeouts.read
+    proxy = config.http_proxy.get_secret_value() if config.http_proxy else None
+    where = f"connectors.{name}"
     # The token endpoint gets the connector's timeouts too, and an overall bound: a provider
     # dripping its answer must not hold every waiting request for ever.
     token_timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect, sock_read=read)
+    token = None
+    if isinstance(config.auth, TokenLifecycleConfig):
+        auth_tls = config.auth.tls
+        token = token_egress(
+            auth_tls or config.tls,
+            f"{where}.auth.tls" if auth_tls else f"{where}.tls",
+            token_timeout,
+            proxy=proxy,
+        )
     return Connector(
         name=name,
         config=config,
-        authenticator=build_authenticator(name, config.auth, token_timeout, clock),
-        session=new_client_session(),
-        timeout=aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read),
-        origin=origin,
+        authenticator=build_authenticator(name, config.auth, token, clock),
+        upstream=upstream_egress(
+            config.tls,
+            f"{where}.tls",
+            aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read),
+            https=upstream.scheme == "https",
+            proxy=proxy,
+        ),
+        origin=str(upstream.origin()),
         base_path=upstream.raw_path.rstrip("/"),
     )
 
@@ -105,5 +103,5 @@ class ConnectorSet:
 
     async def close(self) -> None:
         for connector in self.connectors.values():
-            await connector.session.close()
+            await connector.upstream.close()
             await connector.authenticator.close()

@@ -103,13 +103,14 @@ async def _send(
     if credential is not None:
         query = credential.apply(headers, query)
     with map_client_errors(connector.name):
-        return await connector.session.request(
+        return await connector.upstream.session.request(
             request.method,
             connector.upstream_url(rest, query),
             headers=headers,
             data=body,
             allow_redirects=False,
-            timeout=connector.timeout,
+            timeout=connector.upstream.timeout,
+            **connector.upstream.options,
         )
 
 

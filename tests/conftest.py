@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pytest_aiohttp import AiohttpRawServer
 
-from proxy.config import load_settings
+from proxy.config.loader import load_settings
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from proxy.logs import install_filters
 from proxy.server import ProxyServer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import load_settings
+from proxy.config.loader import load_settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 EXAMPLES = sorted(CONFIG_DIR.rglob("*.yaml"))

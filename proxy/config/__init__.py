@@ -1,6 +1,2 @@
-"""The configuration: typed models, value sources, loading and cross-field checks."""
-
-from proxy.config.loader import LoadedConfig, load_settings
-from proxy.config.models import ConnectorConfig, Settings
-
-__all__ = ["ConnectorConfig", "LoadedConfig", "Settings", "load_settings"]
+"""The configuration: typed models (:mod:`.models`), value sources, loading
+(:func:`proxy.config.loader.load_settings`) and cross-field checks."""

@@ -60,6 +60,23 @@ def cross_check(settings: Settings) -> CheckResult:
                 )
             else:
                 hosts[host] = name
+        token_tls = getattr(connector.auth, "tls", None) or connector.tls
+        if getattr(connector.auth, "client_auth", None) == "tls_client_auth" and not (
+            token_tls and token_tls.has_client_certificate
+        ):
+            result.errors.append(
+                f"{where}.auth.client_auth: tls_client_auth needs a client certificate in "
+                "auth.tls or tls (RFC 8705)"
+            )
+        for tls, path in (
+            (connector.tls, f"{where}.tls"),
+            (getattr(connector.auth, "tls", None), f"{where}.auth.tls"),
+        ):
+            if tls is not None and tls.insecure_skip_verify:
+                result.warnings.append(
+                    f"{path}.insecure_skip_verify: certificates are NOT verified; anyone on the "
+                    "path can read the credentials"
+                )
         if getattr(connector.auth, "grant", None) == "password":
             result.warnings.append(
                 f"{where}.auth.grant: the password grant is deprecated by RFC 9700 §2.4; "

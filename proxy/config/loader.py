@@ -20,6 +20,7 @@ from proxy.config.checks import cross_check
 from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
 from proxy.config.sources import Location, resolve_tree
 from proxy.errors import ConfigError
+from proxy.tls import TLSConfigError, client_ssl_context
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,24 @@ def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Loa
         raise ConfigError(problems) from None
     checked = cross_check(settings)
     problems.extend(checked.errors)
+    problems.extend(check_tls_material(settings))
     if problems:
         raise ConfigError(problems)
     return LoadedConfig(settings=settings, warnings=checked.warnings)
+
+
+def check_tls_material(settings: Settings) -> list[str]:
+    """Build every TLS profile of ``settings`` once; each failure as ``path: message``."""
+    problems = []
+    for name, connector in settings.connectors.items():
+        profiles = [(connector.tls, f"connectors.{name}.tls")]
+        auth_tls = getattr(connector.auth, "tls", None)
+        if auth_tls is not None:
+            profiles.append((auth_tls, f"connectors.{name}.auth.tls"))
+        for tls, where in profiles:
+            if tls is not None:
+                try:
+                    client_ssl_context(tls, where)
+                except TLSConfigError as exc:
+                    problems.append(str(exc))
+    return problems

@@ -16,6 +16,7 @@ from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.base import HostName, RoutePrefix, StrictModel
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.config.tls import TLSConfig
 
 ENV_PREFIX = "TOKENPROXY_"
 
@@ -90,8 +91,25 @@ class ConnectorConfig(StrictModel):
     hosts: list[HostName] = Field(default_factory=list, description="select by Host / absolute URI")
     upstream: str = Field(description="base URL: /<route>/x/y -> <upstream>/x/y")
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    tls: TLSConfig | None = Field(None, description="TLS to the upstream and token endpoint")
+    http_proxy: SecretStr | None = Field(
+        None, description="egress proxy (http://[user:pass@]host:port) for upstream and token"
+    )
     warmup: bool = Field(False, description="fetch a token at start; /ready waits for it")
     auth: AuthConfig
+
+    @field_validator("http_proxy")
+    @classmethod
+    def _proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            url = URL(value.get_secret_value())
+        except ValueError:
+            raise ValueError("is not a valid URL") from None
+        if url.scheme != "http" or not url.host or url.path not in ("", "/"):
+            raise ValueError("must be http://[user:password@]host:port")
+        return value
 
     @field_validator("upstream")
     @classmethod

@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.base import HeaderName, is_loopback_host
+from proxy.config.tls import TLSConfig
 
 # Parameters the grant itself sets; extra_params may not smuggle a second copy of them.
 RESERVED_PARAMS = frozenset(
@@ -68,6 +71,7 @@ class TokenLifecycleConfig(InjectedAuthConfig):
     reauth_interval: float = Field(
         30, ge=0, description="least seconds between two forced refreshes of one connector"
     )
+    tls: TLSConfig | None = Field(None, description="TLS for the token endpoint only")
 
     @field_validator("reauth_on")
     @classmethod
@@ -86,9 +90,17 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
     refresh_url: str | None = Field(None, description="default: token_url")
     client_id: str | None = None
     client_secret: SecretStr | None = None
-    client_auth: Literal["client_secret_basic", "client_secret_post", "none"] = (
-        "client_secret_basic"
-    )
+    client_auth: Literal[
+        "client_secret_basic",
+        "client_secret_post",
+        "client_secret_jwt",
+        "private_key_jwt",
+        "tls_client_auth",
+        "none",
+    ] = "client_secret_basic"
+    private_key: SecretStr | None = Field(None, description="PEM key for private_key_jwt")
+    key_id: str | None = Field(None, description="'kid' of the private_key_jwt assertion")
+    signing_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
     username: str | None = None
     password: SecretStr | None = None
     refresh_token: SecretStr | None = Field(None, description="seed of the refresh_token grant")
@@ -131,14 +143,43 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
             "password": ("username", "password"),
             "refresh_token": ("refresh_token",),
         }[self.grant]
-        if self.client_auth != "none":
-            needed += ("client_id", "client_secret")
+        needed += {
+            "client_secret_basic": ("client_id", "client_secret"),
+            "client_secret_post": ("client_id", "client_secret"),
+            "client_secret_jwt": ("client_id", "client_secret"),
+            "private_key_jwt": ("client_id", "private_key"),
+            "tls_client_auth": ("client_id",),
+            "none": (),
+        }[self.client_auth]
         missing = sorted({name for name in needed if getattr(self, name) is None})
         if missing:
             raise ValueError(
                 f"grant {self.grant!r} with client_auth {self.client_auth!r} needs "
                 + ", ".join(missing)
             )
+        return self
+
+    @field_validator("private_key")
+    @classmethod
+    def _pem_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                serialization.load_pem_private_key(value.get_secret_value().encode(), None)
+            except (ValueError, TypeError):
+                raise ValueError("must be an unencrypted PEM private key") from None
+        return value
+
+    @model_validator(mode="after")
+    def _key_fits_algorithm(self) -> OAuth2AuthConfig:
+        if self.client_auth == "private_key_jwt" and self.private_key is not None:
+            key = serialization.load_pem_private_key(
+                self.private_key.get_secret_value().encode(), None
+            )
+            wanted = (
+                ec.EllipticCurvePrivateKey if self.signing_alg == "ES256" else rsa.RSAPrivateKey
+            )
+            if not isinstance(key, wanted):
+                raise ValueError(f"private_key does not fit signing_alg {self.signing_alg}")
         return self
 
     @property

@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
+from proxy.egress import Egress
 from proxy.errors import TokenEndpointError, TokenEndpointTimeoutError
 
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -51,22 +52,10 @@ class TokenResponse:
     body: bytes = field(repr=False)
 
 
-def new_token_session() -> aiohttp.ClientSession:
-    """The token endpoint's own pool, apart from the upstream's so neither starves the other."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=10),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        headers={"User-Agent": "tokenproxy", "Accept": "application/json"},
-    )
-
-
-async def send_token_request(
-    session: aiohttp.ClientSession, request: TokenRequest, limits: aiohttp.ClientTimeout
-) -> TokenResponse:
+async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResponse:
     """Send ``request``; never follow a redirect; read at most 1 MiB of answer."""
     try:
-        async with session.request(
+        async with egress.session.request(
             request.method,
             request.url,
             params=request.query,
@@ -74,7 +63,8 @@ async def send_token_request(
             json=request.json,
             headers=request.headers,
             allow_redirects=False,
-            timeout=limits,
+            timeout=egress.timeout,
+            **egress.options,
         ) as response:
             body = bytearray()
             async for chunk in response.content.iter_chunked(65536):

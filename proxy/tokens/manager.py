@@ -28,10 +28,9 @@ import math
 import random
 from typing import Any
 
-import aiohttp
-
 from proxy.auth.base import Credential, credential_for
 from proxy.config.oauth2 import TokenLifecycleConfig
+from proxy.egress import Egress
 from proxy.errors import ProxyError, TokenEndpointError, TokenUnavailableError
 from proxy.tokens.endpoint import TokenRequest, send_token_request
 from proxy.tokens.grant import CurrentTokens, Grant
@@ -49,8 +48,7 @@ class TokenManager:
         connector: str,
         config: TokenLifecycleConfig,
         grant: Grant,
-        session: aiohttp.ClientSession,
-        timeout: aiohttp.ClientTimeout,
+        egress: Egress,
         *,
         clock: Clock | None = None,
         policy: RetryPolicy | None = None,
@@ -60,8 +58,7 @@ class TokenManager:
         self.reauth_on = frozenset(config.reauth_on)
         self.replay_limit = config.reauth_max_body
         self._grant = grant
-        self._session = session
-        self._timeout = timeout
+        self._egress = egress
         self._clock = clock or SystemClock()
         self._policy = policy or RetryPolicy()
         self._token: Token | None = None
@@ -155,7 +152,7 @@ class TokenManager:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self._session.close()
+        await self._egress.close()
 
     # -- the single flight ---------------------------------------------------------------
 
@@ -219,7 +216,7 @@ class TokenManager:
         policy = self._policy
         for attempt in range(1, policy.attempts + 1):
             try:
-                response = await send_token_request(self._session, request, self._timeout)
+                response = await send_token_request(self._egress, request)
                 return self._grant.read(
                     response, refreshing=refreshing, now_wall=self._clock.wall()
                 )
