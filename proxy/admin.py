@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
+from pydantic import SecretStr
+from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.models import AdminConfig
@@ -24,6 +26,7 @@ from proxy.errors import (
     ProxyError,
     RouteNotFoundError,
 )
+from proxy.tls import describe_tls
 
 Endpoint = Callable[[], Awaitable[web.StreamResponse]]
 _REFRESH = re.compile(r"/connectors/([A-Za-z0-9_-]+)/refresh")
@@ -31,6 +34,12 @@ _REFRESH = re.compile(r"/connectors/([A-Za-z0-9_-]+)/refresh")
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+
+
+def _without_credentials(proxy: SecretStr | None) -> str | None:
+    if proxy is None:
+        return None
+    return str(URL(proxy.get_secret_value()).with_user(None).with_password(None))
 
 
 def describe_connector(connector: Connector) -> dict[str, Any]:
@@ -48,6 +57,13 @@ def describe_connector(connector: Connector) -> dict[str, Any]:
         "upstream": config.upstream,
         "auth": auth,
         "timeouts": config.timeouts.model_dump(),
+        "tls": describe_tls(config.tls),
+        **(
+            {"token_tls": describe_tls(auth_tls)}
+            if (auth_tls := getattr(config.auth, "tls", None))
+            else {}
+        ),
+        "http_proxy": _without_credentials(config.http_proxy),
         "warmup": config.warmup,
         **connector.authenticator.describe(),
     }

@@ -27,6 +27,7 @@ class Egress:
     options: dict[str, Any] = field(default_factory=dict, repr=False)
     """Per-request keyword arguments: ``server_hostname``, ``proxy`` (it may hold a password)."""
     uses_tls: bool = False
+    """The upstream speaks https (token endpoints may differ per request: see the URL)."""
 
     async def close(self) -> None:
         await self.session.close()
@@ -76,4 +77,4 @@ def token_egress(
         trust_env=False,
         headers={"User-Agent": "tokenproxy", "Accept": "application/json"},
     )
-    return Egress(session, timeout, _options(tls, proxy), uses_tls=True)
+    return Egress(session, timeout, _options(tls, proxy))

@@ -26,36 +26,45 @@ from proxy.connectors import Connector
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
 from proxy.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.logs import aborted_key
+from proxy.tls import REJECTED_CLIENT_CERT_HINT, tls_failure
 
 logger = logging.getLogger(__name__)
 
-# Most specific first: ConnectionTimeoutError is also a ClientConnectorError, a certificate
-# error is also a connection error. ClientTimeout(total=...) raises the builtin TimeoutError.
-_CLIENT_ERRORS: tuple[tuple[type[BaseException], type[UpstreamError], str], ...] = (
-    (aiohttp.ConnectionTimeoutError, UpstreamTimeoutError, "timed out connecting to the upstream"),
-    (TimeoutError, UpstreamTimeoutError, "timed out waiting for the upstream"),
-    (aiohttp.ClientSSLError, UpstreamTLSError, "TLS handshake with the upstream failed"),
-    (aiohttp.ClientConnectorError, UpstreamError, "cannot connect to the upstream"),
-    (aiohttp.ClientResponseError, UpstreamError, "the upstream sent an invalid response"),
-    (aiohttp.ClientError, UpstreamError, "the upstream closed the connection without answering"),
-)
 
-
-@contextmanager
-def map_client_errors(connector: str) -> Iterator[None]:
-    """Turn aiohttp client exceptions into the proxy's own, with messages free of URLs.
+def upstream_failure(exc: aiohttp.ClientError | TimeoutError, uses_tls: bool) -> UpstreamError:
+    """The proxy's own error for an aiohttp client exception, most specific case first.
 
     ``str()`` of aiohttp's exceptions can hold the full URL with its query, and their
     ``request_info`` holds the injected Authorization header: neither goes anywhere.
+    ConnectionTimeoutError is also a ClientConnectorError, a certificate error is also a
+    connection error; ClientTimeout(total=...) raises the builtin TimeoutError.
     """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeoutError("timed out connecting to the upstream")
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeoutError("timed out waiting for the upstream")
+    detail = tls_failure(exc)
+    if detail is not None:
+        return UpstreamTLSError(f"TLS with the upstream failed: {detail}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError("cannot connect to the upstream")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return UpstreamError("the upstream sent an invalid response")
+    message = "the upstream closed the connection without answering"
+    if uses_tls and isinstance(exc, aiohttp.ServerDisconnectedError):
+        message += f" ({REJECTED_CLIENT_CERT_HINT})"
+    return UpstreamError(message)
+
+
+@contextmanager
+def map_client_errors(connector: Connector) -> Iterator[None]:
     try:
         yield
     except (aiohttp.ClientError, TimeoutError) as exc:
-        for source, target, message in _CLIENT_ERRORS:
-            if isinstance(exc, source):
-                logger.warning("connector %s: %s (%s)", connector, message, type(exc).__name__)
-                raise target(message, connector=connector) from None
-        raise
+        error = upstream_failure(exc, connector.upstream.uses_tls)
+        error.connector = connector.name
+        logger.warning("connector %s: %s (%s)", connector.name, error.message, type(exc).__name__)
+        raise error from None
 
 
 async def forward(
@@ -102,7 +111,7 @@ async def _send(
     headers = headers.copy()
     if credential is not None:
         query = credential.apply(headers, query)
-    with map_client_errors(connector.name):
+    with map_client_errors(connector):
         return await connector.upstream.session.request(
             request.method,
             connector.upstream_url(rest, query),

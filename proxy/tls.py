@@ -16,6 +16,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -135,6 +136,35 @@ def client_ssl_context(tls: TLSConfig | None, where: str) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+_CLIENT_CERT_ALERTS = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_UNKNOWN",
+)
+REJECTED_CLIENT_CERT_HINT = (
+    "over TLS 1.3 this is also how a server rejects the client certificate, or asks for one "
+    "that was not configured"
+)
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """What went wrong, in words fit for clients and logs; None if ``exc`` is no TLS failure.
+
+    Certificate problems carry OpenSSL's verdict (unknown CA, hostname mismatch, expired);
+    handshake alerts name the client certificate when that is what the server refused.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        verdict = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+        return f"certificate verification failed: {verdict}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        reason = str(getattr(exc.os_error, "reason", None) or "handshake failed")
+        if any(alert in reason.upper() for alert in _CLIENT_CERT_ALERTS):
+            return f"the server rejected the client certificate, or required one ({reason})"
+        return f"handshake failed ({reason})"
+    return None
 
 
 def describe_tls(tls: TLSConfig | None) -> dict[str, object]:

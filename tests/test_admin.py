@@ -9,6 +9,7 @@ from tests.conftest import RunningProxy, StartProxy, connector
 from tests.fakes import RecordingUpstream
 
 ADMIN_TOKEN = "adm_CANARY_1234"
+NO_TLS = {"custom_ca": False, "client_certificate": False, "insecure_skip_verify": False}
 
 
 async def test_health(api_proxy: RunningProxy, client: aiohttp.ClientSession) -> None:
@@ -54,6 +55,8 @@ async def test_connectors_describe_routing_but_never_credentials(
                 "upstream": upstream.url + "/v2",
                 "auth": {"type": "static", "header": "Authorization"},
                 "timeouts": {"connect": 10, "read": 60},
+                "tls": NO_TLS,
+                "http_proxy": None,
                 "warmup": False,
                 "state": "static",
             },
@@ -64,6 +67,8 @@ async def test_connectors_describe_routing_but_never_credentials(
                 "upstream": upstream.url,
                 "auth": {"type": "static", "query_param": "key"},
                 "timeouts": {"connect": 2, "read": 3},
+                "tls": NO_TLS,
+                "http_proxy": None,
                 "warmup": False,
                 "state": "static",
             },

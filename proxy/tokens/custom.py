@@ -18,7 +18,7 @@ import orjson
 from proxy.config.custom import CustomAuthConfig, TokenRequestConfig
 from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import TokenRequest, TokenResponse, check_status, read_json_object
-from proxy.tokens.grant import CurrentTokens
+from proxy.tokens.grant import RequestContext
 from proxy.tokens.model import (
     IssuedToken,
     bounded_lifetime,
@@ -81,7 +81,7 @@ class CustomGrant:
         return True  # whatever went wrong, the full token request may still work
 
     def _request(
-        self, template: TokenRequestConfig, current: CurrentTokens, *, replayable: bool
+        self, template: TokenRequestConfig, current: RequestContext, *, replayable: bool
     ) -> TokenRequest:
         values = dict(self._credentials)
         if current.access_token is not None:
@@ -105,10 +105,10 @@ class CustomGrant:
             replayable=replayable,
         )
 
-    def primary_request(self, current: CurrentTokens) -> TokenRequest:
+    def primary_request(self, current: RequestContext) -> TokenRequest:
         return self._request(self.config.token_request, current, replayable=True)
 
-    def refresh_request(self, current: CurrentTokens) -> TokenRequest | None:
+    def refresh_request(self, current: RequestContext) -> TokenRequest | None:
         renewal = self.config.refresh_request
         if renewal is None:
             return None

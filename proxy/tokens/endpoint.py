@@ -21,6 +21,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.egress import Egress
 from proxy.errors import TokenEndpointError, TokenEndpointTimeoutError
+from proxy.tls import REJECTED_CLIENT_CERT_HINT, tls_failure
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -76,16 +77,18 @@ async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResp
         raise TokenEndpointTimeoutError(
             "timed out waiting for the token endpoint", retryable=request.replayable
         ) from None
-    except aiohttp.ClientSSLError:
-        raise TokenEndpointError("TLS handshake with the token endpoint failed") from None
+    except aiohttp.ClientSSLError as exc:
+        raise TokenEndpointError(
+            f"TLS with the token endpoint failed: {tls_failure(exc)}"
+        ) from None
     except aiohttp.ClientConnectorError:
         # Nothing was sent, so trying again is always safe.
         raise TokenEndpointError("cannot connect to the token endpoint", retryable=True) from None
-    except aiohttp.ClientError:
-        raise TokenEndpointError(
-            "the token endpoint closed the connection or sent a malformed answer",
-            retryable=request.replayable,
-        ) from None
+    except aiohttp.ClientError as exc:
+        message = "the token endpoint closed the connection or sent a malformed answer"
+        if isinstance(exc, aiohttp.ServerDisconnectedError) and request.url.startswith("https:"):
+            message += f" ({REJECTED_CLIENT_CERT_HINT})"
+        raise TokenEndpointError(message, retryable=request.replayable) from None
 
 
 def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:

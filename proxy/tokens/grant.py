@@ -11,11 +11,13 @@ from proxy.tokens.model import IssuedToken
 
 
 @dataclass(frozen=True)
-class CurrentTokens:
-    """What the connector holds now (either may be None), for building the next request."""
+class RequestContext:
+    """What a grant may put into the next request: the tokens held now (either may be None)
+    and the wall-clock time (for signed client assertions)."""
 
     access_token: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
+    now_wall: float = 0.0
 
 
 class Grant(Protocol):
@@ -34,9 +36,9 @@ class Grant(Protocol):
 
     def seed_refresh_token(self) -> str | None: ...
 
-    def primary_request(self, current: CurrentTokens) -> TokenRequest: ...
+    def primary_request(self, current: RequestContext) -> TokenRequest: ...
 
-    def refresh_request(self, current: CurrentTokens) -> TokenRequest | None:
+    def refresh_request(self, current: RequestContext) -> TokenRequest | None:
         """The renewal request, or None when renewal needs the primary request."""
         ...
 

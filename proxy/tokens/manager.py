@@ -26,6 +26,7 @@ import asyncio
 import logging
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 from proxy.auth.base import Credential, credential_for
@@ -33,7 +34,7 @@ from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.egress import Egress
 from proxy.errors import ProxyError, TokenEndpointError, TokenUnavailableError
 from proxy.tokens.endpoint import TokenRequest, send_token_request
-from proxy.tokens.grant import CurrentTokens, Grant
+from proxy.tokens.grant import Grant, RequestContext
 from proxy.tokens.model import Clock, IssuedToken, SystemClock, Token
 from proxy.tokens.policy import RetryPolicy, TokenStats
 
@@ -187,18 +188,18 @@ class TokenManager:
             return error
         return self._publish(issued, started)
 
+    def _context(self) -> RequestContext:
+        return RequestContext(self._last_access_token, self._refresh_token, self._clock.wall())
+
     async def _obtain(self) -> IssuedToken:
         grant = self._grant
-        current = CurrentTokens(self._last_access_token, self._refresh_token)
-        renewal = grant.refresh_request(current)
-        if renewal is not None:
+        if grant.refresh_request(self._context()) is not None:
             try:
-                return await self._attempt(renewal, refreshing=True)
+                return await self._attempt(lambda: grant.refresh_request(self._context()), True)
             except TokenEndpointError as exc:
                 if not grant.refresh_rejected(exc):
                     raise
                 self._refresh_token = None
-                current = CurrentTokens(self._last_access_token, None)
                 logger.warning(
                     "connector %s: renewal failed (%s); the refresh token was dropped",
                     self.connector,
@@ -210,11 +211,16 @@ class TokenManager:
                 "no valid refresh token: this connector needs a new refresh token",
                 oauth_error="invalid_grant",
             )
-        return await self._attempt(grant.primary_request(current), refreshing=False)
+        return await self._attempt(lambda: grant.primary_request(self._context()), False)
 
-    async def _attempt(self, request: TokenRequest, *, refreshing: bool) -> IssuedToken:
+    async def _attempt(
+        self, build: Callable[[], TokenRequest | None], refreshing: bool
+    ) -> IssuedToken:
+        """Send the request ``build`` makes (anew for each try: assertions are single-use)."""
         policy = self._policy
         for attempt in range(1, policy.attempts + 1):
+            request = build()
+            assert request is not None
             try:
                 response = await send_token_request(self._egress, request)
                 return self._grant.read(

@@ -1,18 +1,30 @@
 """The OAuth2 grants of RFC 6749 as pure request builders and response readers (no I/O).
 
-Client authentication follows RFC 6749 §2.3.1: with ``client_secret_basic`` the id and secret
-are form-urlencoded *before* base64, and credentials never go both in the header and the body.
+Client authentication (``client_auth``), never in both the header and the body:
+
+- ``client_secret_basic``: RFC 6749 §2.3.1, id and secret form-urlencoded *before* base64;
+- ``client_secret_post``: id and secret in the body;
+- ``client_secret_jwt`` / ``private_key_jwt``: an RFC 7523 assertion signed with the secret
+  (HS256) or the private key (RS256, PS256, ES256), ``iss`` = ``sub`` = client id, ``aud`` =
+  the token endpoint URL, a fresh ``jti`` and a 60-second life, made anew for every request;
+- ``tls_client_auth``: RFC 8705, the TLS client certificate authenticates; only the id is sent;
+- ``none``: a public client, only the id.
 """
 
 from __future__ import annotations
 
 import base64
+import secrets
 from urllib.parse import quote_plus
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import TokenRequest, TokenResponse, json_payload
-from proxy.tokens.grant import CurrentTokens
+from proxy.tokens.grant import RequestContext
 from proxy.tokens.model import (
     IssuedToken,
     bounded_lifetime,
@@ -29,9 +41,22 @@ _WIRE_GRANT = {
 }
 
 
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME = 60
+
+
 def basic_client_credentials(client_id: str, client_secret: str) -> str:
     pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
     return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def _signing_key(config: OAuth2AuthConfig) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None:
+    if config.client_auth != "private_key_jwt" or config.private_key is None:
+        return None
+    key = serialization.load_pem_private_key(config.private_key.get_secret_value().encode(), None)
+    # The config model checked that the key type fits signing_alg.
+    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    return key
 
 
 class OAuth2Grant:
@@ -41,6 +66,7 @@ class OAuth2Grant:
         self.config = config
         self.connector = connector
         self.refresh_url = config.refresh_url or config.token_url
+        self._signing_key = _signing_key(config)
 
     @property
     def has_primary_grant(self) -> bool:
@@ -60,21 +86,44 @@ class OAuth2Grant:
         token = self.config.refresh_token
         return token.get_secret_value() if token is not None else None
 
-    def _client_auth(self) -> tuple[dict[str, str], dict[str, str]]:
-        """(form fields, headers) that authenticate the client."""
+    def _client_auth(self, audience: str, now_wall: float) -> tuple[dict[str, str], dict[str, str]]:
+        """(form fields, headers) that authenticate the client to ``audience``."""
         config = self.config
+        client_id = config.client_id or ""
         secret = config.client_secret.get_secret_value() if config.client_secret else ""
-        if config.client_auth == "client_secret_basic":
-            assert config.client_id is not None
-            return {}, {"Authorization": basic_client_credentials(config.client_id, secret)}
-        form = {"client_id": config.client_id} if config.client_id else {}
-        if config.client_auth == "client_secret_post":
+        method = config.client_auth
+        if method == "client_secret_basic":
+            return {}, {"Authorization": basic_client_credentials(client_id, secret)}
+        form = {"client_id": client_id} if client_id else {}
+        if method == "client_secret_post":
             form["client_secret"] = secret
+        elif method in ("client_secret_jwt", "private_key_jwt"):
+            form["client_assertion_type"] = ASSERTION_TYPE
+            form["client_assertion"] = self._assertion(audience, now_wall)
         return form, {}
 
-    def _request(self, url: str, grant_form: dict[str, str], replayable: bool) -> TokenRequest:
+    def _assertion(self, audience: str, now_wall: float) -> str:
         config = self.config
-        auth_form, auth_headers = self._client_auth()
+        claims = {
+            "iss": config.client_id,
+            "sub": config.client_id,
+            "aud": audience,
+            "jti": secrets.token_urlsafe(18),
+            "iat": int(now_wall),
+            "exp": int(now_wall) + ASSERTION_LIFETIME,
+        }
+        if config.client_auth == "client_secret_jwt":
+            assert config.client_secret is not None
+            return jwt.encode(claims, config.client_secret.get_secret_value(), algorithm="HS256")
+        assert self._signing_key is not None
+        headers = {"kid": config.key_id} if config.key_id else None
+        return jwt.encode(claims, self._signing_key, algorithm=config.signing_alg, headers=headers)
+
+    def _request(
+        self, url: str, grant_form: dict[str, str], context: RequestContext, replayable: bool
+    ) -> TokenRequest:
+        config = self.config
+        auth_form, auth_headers = self._client_auth(url, context.now_wall)
         form = {**grant_form, **auth_form}
         for name, value in config.extra_params.items():
             form[name] = value.get_secret_value()
@@ -82,7 +131,7 @@ class OAuth2Grant:
         headers.update(auth_headers)
         return TokenRequest(url=url, form=form, headers=headers, replayable=replayable)
 
-    def primary_request(self, current: CurrentTokens) -> TokenRequest:
+    def primary_request(self, current: RequestContext) -> TokenRequest:
         config = self.config
         form = {"grant_type": config.grant_type or _WIRE_GRANT[config.grant]}
         if config.grant == "password":
@@ -93,15 +142,15 @@ class OAuth2Grant:
             form["scope"] = config.scope
         if config.audience:
             form["audience"] = config.audience
-        return self._request(config.token_url, form, replayable=True)
+        return self._request(config.token_url, form, current, replayable=True)
 
-    def refresh_request(self, current: CurrentTokens) -> TokenRequest | None:
+    def refresh_request(self, current: RequestContext) -> TokenRequest | None:
         if current.refresh_token is None:
             return None
         form = {"grant_type": "refresh_token", "refresh_token": current.refresh_token}
         if self.config.grant == "refresh_token" and self.config.grant_type:
             form["grant_type"] = self.config.grant_type
-        return self._request(self.refresh_url, form, replayable=False)
+        return self._request(self.refresh_url, form, current, replayable=False)
 
     def read(self, response: TokenResponse, *, refreshing: bool, now_wall: float) -> IssuedToken:
         """The token, its lifetime and any new refresh token; raises TokenEndpointError."""
