@@ -1,15 +1,19 @@
-"""In-process fakes on real loopback sockets: a recording upstream and a raw-bytes upstream."""
+"""In-process fakes on real loopback sockets: upstreams (recording, raw bytes, TLS), an
+identity provider with knobs, and a clock."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import jwt
 from aiohttp import web
 
 from proxy.demo.echo import describe_request, echo
 from proxy.demo.idp import DemoIdentityProvider, OAuthError
+from proxy.tokens.oauth2 import ASSERTION_TYPE
 
 Responder = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -99,6 +103,9 @@ class FakeIdP(DemoIdentityProvider):
 
     def __init__(self, expires_in: int = 300) -> None:
         super().__init__(expires_in)
+        self.assertion_keys: dict[str, Any] = {}  # client id -> verification key or secret
+        self.tls_clients: set[str] = set()  # client ids that authenticate by certificate
+        self.seen_jti: set[str] = set()
         self.calls: list[dict[str, Any]] = []
         self.delay = 0.0
         self.script: list[Responder] = []
@@ -130,6 +137,38 @@ class FakeIdP(DemoIdentityProvider):
             return await super().__call__(request)
         finally:
             self.active -= 1
+
+    def authenticate_client(self, request: web.BaseRequest, form: dict[str, str]) -> str:
+        """Also RFC 7523 assertions and RFC 8705 certificates, checked as a provider would."""
+        client_id = form.get("client_id", "")
+        if "client_assertion" in form:
+            if form.get("client_assertion_type") != ASSERTION_TYPE:
+                raise OAuthError("invalid_client", 401)
+            try:
+                claims = jwt.decode(
+                    form["client_assertion"],
+                    self.assertion_keys.get(client_id),
+                    algorithms=["RS256", "PS256", "ES256", "HS256"],
+                    audience=str(request.url.with_query(None)),
+                    issuer=client_id,
+                    options={"require": ["exp", "iat", "jti", "sub"]},
+                )
+            except jwt.PyJWTError:
+                raise OAuthError("invalid_client", 401) from None
+            if claims["sub"] != client_id or claims["jti"] in self.seen_jti:
+                raise OAuthError("invalid_client", 401)
+            if claims["exp"] - claims["iat"] > 300:
+                raise OAuthError("invalid_client", 401, "assertion lives too long")
+            self.seen_jti.add(claims["jti"])
+            self.calls[-1]["assertion_header"] = jwt.get_unverified_header(form["client_assertion"])
+            return client_id
+        if client_id in self.tls_clients:
+            peer = request.transport.get_extra_info("peercert") if request.transport else None
+            subject = dict(item[0] for item in (peer or {}).get("subject", ()))
+            if subject.get("commonName") != client_id or "client_secret" in form:
+                raise OAuthError("invalid_client", 401)
+            return client_id
+        return super().authenticate_client(request, form)
 
     def issue(
         self, subject: str, *, with_refresh: bool, scope: str | None = None
@@ -185,3 +224,23 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class TLSServer:
+    """An aiohttp low-level server over TLS on loopback, for upstreams and providers."""
+
+    def __init__(self, handler: Any, context: ssl.SSLContext) -> None:
+        self.handler, self.context = handler, context
+        self.url = ""
+        self._runner: web.ServerRunner | None = None
+
+    async def start(self) -> TLSServer:
+        self._runner = web.ServerRunner(web.Server(self.handler, access_log=None))
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.context).start()
+        self.url = f"https://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
