@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config.loader import load_settings
+from tests.test_tls import mtls_material
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 EXAMPLES = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -14,6 +15,13 @@ EXAMPLES = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 def test_there_are_examples() -> None:
     assert {p.name for p in EXAMPLES} >= {"tokenproxy.yaml", "minimal.yaml"}
+
+
+@pytest.fixture(autouse=True)
+def _mtls_material(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real files for the mTLS example's ${ERP_*} variables."""
+    for name, value in mtls_material(tmp_path).items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(CONFIG_DIR)) for p in EXAMPLES])

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import trustme
+import yaml
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -27,6 +28,9 @@ from tests.conftest import StartProxy, connector
 from tests.fakes import FakeIdP, TLSServer, answer
 
 Serve = Callable[..., Awaitable[TLSServer]]
+MTLS_EXAMPLE = yaml.safe_load(
+    (Path(__file__).resolve().parent.parent / "config" / "examples" / "mtls.yaml").read_text()
+)
 
 
 @pytest.fixture(scope="module")
@@ -575,3 +579,42 @@ def test_client_keys_touch_disk_only_encrypted_and_briefly(
     assert (folder_mode, file_mode) == (0o700, 0o600)
     assert written.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert not list(tmp_path.glob("tokenproxy-tls-*"))
+
+
+def mtls_material(folder: Path, ca: trustme.CA | None = None) -> dict[str, str]:
+    """The ${ERP_*} variables of config/examples/mtls.yaml, as real files under ``folder``."""
+    ca = ca or trustme.CA()
+    (folder / "erp-ca.pem").write_bytes(ca.cert_pem.bytes())
+    identity = client_identity(ca, folder, "p12")
+    return {
+        "ERP_CA_FILE": str(folder / "erp-ca.pem"),
+        "ERP_CLIENT_P12": identity["p12_file"],
+        "ERP_P12_PASSWORD": identity["p12_password"],
+    }
+
+
+async def test_the_mtls_example_end_to_end(
+    start_proxy: StartProxy,
+    serve: Serve,
+    client: aiohttp.ClientSession,
+    ca: trustme.CA,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in mtls_material(tmp_path, ca).items():
+        monkeypatch.setenv(name, value)
+    idp = await tls_idp(serve, ca, client_ca=ca)
+    idp.tls_clients.add("tokenproxy-client")
+    upstream = await serve(peer_subject, server_context(ca.issue_cert("127.0.0.1"), client_ca=ca))
+    example = yaml.safe_load(
+        (Path(__file__).parent.parent / "config/examples/mtls.yaml").read_text()
+    )
+    erp = example["connectors"]["erp"]
+    erp["upstream"] = f"{upstream.url}/api"
+    erp["auth"]["token_url"] = f"{idp.url}/oauth2/token"
+    proxy = await start_proxy(example)
+    assert await get(client, f"{proxy.url}/erp/x") == (200, {"client": "tokenproxy-client"})
+    assert idp.calls[0]["form"] == {
+        "grant_type": "client_credentials",
+        "client_id": "tokenproxy-client",
+    }
