@@ -618,3 +618,26 @@ async def test_the_mtls_example_end_to_end(
         "grant_type": "client_credentials",
         "client_id": "tokenproxy-client",
     }
+
+
+async def test_connectors_with_different_identities_never_share_a_connection(
+    start_proxy: StartProxy,
+    serve: Serve,
+    client: aiohttp.ClientSession,
+    ca: trustme.CA,
+    ca_file: str,
+    tmp_path: Path,
+) -> None:
+    upstream = await serve(peer_subject, server_context(ca.issue_cert("127.0.0.1"), client_ca=ca))
+    connectors = {}
+    for name in ("alpha", "beta"):
+        leaf = ca.issue_cert(name, common_name=name)
+        tls = {
+            "ca_file": ca_file,
+            "cert_pem": b"".join(b.bytes() for b in leaf.cert_chain_pems).decode(),
+            "key_pem": leaf.private_key_pem.bytes().decode(),
+        }
+        connectors[name] = connector(upstream.url, route=f"/{name}", tls=tls)
+    proxy = await start_proxy({"connectors": connectors})
+    for name in ("alpha", "beta", "alpha", "beta"):  # keep-alive pools stay per identity
+        assert await get(client, f"{proxy.url}/{name}/x") == (200, {"client": name})
