@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from proxy import __version__
 from proxy.config.loader import LoadedConfig, load_settings
+from proxy.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 from proxy.errors import ConfigError, ProxyError
 from proxy.logs import configure_logging
 
@@ -50,6 +53,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("name", help="connector name")
     token.add_argument("-c", "--config", help=config_help)
+
+    commands.add_parser("keygen", help="print a new master key")
+    commands.add_parser(
+        "encrypt", help="read one secret on stdin, print it as enc:v1:... (master key from env)"
+    )
+    rekey = commands.add_parser(
+        "rekey", help="re-encrypt every enc:v1 value of a config file under the current key"
+    )
+    rekey.add_argument("-c", "--config", help=config_help)
 
     demo = commands.add_parser("demo", help="run the proxy with a demo upstream on loopback")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
@@ -166,6 +178,53 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(acquire())
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    print(generate_key())
+    return 0
+
+
+def _read_secret() -> str:
+    """One secret from stdin: prompted without echo on a terminal, else the whole input."""
+    if sys.stdin.isatty():
+        return getpass.getpass("secret (not echoed): ")
+    return sys.stdin.read().removesuffix("\n").removesuffix("\r")
+
+
+def _cmd_encrypt(args: argparse.Namespace) -> int:
+    try:
+        keys = MasterKeys.from_environment()
+        secret = _read_secret()
+        if not secret:
+            print("tokenproxy: nothing to encrypt (empty input)", file=sys.stderr)
+            return 1
+        print(keys.encrypt(secret))
+    except EnvelopeError as exc:
+        print(f"tokenproxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_rekey(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    try:
+        keys = MasterKeys.from_environment()
+        text = path.read_text(encoding="utf-8")
+        rewritten, count = keys.rekey(text)
+    except (EnvelopeError, OSError) as exc:
+        print(f"tokenproxy: {path}: {exc}", file=sys.stderr)
+        return 1
+    if count:
+        # Atomic: the old file stays whole until the new one is complete.
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(rewritten)
+        os.chmod(temporary, path.stat().st_mode & 0o7777)
+        os.replace(temporary, path)
+    assert keys.current is not None
+    print(f"{path}: {count} value(s) re-encrypted under key {key_id(keys.current)}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
@@ -178,6 +237,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "check": _cmd_check,
     "token": _cmd_token,
+    "keygen": _cmd_keygen,
+    "encrypt": _cmd_encrypt,
+    "rekey": _cmd_rekey,
     "demo": _cmd_demo,
 }
 

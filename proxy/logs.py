@@ -13,6 +13,8 @@ import sys
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from proxy import redaction
+
 ACCESS_LOGGER = "tokenproxy.access"
 
 # What the request path tells the access log.
@@ -71,6 +73,7 @@ def configure_logging(level: str = "info") -> None:
 
 
 def install_filters() -> None:
+    redaction.install()
     server_logger = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, ParserErrorFilter) for f in server_logger.filters):
         server_logger.addFilter(ParserErrorFilter())

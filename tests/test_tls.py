@@ -258,7 +258,7 @@ async def test_a_refused_client_certificate_is_a_502_that_says_so(
     ("tls", "problem"),
     [
         (
-            {"p12_file": "P12", "p12_password": "wrong"},
+            {"p12_file": "P12", "p12_password": "sec_CANARY_p12"},
             "tls.p12_password: wrong password, or not a PKCS#12 bundle",
         ),
         (
@@ -270,7 +270,7 @@ async def test_a_refused_client_certificate_is_a_502_that_says_so(
             "tls.key_password: the key is encrypted: set key_password",
         ),
         (
-            {"cert_file": "CERT", "key_file": "ENCRYPTED_KEY", "key_password": "nope"},
+            {"cert_file": "CERT", "key_file": "ENCRYPTED_KEY", "key_password": "sec_CANARY_key"},
             "tls.key_password: wrong password, or not a PEM private key",
         ),
         (
@@ -311,6 +311,7 @@ def test_unusable_tls_material_is_a_config_error_naming_the_field(
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert info.value.problems == [f"connectors.api.{problem}"]
+    assert "CANARY" not in str(info.value)
 
 
 async def tls_idp(serve: Serve, ca: trustme.CA, client_ca: trustme.CA | None = None) -> FakeIdP:

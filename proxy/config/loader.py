@@ -20,6 +20,7 @@ from proxy.config.checks import cross_check
 from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
 from proxy.config.sources import Location, resolve_tree
 from proxy.errors import ConfigError
+from proxy.redaction import REDACTOR, secret_values
 from proxy.tls import TLSConfigError, client_ssl_context
 
 
@@ -112,6 +113,7 @@ def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Loa
     problems.extend(check_tls_material(settings))
     if problems:
         raise ConfigError(problems)
+    REDACTOR.add(secret_values(settings))  # from here on, no log line can show them
     return LoadedConfig(settings=settings, warnings=checked.warnings)
 
 

@@ -1,4 +1,5 @@
-"""Value sources resolved at load: ``${VAR}``, ``${VAR:-default}`` and ``file:/path``.
+"""Value sources resolved at load: ``${VAR}``, ``${VAR:-default}``, ``file:/path`` and
+``enc:v1:...`` (decrypted with the master key, see :mod:`proxy.envelope`).
 
 Resolution walks the raw config tree (YAML merged with environment overrides) before
 validation, so every field, whatever its type, can take its value from the environment or a
@@ -15,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from proxy.envelope import PREFIX as ENVELOPE_PREFIX
+from proxy.envelope import EnvelopeError, MasterKeys
 
 _VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _FILE_PREFIX = "file:"
@@ -67,13 +71,28 @@ def _read_file(path_text: str) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
-def resolve_value(text: str, environ: Mapping[str, str]) -> str:
+class _Keys:
+    """The master keys, read from the environment on first need only."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self._keys: MasterKeys | None = None
+
+    def decrypt(self, envelope: str) -> str:
+        if self._keys is None:
+            self._keys = MasterKeys.from_environment(self._environ)
+        return self._keys.decrypt(envelope)
+
+
+def resolve_value(text: str, environ: Mapping[str, str], keys: _Keys | None = None) -> str:
     """Resolve one raw string; raises ``ValueError`` with a message free of the value."""
     try:
         if text.startswith(_FILE_PREFIX):
             return _read_file(_expand_variables(text[len(_FILE_PREFIX) :], environ))
+        if text.startswith(ENVELOPE_PREFIX):
+            return (keys or _Keys(environ)).decrypt(text)
         return _expand_variables(text, environ)
-    except _Unresolved as exc:
+    except (_Unresolved, EnvelopeError) as exc:
         raise ValueError(str(exc)) from None
 
 
@@ -86,6 +105,7 @@ def resolve_tree(
     it a second time under another name.
     """
     env = os.environ if environ is None else environ
+    keys = _Keys(env)
     problems: list[SourceProblem] = []
 
     def walk(node: Any, location: Location) -> Any:
@@ -101,7 +121,7 @@ def resolve_tree(
             return [item for item in items if item is not _MISSING]
         if isinstance(node, str):
             try:
-                return resolve_value(node, env)
+                return resolve_value(node, env, keys)
             except ValueError as exc:
                 problems.append(SourceProblem(location, str(exc)))
                 return _MISSING

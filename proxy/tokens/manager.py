@@ -33,6 +33,7 @@ from proxy.auth.base import Credential, credential_for
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.egress import Egress
 from proxy.errors import ProxyError, TokenEndpointError, TokenUnavailableError
+from proxy.redaction import REDACTOR
 from proxy.tokens.endpoint import TokenRequest, send_token_request
 from proxy.tokens.grant import Grant, RequestContext
 from proxy.tokens.model import Clock, IssuedToken, SystemClock, Token
@@ -248,6 +249,7 @@ class TokenManager:
         if issued.refresh_token is not None:
             # Rotation: the new refresh token replaces the old before the access token is out.
             self._refresh_token = issued.refresh_token
+        REDACTOR.hold(self.connector, [t for t in (issued.access_token, self._refresh_token) if t])
         self._needs_refresh_token = False
         margin = min(self.config.refresh_margin, issued.lifetime / 2)
         # Lifetimes count from when the request was sent: never later than the provider's.
