@@ -8,6 +8,7 @@ GET/HEAD must carry it as ``Authorization: Bearer <token>`` (compared in constan
 from __future__ import annotations
 
 import hmac
+import os
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -106,7 +107,7 @@ class AdminApi:
             raise AdminUnauthorizedError("admin token required (Authorization: Bearer <token>)")
 
     async def _health(self) -> web.StreamResponse:
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", "worker": os.getpid()})
 
     async def _ready(self) -> web.StreamResponse:
         """Ready once every ``warmup`` connector holds a valid token."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from proxy import __version__
 from proxy.config.loader import LoadedConfig, load_settings
+from proxy.config.models import Settings
 from proxy.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 from proxy.errors import ConfigError, ProxyError
 from proxy.logs import configure_logging
@@ -43,6 +44,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", help=config_help)
     run.add_argument("--host", help="listen address (overrides listen.host)")
     run.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    run.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the port (default 1)"
+    )
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
 
     check = commands.add_parser("check", help="validate the config and exit 0 (valid) or 1")
@@ -124,8 +128,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     for warning in loaded.warnings:
         logging.getLogger("proxy.config").warning("%s", warning)
-    _run_async(lambda: serve(loaded.settings))
-    return 0
+    if args.workers < 1:
+        print("tokenproxy: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        _run_async(lambda: serve(loaded.settings))
+        return 0
+    from proxy.workers import run_workers
+
+    def worker(settings: Settings) -> int:
+        _run_async(lambda: serve(settings, reuse_port=True))
+        return 0
+
+    return run_workers(loaded.settings, args.workers, worker)
 
 
 def mask(value: str) -> str:

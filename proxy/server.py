@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 import aiohttp.http_parser
@@ -78,9 +79,12 @@ class _ProxyHTTPServer(web.Server):
 class ProxyServer:
     """Start and stop one listening proxy. ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, *, reuse_port: bool = False
+    ) -> None:
         self.settings = settings
         self._clock = clock
+        self._reuse_port = reuse_port
         self.port: int | None = None
         self._runner: web.ServerRunner | None = None
         self._warmups: set[asyncio.Task[None]] = set()
@@ -105,7 +109,13 @@ class ProxyServer:
             handler, handle_signals=False, shutdown_timeout=limits.shutdown_timeout
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, settings.listen.host, settings.listen.port)
+        site = web.TCPSite(
+            self._runner,
+            settings.listen.host,
+            settings.listen.port,
+            reuse_port=self._reuse_port or None,
+            backlog=1024,
+        )
         await site.start()
         self.port = self._runner.addresses[0][1]
         for connector in self._connectors.connectors.values():
@@ -139,20 +149,23 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings, stop: asyncio.Event | None = None, *, reuse_port: bool = False
+) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and close."""
     warning = http_parser_warning()
     if warning:
         logger.warning("%s", warning)
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
-    server = ProxyServer(settings)
+    server = ProxyServer(settings, reuse_port=reuse_port)
     await server.start()
     logger.info(
-        "tokenproxy listening on http://%s:%s with %d connector(s)",
+        "tokenproxy listening on http://%s:%s with %d connector(s) (pid %d)",
         settings.listen.host,
         server.port,
         len(settings.connectors),
+        os.getpid(),
     )
     try:
         await stop.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import aiohttp
 import pytest
 
@@ -15,7 +17,7 @@ NO_TLS = {"custom_ca": False, "client_certificate": False, "insecure_skip_verify
 async def test_health(api_proxy: RunningProxy, client: aiohttp.ClientSession) -> None:
     async with client.get(f"{api_proxy.url}/_proxy/health") as response:
         assert response.status == 200
-        assert await response.json() == {"status": "ok"}
+        assert await response.json() == {"status": "ok", "worker": os.getpid()}
 
 
 async def test_ready_lists_every_connector(

@@ -177,3 +177,31 @@ async def test_demo_prints_curl_lines_that_work(client: aiohttp.ClientSession) -
         assert headers["Authorization"].startswith("Bearer demo-at-")
         code, _ = await _stop(process, signal.SIGINT)
     assert code == 0
+
+
+async def test_workers_share_the_port_and_stop_together(
+    write_config: WriteConfig, upstream: RecordingUpstream
+) -> None:
+    path = write_config({"connectors": {"api": connector(upstream.url)}})
+    args = ("run", "-c", str(path), "--port", "0", "--workers", "2")
+    async with running(*args, ready=r"(listening on .*\n.*){2}") as (process, output):
+        port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", output).group(1)  # type: ignore[union-attr]
+        workers = set()
+        for _ in range(40):  # a new connection each time: the kernel spreads them
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/_proxy/health") as response:
+                    workers.add((await response.json())["worker"])
+                async with session.get(f"http://127.0.0.1:{port}/api/x") as response:
+                    assert response.status == 200
+        assert len(workers) == 2 and process.pid not in workers
+        code, _ = await _stop(process, signal.SIGTERM)
+    assert code == 0
+
+
+def test_workers_must_be_positive(write_config: WriteConfig) -> None:
+    path = write_config({"connectors": {"a": connector("https://a.example")}})
+    result = tokenproxy("run", "-c", str(path), "--workers", "0")
+    assert (result.returncode, result.stderr.strip()) == (
+        2,
+        "tokenproxy: --workers must be 1 or more",
+    )
