@@ -49,7 +49,9 @@ def child_process(target: Callable[..., None], *args: object, port: int) -> Iter
 
 
 @contextlib.contextmanager
-def tokenproxy(port: int, connectors_yaml: str) -> Iterator[None]:
+def tokenproxy(
+    port: int, connectors_yaml: str, *, workers: int = 1
+) -> Iterator[subprocess.Popen[bytes]]:
     """``tokenproxy run`` with the given ``connectors:`` block, access log off, until done."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
@@ -58,20 +60,12 @@ def tokenproxy(port: int, connectors_yaml: str) -> Iterator[None]:
             "server: {access_log: false}\n"
             f"connectors:\n{connectors_yaml}"
         )
-        command = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "run",
-            "-c",
-            str(config),
-            "--log-level",
-            "warning",
-        ]
+        command = [sys.executable, "-m", "proxy", "run", "-c", str(config)]
+        command += ["--log-level", "warning", "--workers", str(workers)]
         process = subprocess.Popen(command, cwd=REPO)
         try:
             wait_for_port(port)
-            yield
+            yield process
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(10)

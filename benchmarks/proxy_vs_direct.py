@@ -43,7 +43,7 @@ def small_json_server() -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
 
 def run_wrk(url: str, connections: int, seconds: float) -> Sample:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,

@@ -128,11 +128,18 @@ async def _relay(
 ) -> web.StreamResponse:
     if upstream.status == 101:
         raise UpstreamError("the upstream tried to switch protocols", connector=connector.name)
-    response = web.StreamResponse(
-        status=upstream.status,
-        reason=upstream.reason,
-        headers=filter_headers(upstream.headers, RESPONSE_DROPPED),
-    )
+    headers = filter_headers(upstream.headers, RESPONSE_DROPPED)
+    content = upstream.content
+    if content.is_eof() and request.method != hdrs.METH_HEAD:
+        # The whole body came with the headers (the usual case for small answers): one
+        # response, written with one send, and no stream or timers to set up.
+        return web.Response(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=headers,
+            body=content.read_nowait(),
+        )
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
     await response.prepare(request)

@@ -1,0 +1,273 @@
+"""tokenproxy side by side with nginx, a minimal aiohttp proxy and no proxy at all.
+
+    .venv/bin/python benchmarks/suite.py            # 3 interleaved rounds x 5 s per cell (~6 min)
+    .venv/bin/python benchmarks/suite.py --quick    # 1 round x 2 s
+    .venv/bin/python benchmarks/suite.py --smoke    # seconds; what the tests run
+
+An nginx upstream on loopback serves ~100-byte and 64 KiB answers. Measured against it, for
+each size and for 8 and 64 connections: direct; nginx as a proxy adding a static
+Authorization header; the minimal aiohttp proxy (benchmarks/minimal_proxy.py); tokenproxy
+with 1 worker; tokenproxy with --workers 2. Rounds interleave the targets, so drift on a
+shared machine hits all alike: compare ratios, not absolute numbers. It prints req/s, p50,
+p99 and RSS (idle and loaded, all processes of a target) and writes JSON and Markdown to
+benchmarks/results/.
+
+nginx and wrk come from Debian packages: when missing they are installed if we are root
+(apt-get), otherwise the suite says how. Without wrk it uses a slower built-in load generator
+and says so; without nginx it uses an aiohttp upstream and skips the nginx proxy row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from harness import REPO, child_process, free_port, serve_forever, tokenproxy, wait_for_port
+from proxy_vs_direct import Sample, measure
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SMALL = b"x" * 100
+LARGE_SIZE = 64 * 1024
+
+
+@dataclass
+class Cell:
+    target: str
+    size: str
+    connections: int
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(getattr(s, name) for s in self.samples)
+
+
+def ensure_tools(smoke: bool) -> tuple[bool, bool]:
+    """(nginx available, wrk available), installing them when we can and should."""
+    missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+    if missing and not smoke and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {' '.join(missing)} (apt-get) ...", flush=True)
+        subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, check=False)
+        if any(shutil.which(t) is None for t in missing):
+            subprocess.run(["apt-get", "update"], capture_output=True, check=False)
+            subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, check=False)
+    nginx, wrk = shutil.which("nginx") is not None, shutil.which("wrk") is not None
+    if not nginx:
+        print("nginx not found (apt-get install -y nginx): aiohttp upstream, no nginx proxy row")
+    if not wrk:
+        print("wrk not found (apt-get install -y wrk): using the slower built-in load generator")
+    return nginx, wrk
+
+
+@contextlib.contextmanager
+def nginx(config: str) -> Iterator[subprocess.Popen[bytes]]:
+    with tempfile.TemporaryDirectory() as prefix:
+        os.chmod(prefix, 0o755)  # workers run as nobody
+        Path(prefix, "large.bin").write_bytes(os.urandom(LARGE_SIZE))
+        Path(prefix, "nginx.conf").write_text(config.replace("PREFIX", prefix))
+        process = subprocess.Popen(
+            ["nginx", "-p", prefix, "-c", "nginx.conf", "-g", "daemon off;"],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+NGINX_COMMON = """
+worker_processes 1;
+pid PREFIX/nginx-{port}.pid;
+error_log /dev/null crit;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path PREFIX/body; proxy_temp_path PREFIX/proxy;
+  fastcgi_temp_path PREFIX/fcgi; uwsgi_temp_path PREFIX/uwsgi; scgi_temp_path PREFIX/scgi;
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+
+
+def upstream_config(port: int) -> str:
+    return NGINX_COMMON.format(
+        port=port,
+        body=f"""server {{ listen 127.0.0.1:{port}; root PREFIX;
+          location /small {{ default_type application/json; return 200 '{SMALL.decode()}'; }}
+          location /large {{ try_files /large.bin =404; }} }}""",
+    )
+
+
+def proxy_config(port: int, upstream: int) -> str:
+    return NGINX_COMMON.format(
+        port=port,
+        body=f"""upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+          server {{ listen 127.0.0.1:{port};
+            location / {{ proxy_pass http://up; proxy_http_version 1.1;
+              proxy_set_header Connection ""; proxy_buffering off;
+              proxy_set_header Authorization "Bearer static-token"; }} }}""",
+    )
+
+
+@contextlib.contextmanager
+def process(command: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen(command, cwd=REPO)
+    try:
+        wait_for_port(port)
+        yield child
+    finally:
+        child.terminate()
+        child.wait(10)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants (workers), in MB."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    family, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    total = 0
+    for member in family:
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{member}/status").read_text().splitlines()
+            total += int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
+    return total / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--quick", action="store_true", help="1 round x 2 s")
+    parser.add_argument("--smoke", action="store_true", help="seconds, small answers only (CI)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 2
+    sizes, connections = ["small", "64KiB"], [8, 64]
+    if args.smoke:
+        args.rounds, args.seconds, sizes, connections = 1, 0.5, ["small"], [8]
+    have_nginx, have_wrk = ensure_tools(args.smoke)
+    ports = {name: free_port() for name in ("up", "nginx", "minimal", "tp1", "tp2")}
+    bench_connector = (
+        "  bench:\n    route: /bench\n"
+        f"    upstream: http://127.0.0.1:{ports['up']}\n"
+        "    auth: {type: static, token: bench-token}\n"
+    )
+    targets = {
+        "direct": f"http://127.0.0.1:{ports['up']}",
+        "nginx proxy": f"http://127.0.0.1:{ports['nginx']}",
+        "minimal aiohttp": f"http://127.0.0.1:{ports['minimal']}",
+        "tokenproxy x1": f"http://127.0.0.1:{ports['tp1']}/bench",
+        "tokenproxy x2": f"http://127.0.0.1:{ports['tp2']}/bench",
+    }
+    if not have_nginx:
+        del targets["nginx proxy"]
+    paths = {"small": "/small", "64KiB": "/large"}
+    cells = {(t, s, c): Cell(t, s, c) for t in targets for s in sizes for c in connections}
+    with contextlib.ExitStack() as stack:
+        if have_nginx:
+            stack.enter_context(nginx(upstream_config(ports["up"])))
+            stack.enter_context(nginx(proxy_config(ports["nginx"], ports["up"])))
+            wait_for_port(ports["up"])
+            wait_for_port(ports["nginx"])
+        else:
+            stack.enter_context(
+                child_process(serve_forever, sized_answers, ports["up"], port=ports["up"])
+            )
+        baseline = [sys.executable, str(REPO / "benchmarks/minimal_proxy.py")]
+        baseline += [str(ports["minimal"]), targets["direct"]]
+        minimal = stack.enter_context(process(baseline, ports["minimal"]))
+        pids = {"minimal aiohttp": minimal.pid}
+        for name, workers in (("tokenproxy x1", 1), ("tokenproxy x2", 2)):
+            port = ports[f"tp{workers}"]
+            pids[name] = stack.enter_context(tokenproxy(port, bench_connector, workers=workers)).pid
+        idle = {name: rss_mb(pid) for name, pid in pids.items()}
+        for base in targets.values():  # warm-up: connections, caches
+            measure(base + paths[sizes[0]], connections[0], 0.5, have_wrk)
+        for _ in range(args.rounds):
+            for size in sizes:
+                for conns in connections:
+                    for target, base in targets.items():
+                        sample = measure(base + paths[size], conns, args.seconds, have_wrk)
+                        cells[(target, size, conns)].samples.append(sample)
+        loaded = {name: rss_mb(pid) for name, pid in pids.items()}
+    report(cells, targets, sizes, connections, idle, loaded, args, have_wrk)
+    return 0
+
+
+def sized_answers() -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
+    """The upstream when nginx is missing: /large is 64 KiB, anything else ~100 bytes."""
+    large = os.urandom(LARGE_SIZE)
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        return web.Response(body=large if request.path == "/large" else SMALL)
+
+    return handle
+
+
+def report(
+    cells: dict[tuple[str, str, int], Cell],
+    targets: dict[str, str],
+    sizes: list[str],
+    connections: list[int],
+    idle: dict[str, float],
+    loaded: dict[str, float],
+    args: argparse.Namespace,
+    wrk: bool,
+) -> None:
+    lines = [
+        f"{args.rounds} interleaved rounds x {args.seconds:g} s per cell, load by "
+        f"{'wrk' if wrk else 'the built-in generator'}, medians; 2 cores shared by everything.",
+        "",
+        "| size | conns | target | req/s | p50 ms | p99 ms | vs direct | vs nginx proxy "
+        "| RSS idle/loaded MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for size in sizes:
+        for conns in connections:
+            direct = cells[("direct", size, conns)].median("rps")
+            nginx_rps = cells.get(("nginx proxy", size, conns))
+            for target in targets:
+                cell = cells[(target, size, conns)]
+                rps = cell.median("rps")
+                versus_nginx = f"{rps / nginx_rps.median('rps'):.2f}" if nginx_rps else "-"
+                memory = f"{idle[target]:.0f} / {loaded[target]:.0f}" if target in idle else "-"
+                p50, p99 = cell.median("p50_ms"), cell.median("p99_ms")
+                lines.append(
+                    f"| {size} | {conns} | {target} | {rps:.0f} | {p50:.2f} | {p99:.2f} | "
+                    f"{rps / direct:.2f} | {versus_nginx} | {memory} |"
+                )
+                memory_mb = {"rss_idle_mb": idle.get(target), "rss_loaded_mb": loaded.get(target)}
+                rows.append({**asdict(cell), "rps": rps, **memory_mb})
+    text = "\n".join(lines)
+    print("\n" + text)
+    if not args.smoke:
+        RESULTS.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (RESULTS / f"suite-{stamp}.md").write_text(text + "\n")
+        (RESULTS / f"suite-{stamp}.json").write_text(json.dumps(rows, indent=2))
+        print(f"\nwritten: benchmarks/results/suite-{stamp}.md and .json")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
