@@ -20,9 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 PREFIX = "enc:v1:"
 ENVELOPE = re.compile(r"enc:v1:([0-9a-f]{8}):([A-Za-z0-9_-]+)")
 _AAD = b"tokenproxy enc:v1"
@@ -46,7 +43,7 @@ def _b64encode(data: bytes) -> str:
 
 def generate_key() -> str:
     """A new master key: 32 random bytes, base64url."""
-    return _b64encode(AESGCM.generate_key(bit_length=256))
+    return _b64encode(os.urandom(32))
 
 
 def _parse_key(text: str, source: str) -> bytes:
@@ -94,6 +91,8 @@ class MasterKeys:
     def encrypt(self, plaintext: str) -> str:
         if self.current is None:
             raise EnvelopeError(f"no master key: set {KEY_ENV} or {KEY_FILE_ENV}")
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # only when used
+
         nonce = os.urandom(_NONCE)
         sealed = AESGCM(self.current).encrypt(nonce, plaintext.encode(), _AAD)
         return f"{PREFIX}{key_id(self.current)}:{_b64encode(nonce + sealed)}"
@@ -111,6 +110,9 @@ class MasterKeys:
                 f"is encrypted under key id {match.group(1)}, which is neither the master key "
                 f"nor one of {OLD_KEYS_ENV}"
             )
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         data = _b64decode(match.group(2))
         try:
             return AESGCM(key).decrypt(data[:_NONCE], data[_NONCE:], _AAD).decode()

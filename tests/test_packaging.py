@@ -34,3 +34,17 @@ async def test_every_module_imports_on_its_own() -> None:
 
     results = await asyncio.gather(*(imports(m) for m in MODULES))
     assert [(m, err.decode()[-300:]) for m, code, err in results if code] == []
+
+
+def test_the_serving_path_loads_no_cryptography_until_needed() -> None:
+    """8 MB of a worker's memory: only TLS identities, assertions and enc: values need it."""
+    import subprocess
+
+    code = (
+        "import sys, proxy.cli, proxy.server, proxy.config.loader;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'cryptography', 'jwt'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stderr

@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
@@ -163,6 +161,8 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
     @classmethod
     def _pem_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
+            from cryptography.hazmat.primitives import serialization  # only for key auth
+
             try:
                 serialization.load_pem_private_key(value.get_secret_value().encode(), None)
             except (ValueError, TypeError):
@@ -172,6 +172,9 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
     @model_validator(mode="after")
     def _key_fits_algorithm(self) -> OAuth2AuthConfig:
         if self.client_auth == "private_key_jwt" and self.private_key is not None:
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
             key = serialization.load_pem_private_key(
                 self.private_key.get_secret_value().encode(), None
             )

@@ -14,12 +14,7 @@ Client authentication (``client_auth``), never in both the header and the body:
 from __future__ import annotations
 
 import base64
-import secrets
 from urllib.parse import quote_plus
-
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import TokenEndpointError
@@ -42,21 +37,11 @@ _WIRE_GRANT = {
 
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_LIFETIME = 60
 
 
 def basic_client_credentials(client_id: str, client_secret: str) -> str:
     pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
     return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-
-
-def _signing_key(config: OAuth2AuthConfig) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None:
-    if config.client_auth != "private_key_jwt" or config.private_key is None:
-        return None
-    key = serialization.load_pem_private_key(config.private_key.get_secret_value().encode(), None)
-    # The config model checked that the key type fits signing_alg.
-    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
-    return key
 
 
 class OAuth2Grant:
@@ -66,7 +51,6 @@ class OAuth2Grant:
         self.config = config
         self.connector = connector
         self.refresh_url = config.refresh_url or config.token_url
-        self._signing_key = _signing_key(config)
 
     @property
     def has_primary_grant(self) -> bool:
@@ -99,25 +83,10 @@ class OAuth2Grant:
             form["client_secret"] = secret
         elif method in ("client_secret_jwt", "private_key_jwt"):
             form["client_assertion_type"] = ASSERTION_TYPE
-            form["client_assertion"] = self._assertion(audience, now_wall)
-        return form, {}
+            from proxy.tokens.assertions import client_assertion  # PyJWT: only when used
 
-    def _assertion(self, audience: str, now_wall: float) -> str:
-        config = self.config
-        claims = {
-            "iss": config.client_id,
-            "sub": config.client_id,
-            "aud": audience,
-            "jti": secrets.token_urlsafe(18),
-            "iat": int(now_wall),
-            "exp": int(now_wall) + ASSERTION_LIFETIME,
-        }
-        if config.client_auth == "client_secret_jwt":
-            assert config.client_secret is not None
-            return jwt.encode(claims, config.client_secret.get_secret_value(), algorithm="HS256")
-        assert self._signing_key is not None
-        headers = {"kid": config.key_id} if config.key_id else None
-        return jwt.encode(claims, self._signing_key, algorithm=config.signing_alg, headers=headers)
+            form["client_assertion"] = client_assertion(config, audience, now_wall)
+        return form, {}
 
     def _request(
         self, url: str, grant_form: dict[str, str], context: RequestContext, replayable: bool
