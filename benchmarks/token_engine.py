@@ -1,11 +1,17 @@
-"""Cold-start burst: N concurrent requests reach tokenproxy before it holds any token.
+"""The token engine under load: cold bursts, and a renewal in the middle of steady traffic.
 
-    .venv/bin/python benchmarks/token_engine.py                 # 1,000 and 10,000 requests
-    .venv/bin/python benchmarks/token_engine.py --smoke         # 50 requests (CI)
+    .venv/bin/python benchmarks/token_engine.py                 # 1,000 and 10,000; renewal
+    .venv/bin/python benchmarks/token_engine.py --smoke         # 50 requests; short renewal
 
-The identity provider answers after 50 ms (the demo IdP, client credentials); it counts the
-token requests it receives, which must be exactly 1 per burst. Reported: time until every
-request is answered, how many failed, and the token requests the provider saw.
+The identity provider answers after 50 ms (the demo IdP, client credentials) and counts the
+token requests it receives.
+
+- Cold burst: N concurrent requests reach a proxy that holds no token yet. Reported: time
+  until every request is answered, failures, token requests (must be 1).
+- Renewal under load: 16 clients send requests back to back for 9 s while tokens live 10 s
+  (refresh margin 2 s, so one background renewal starts at 6 s). Reported: requests, failures,
+  token requests (must be 2: the cold one and one renewal) and how many requests after the
+  first second took longer than the provider's 50 ms, i.e. waited on it (must be 0).
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from harness import child_process, free_port, serve_forever, tokenproxy
 IDP_LATENCY = 0.05
 
 
-def counting_idp() -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+def counting_idp(
+    expires_in: int = 3600,
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
     """The demo IdP behind 50 ms of latency; ``GET /count`` tells how many token requests."""
     from proxy.demo.idp import DemoIdentityProvider
 
-    provider = DemoIdentityProvider(expires_in=3600)
+    provider = DemoIdentityProvider(expires_in=expires_in)
     seen = 0
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -66,12 +74,70 @@ async def burst(url: str, requests: int) -> tuple[float, int]:
         return time.perf_counter() - started, results.count(False)
 
 
+def short_lived_idp() -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    return counting_idp(expires_in=10)
+
+
+async def steady_load(url: str, clients: int, seconds: float) -> tuple[int, int, int]:
+    """(requests, failures, requests after the first second slower than the IdP latency)."""
+    done = failed = slow = 0
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def client() -> None:
+            nonlocal done, failed, slow
+            while (now := time.perf_counter()) - started < seconds:
+                try:
+                    async with session.get(url) as response:
+                        await response.read()
+                        failed += response.status != 200
+                except aiohttp.ClientError:
+                    failed += 1
+                done += 1
+                if now - started > 1 and time.perf_counter() - now >= IDP_LATENCY:
+                    slow += 1
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return done, failed, slow
+
+
 async def token_requests(idp_port: int) -> int:
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{idp_port}/count") as response,
     ):
         return int((await response.json())["token_requests"])
+
+
+def connectors_for(idp_port: int, upstream_port: int, margin: int = 60) -> str:
+    return (
+        "  api:\n"
+        "    route: /api\n"
+        f"    upstream: http://127.0.0.1:{upstream_port}\n"
+        "    auth:\n"
+        "      type: oauth2\n"
+        "      grant: client_credentials\n"
+        f"      token_url: http://127.0.0.1:{idp_port}/token\n"
+        "      client_id: demo-client\n"
+        "      client_secret: demo-secret\n"
+        f"      refresh_margin: {margin}\n"
+    )
+
+
+def renewal_under_load(seconds: float) -> None:
+    idp_port, upstream_port, proxy_port = free_port(), free_port(), free_port()
+    with (
+        child_process(serve_forever, short_lived_idp, idp_port, port=idp_port),
+        child_process(serve_forever, tiny_upstream, upstream_port, port=upstream_port),
+        tokenproxy(proxy_port, connectors_for(idp_port, upstream_port, margin=2)),
+    ):
+        done, failed, slow = asyncio.run(
+            steady_load(f"http://127.0.0.1:{proxy_port}/api/x", 16, seconds)
+        )
+        fetched = asyncio.run(token_requests(idp_port))
+    print(f"\nrenewal under load: {seconds:g} s, 16 clients, tokens live 10 s (renewal at 6 s)")
+    print(f"{'requests':>9}{'failed':>8}{'token requests':>16}{'waited on IdP':>15}")
+    print(f"{done:>9}{failed:>8}{fetched:>16}{slow:>15}")
 
 
 def main() -> int:
@@ -85,17 +151,7 @@ def main() -> int:
     for size in sizes:
         # A fresh proxy per burst: every burst starts cold.
         idp_port, upstream_port, proxy_port = free_port(), free_port(), free_port()
-        connectors = (
-            "  api:\n"
-            "    route: /api\n"
-            f"    upstream: http://127.0.0.1:{upstream_port}\n"
-            "    auth:\n"
-            "      type: oauth2\n"
-            "      grant: client_credentials\n"
-            f"      token_url: http://127.0.0.1:{idp_port}/token\n"
-            "      client_id: demo-client\n"
-            "      client_secret: demo-secret\n"
-        )
+        connectors = connectors_for(idp_port, upstream_port)
         with (
             child_process(serve_forever, counting_idp, idp_port, port=idp_port),
             child_process(serve_forever, tiny_upstream, upstream_port, port=upstream_port),
@@ -104,6 +160,7 @@ def main() -> int:
             seconds, failed = asyncio.run(burst(f"http://127.0.0.1:{proxy_port}/api/x", size))
             fetched = asyncio.run(token_requests(idp_port))
         print(f"{size:>9}{seconds:>10.2f}{failed:>8}{fetched:>16}")
+    renewal_under_load(7 if args.smoke else 9)
     return 0
 
 
