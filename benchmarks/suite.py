@@ -124,7 +124,8 @@ def proxy_config(port: int, upstream: int) -> str:
 
 @contextlib.contextmanager
 def process(command: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    child = subprocess.Popen(command, cwd=REPO)
+    # Its stderr is aiohttp's noise when wrk hangs up mid-response.
+    child = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
         yield child
