@@ -77,8 +77,16 @@ class Redactor:
         for value in self._values:
             if value in text:
                 text = text.replace(value, MASK)
-        for pattern, replacement in _SHAPES:
-            text = pattern.sub(replacement, text)
+        # Each shape needs a telltale substring; most lines (the access log's) have none, and
+        # substring tests are far cheaper than regex scans (measured on access-log lines).
+        lowered = text.lower()
+        (header, header_mask), (scheme, scheme_mask), (query, query_mask) = _SHAPES
+        if "authoriz" in lowered or "cookie" in lowered or "api-key" in lowered:
+            text = header.sub(header_mask, text)
+        if "bearer" in lowered or "basic" in lowered:
+            text = scheme.sub(scheme_mask, text)
+        if "?" in text or "&" in text:
+            text = query.sub(query_mask, text)
         return text
 
 
