@@ -24,7 +24,7 @@ from proxy.config.tls import TLSConfig
 from proxy.demo.echo import echo
 from proxy.errors import ConfigError
 from proxy.tls import client_ssl_context
-from tests.conftest import StartProxy, connector
+from tests.conftest import StartProxy, connector, oauth2_connector
 from tests.fakes import FakeIdP, TLSServer, answer
 
 Serve = Callable[..., Awaitable[TLSServer]]
@@ -331,13 +331,7 @@ async def test_auth_tls_applies_to_the_token_endpoint_only(
 ) -> None:
     idp = await tls_idp(serve, ca)
     plain_upstream = await aiohttp_raw_server(echo, access_log=None)
-    auth = {
-        "type": "oauth2",
-        "grant": "client_credentials",
-        "token_url": f"{idp.url}/token",
-        "client_id": "demo-client",
-        "client_secret": "demo-secret",
-    }
+    auth = oauth2_connector("", idp.url)["auth"]  # client credentials, demo client
     upstream_url = str(plain_upstream.make_url("")).rstrip("/")
     without = {"api": connector(upstream_url, auth=auth)}
     proxy = await start_proxy({"connectors": without})
@@ -502,13 +496,7 @@ async def test_http_proxy_for_upstream_and_token_endpoint(
     corporate = await ConnectProxy().start()
     try:
         upstream = await serve(echo, server_context(ca.issue_cert("127.0.0.1")))
-        auth = {
-            "type": "oauth2",
-            "grant": "client_credentials",
-            "token_url": f"{idp.url}/token",
-            "client_id": "demo-client",
-            "client_secret": "demo-secret",
-        }
+        auth = oauth2_connector("", idp.url)["auth"]  # client credentials, demo client
         settings = connector(upstream.url, auth=auth, tls={"ca_file": ca_file})
         settings["http_proxy"] = f"http://corp:sec_CANARY_proxy@127.0.0.1:{corporate.port}"
         proxy = await start_proxy({"connectors": {"api": settings}})
@@ -537,13 +525,7 @@ async def test_https_token_endpoint_answers_with_errors_too(
 ) -> None:
     idp = await tls_idp(serve, ca)
     idp.script.append(answer(401, {"error": "invalid_client"}))
-    auth = {
-        "type": "oauth2",
-        "grant": "client_credentials",
-        "token_url": f"{idp.url}/token",
-        "client_id": "demo-client",
-        "client_secret": "demo-secret",
-    }
+    auth = oauth2_connector("", idp.url)["auth"]  # client credentials, demo client
     proxy = await start_proxy(
         {
             "connectors": {
