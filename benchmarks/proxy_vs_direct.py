@@ -86,6 +86,35 @@ async def _builtin_load(url: str, connections: int, seconds: float) -> Sample:
     )
 
 
+async def _paced_load(url: str, connections: int, seconds: float, rate: float) -> Sample:
+    """``rate`` requests a second in all, over ``connections`` clients: latency without queueing."""
+    import aiohttp
+
+    latencies: list[float] = []
+    interval = connections / rate
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+
+        async def client(offset: float) -> None:
+            await asyncio.sleep(offset)
+            next_at = time.perf_counter()
+            end = next_at + seconds
+            while next_at < end:
+                started = time.perf_counter()
+                async with session.get(url) as response:
+                    await response.read()
+                latencies.append(time.perf_counter() - started)
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+        await asyncio.gather(*(client(i * interval / connections) for i in range(connections)))
+    latencies.sort()
+    return Sample(
+        len(latencies) / seconds,
+        latencies[len(latencies) // 2] * 1000,
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    )
+
+
 def measure(url: str, connections: int, seconds: float, use_wrk: bool) -> Sample:
     if use_wrk:
         return run_wrk(url, connections, seconds)
@@ -98,6 +127,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--smoke", action="store_true", help="one short round (CI)")
+    parser.add_argument(
+        "--rate", type=float, help="paced: this many req/s in all (latency without queueing)"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.seconds, args.connections = 1, 1, 4
@@ -124,9 +156,17 @@ def main() -> int:
         measure(urls["tokenproxy"], args.connections, min(args.seconds, 1), use_wrk)  # warm-up
         for _ in range(args.rounds):
             for name, url in urls.items():
-                samples[name].append(measure(url, args.connections, args.seconds, use_wrk))
+                if args.rate:
+                    sample = asyncio.run(
+                        _paced_load(url, args.connections, args.seconds, args.rate)
+                    )
+                else:
+                    sample = measure(url, args.connections, args.seconds, use_wrk)
+                samples[name].append(sample)
 
-    tool = "wrk" if use_wrk else "built-in"
+    tool = (
+        f"paced built-in at {args.rate:g} req/s" if args.rate else "wrk" if use_wrk else "built-in"
+    )
     print(
         f"\n{args.rounds} interleaved rounds x {args.seconds:g}s, {args.connections} connections, "
         f"{len(BODY)}-byte responses, load by {tool}, medians:"
