@@ -1,7 +1,10 @@
 """Forward one request to a connector's upstream and stream the answer back: a pure pipe.
 
 Guarantees:
-- bodies stream both ways, never buffered whole, never decompressed;
+- bodies stream both ways and are never decompressed. Two exceptions, both bounded: a
+  request body up to ``reauth_max_body`` is held for a token connector, so the request can be
+  replayed after a 401; an answer whose whole body arrived with its headers goes out in one
+  write instead of a stream;
 - the upstream sees the client's method, headers (filtered, see :mod:`proxy.headers`) and
   raw path and query bytes, under the connector's base path, with the connector's credential;
 - redirects are relayed to the client, never followed;
