@@ -18,7 +18,7 @@ from proxy.errors import ForbiddenError
 class ClientAccess:
     def __init__(self, config: ClientsConfig) -> None:
         self._networks = tuple(config.allow_cidrs)
-        self._keys = tuple(key.get_secret_value().encode() for key in config.api_keys)
+        self._keys = tuple(key.get_secret_value().encode() for key in config.keys)
 
     def check_peer(self, request: web.BaseRequest) -> None:
         """Allow the socket peer only if it lies in ``allow_cidrs`` (headers never count)."""

@@ -20,14 +20,16 @@ from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.models import AdminConfig
-from proxy.connectors import Connector, ConnectorSet
+from proxy.connectors import Connector
 from proxy.errors import (
     AdminUnauthorizedError,
     MethodNotAllowedError,
-    ProxyError,
     RouteNotFoundError,
 )
+from proxy.logs import connector_key
+from proxy.runtime import Runtime
 from proxy.tls import describe_tls
+from proxy.tokens.model import Phase
 
 Endpoint = Callable[[], Awaitable[web.StreamResponse]]
 _REFRESH = re.compile(r"/connectors/([A-Za-z0-9_-]+)/refresh")
@@ -71,12 +73,12 @@ def describe_connector(connector: Connector) -> dict[str, Any]:
 
 
 class AdminApi:
-    def __init__(self, config: AdminConfig, connectors: ConnectorSet) -> None:
+    def __init__(self, config: AdminConfig, runtime: Runtime) -> None:
         self.prefix = config.prefix
         self._token = (
             None if config.token is None else f"Bearer {config.token.get_secret_value()}".encode()
         )
-        self._connectors = connectors
+        self._connectors = runtime.connectors
         self._endpoints: dict[str, Endpoint] = {
             "/health": self._health,
             "/ready": self._ready,
@@ -93,7 +95,7 @@ class AdminApi:
             refresh = _REFRESH.fullmatch(subpath)
             if refresh is None or request.method != hdrs.METH_POST:
                 raise MethodNotAllowedError(f"{request.method} is not supported here")
-            return await self._refresh(refresh.group(1))
+            return await self._refresh(request, refresh.group(1))
         endpoint = self._endpoints.get(subpath)
         if endpoint is None:
             raise RouteNotFoundError("no such admin endpoint")
@@ -111,10 +113,12 @@ class AdminApi:
 
     async def _ready(self) -> web.StreamResponse:
         """Ready once every ``warmup`` connector holds a valid token."""
-        connectors = self._connectors.connectors.values()
+        connectors = self._connectors.values()
         states = {c.name: c.authenticator.describe()["state"] for c in connectors}
         waiting = [
-            c.name for c in connectors if c.config.warmup and not c.authenticator.has_valid_token
+            c.name
+            for c in connectors
+            if c.config.warmup and c.authenticator.phase() is Phase.EXPIRED
         ]
         if waiting:
             return json_response(
@@ -122,18 +126,15 @@ class AdminApi:
             )
         return json_response({"status": "ready", "connectors": states})
 
-    async def _refresh(self, name: str) -> web.StreamResponse:
-        connector = self._connectors.connectors.get(name)
+    async def _refresh(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
+        connector = self._connectors.get(name)
         if connector is None:
             raise RouteNotFoundError(f"no connector named {name!r}")
-        try:
-            await connector.authenticator.refresh()
-        except ProxyError as exc:
-            exc.connector = name
-            raise
+        request[connector_key] = name  # errors and the access log name it
+        await connector.authenticator.refresh()
         return json_response(describe_connector(connector))
 
     async def _list_connectors(self) -> web.StreamResponse:
         return json_response(
-            {"connectors": [describe_connector(c) for c in self._connectors.connectors.values()]}
+            {"connectors": [describe_connector(c) for c in self._connectors.values()]}
         )

@@ -13,8 +13,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
 from proxy.config.loader import LoadedConfig, load_settings
@@ -22,6 +23,9 @@ from proxy.config.models import Settings
 from proxy.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 from proxy.errors import ConfigError, ProxyError
 from proxy.logs import configure_logging
+
+if TYPE_CHECKING:
+    from proxy.runtime import Plan
 
 DEFAULT_CONFIG = Path("config/tokenproxy.yaml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -97,12 +101,35 @@ def _run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         runner.run(main())
 
 
+def _build(settings: Settings) -> Plan | ConfigError:
+    """The build step's pure phase: every TLS file, key and grant the config names."""
+    from proxy.runtime import prepare
+
+    try:
+        return prepare(settings)
+    except ConfigError as exc:
+        return exc
+
+
+async def _open_and_close(plan: Plan) -> None:
+    from proxy.runtime import open_runtime
+
+    async with open_runtime(plan):
+        pass
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
+    """Load, then build the runtime and discard it: no network I/O, nothing left open."""
     path = _config_path(args.config)
     loaded = _load(path)
     if isinstance(loaded, ConfigError):
         _print_problems(path, loaded)
         return 1
+    plan = _build(loaded.settings)
+    if isinstance(plan, ConfigError):
+        _print_problems(path, plan)
+        return 1
+    asyncio.run(_open_and_close(plan))
     for warning in loaded.warnings:
         print(f"warning: {warning}")
     connectors = loaded.settings.connectors
@@ -131,13 +158,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("tokenproxy: --workers must be 1 or more", file=sys.stderr)
         return 2
+    plan = _build(loaded.settings)  # once: forked workers inherit it
+    if isinstance(plan, ConfigError):
+        _print_problems(path, plan)
+        return 2
     if args.workers == 1:
-        _run_async(lambda: serve(loaded.settings))
+        _run_async(lambda: serve(loaded.settings, plan=plan))
         return 0
     from proxy.workers import run_workers
 
     def worker(settings: Settings) -> int:
-        _run_async(lambda: serve(settings, reuse_port=True))
+        # The plan's port is the one the parent reserved; the rest is the same build.
+        _run_async(lambda: serve(settings, reuse_port=True, plan=replace(plan, settings=settings)))
         return 0
 
     return run_workers(loaded.settings, args.workers, worker)
@@ -150,7 +182,7 @@ def mask(value: str) -> str:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from proxy.connectors import build_connector
+    from proxy.runtime import open_runtime
 
     configure_logging("error")  # the command prints the outcome itself
     path = _config_path(args.config)
@@ -164,17 +196,20 @@ def _cmd_token(args: argparse.Namespace) -> int:
         print(f"tokenproxy: no connector {args.name!r} (connectors: {known})", file=sys.stderr)
         return 1
 
+    plan = _build(loaded.settings.model_copy(update={"connectors": {args.name: config}}))
+    if isinstance(plan, ConfigError):
+        _print_problems(path, plan)
+        return 1
+
     async def acquire() -> int:
-        connector = build_connector(args.name, config)
-        try:
-            credential = await connector.authenticator.credential()
-        except ProxyError as exc:
-            print(f"{args.name}: {exc.code}: {exc.message}", file=sys.stderr)
-            return 1
-        finally:
-            await connector.upstream.close()
-            await connector.authenticator.close()
-        state = connector.authenticator.describe()
+        async with open_runtime(plan) as runtime:
+            authenticator = runtime.connectors[args.name].authenticator
+            try:
+                credential = await authenticator.credential()
+            except ProxyError as exc:
+                print(f"{args.name}: {exc.code}: {exc.message}", file=sys.stderr)
+                return 1
+            state = authenticator.describe()
         if credential is None:
             print(f"{args.name}: pass-through (auth type none): no credential")
             return 0

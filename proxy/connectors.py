@@ -1,25 +1,71 @@
-"""Runtime connectors: everything a request needs, computed once when the proxy starts.
-
-A :class:`Connector` holds the parsed upstream base, its pooled client session, its timeouts
-and its authenticator. :class:`ConnectorSet` owns them all, routes requests to them and
-closes them on shutdown.
+"""Connectors, prepared once: a :class:`ConnectorPlan` holds what needs no event loop (SSL
+contexts, the auth plan, the parsed upstream); a :class:`Connector` adds the pooled
+sessions and the authenticator, opened by :mod:`proxy.runtime`, which also closes them.
 """
 
 from __future__ import annotations
 
+import functools
+import ssl
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
 from proxy.auth.base import Authenticator
-from proxy.auth.factory import build_authenticator
-from proxy.config.models import ConnectorConfig, Settings
+from proxy.auth.factory import AuthPlan, open_auth, plan_auth
+from proxy.config.models import ConnectorConfig
 from proxy.config.oauth2 import TokenLifecycleConfig
-from proxy.egress import Egress, token_egress, upstream_egress
-from proxy.routing import Match, RouteTable
-from proxy.target import Target
+from proxy.config.tls import TLSConfig
+from proxy.egress import Egress, egress_options, token_session, upstream_session
+from proxy.tls import TLSConfigError, client_ssl_context
+from proxy.tokens.endpoint import send_token_request
 from proxy.tokens.model import Clock
+
+
+@dataclass(frozen=True, eq=False)
+class ConnectorPlan:
+    name: str
+    config: ConnectorConfig
+    auth: AuthPlan
+    upstream_tls: ssl.SSLContext | None
+    """None for a plain http:// upstream."""
+    token_tls: ssl.SSLContext | None
+    """The token endpoint's context (``auth.tls``, else ``tls``); None without one."""
+
+
+def plan_connector(name: str, config: ConnectorConfig) -> tuple[ConnectorPlan | None, list[str]]:
+    """The connector's plan, or None and every problem of its material as ``path: message``."""
+    where = f"connectors.{name}"
+    problems: list[str] = []
+    contexts: dict[str, ssl.SSLContext] = {}
+
+    def context(tls: TLSConfig | None, path: str) -> ssl.SSLContext | None:
+        if path not in contexts:
+            try:
+                contexts[path] = client_ssl_context(tls, path)
+            except TLSConfigError as exc:
+                problems.append(str(exc))
+                return None
+        return contexts[path]
+
+    https = URL(config.upstream).scheme == "https"
+    upstream_tls = context(config.tls, f"{where}.tls") if https or config.tls else None
+    token_tls = None
+    if isinstance(config.auth, TokenLifecycleConfig):
+        auth_tls = config.auth.tls
+        # The same profile as the upstream's is the same context: prepared once.
+        token_tls = context(
+            auth_tls or config.tls, f"{where}.auth.tls" if auth_tls else f"{where}.tls"
+        )
+    try:
+        auth = plan_auth(name, config.auth, where)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        return None, problems
+    return ConnectorPlan(name, config, auth, upstream_tls if https else None, token_tls), []
 
 
 @dataclass(eq=False)
@@ -44,64 +90,38 @@ class Connector:
         return URL(url, encoded=True)
 
 
-def build_connector(name: str, config: ConnectorConfig, clock: Clock | None = None) -> Connector:
-    """Raises :class:`~proxy.tls.TLSConfigError` if a TLS profile cannot be loaded."""
+async def open_connector(
+    stack: AsyncExitStack, plan: ConnectorPlan, clock: Clock | None = None
+) -> Connector:
+    """Open the connector's sessions and authenticator; each is closed by ``stack``."""
+    config = plan.config
     upstream = URL(config.upstream)
     connect, read = config.timeouts.connect, config.timeouts.read
     proxy = config.http_proxy.get_secret_value() if config.http_proxy else None
-    where = f"connectors.{name}"
-    # The token endpoint gets the connector's timeouts too, and an overall bound: a provider
-    # dripping its answer must not hold every waiting request for ever.
-    token_timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect, sock_read=read)
-    token = None
-    if isinstance(config.auth, TokenLifecycleConfig):
-        auth_tls = config.auth.tls
-        token = token_egress(
-            auth_tls or config.tls,
-            f"{where}.auth.tls" if auth_tls else f"{where}.tls",
-            token_timeout,
-            proxy=proxy,
-        )
+    send = None
+    if plan.token_tls is not None:
+        assert isinstance(config.auth, TokenLifecycleConfig)
+        session = token_session(plan.token_tls)
+        stack.push_async_callback(session.close)
+        # The token endpoint gets the connector's timeouts too, and an overall bound: a
+        # provider dripping its answer must not hold every waiting request for ever.
+        timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect, sock_read=read)
+        options = egress_options(config.auth.tls or config.tls, proxy)
+        send = functools.partial(send_token_request, Egress(session, timeout, options))
+    authenticator = open_auth(plan.name, config.auth, plan.auth, send, clock)
+    stack.push_async_callback(authenticator.close)  # before the session it uses is closed
+    session = upstream_session(plan.upstream_tls)
+    stack.push_async_callback(session.close)
     return Connector(
-        name=name,
+        name=plan.name,
         config=config,
-        authenticator=build_authenticator(name, config.auth, token, clock),
-        upstream=upstream_egress(
-            config.tls,
-            f"{where}.tls",
+        authenticator=authenticator,
+        upstream=Egress(
+            session,
             aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read),
-            https=upstream.scheme == "https",
-            proxy=proxy,
+            egress_options(config.tls, proxy),
+            uses_tls=plan.upstream_tls is not None,
         ),
         origin=str(upstream.origin()),
         base_path=upstream.raw_path.rstrip("/"),
     )
-
-
-class ConnectorSet:
-    """All connectors of a config and their route table. Build it inside the event loop."""
-
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
-        self.connectors = {
-            name: build_connector(name, config, clock)
-            for name, config in settings.connectors.items()
-        }
-        self._table: RouteTable[Connector] = RouteTable(
-            routes=[
-                (c.config.route, c) for c in self.connectors.values() if c.config.route is not None
-            ],
-            hosts=[(host, c) for c in self.connectors.values() for host in c.config.hosts],
-        )
-
-    def route(self, target: Target, host_header: str | None) -> Match[Connector] | None:
-        """Absolute-form targets match by their authority only; others by Host, then by path."""
-        if target.authority is not None:
-            return self._table.match_host(target.authority, target.path)
-        return self._table.match_host(host_header, target.path) or self._table.match_path(
-            target.path
-        )
-
-    async def close(self) -> None:
-        for connector in self.connectors.values():
-            await connector.upstream.close()
-            await connector.authenticator.close()

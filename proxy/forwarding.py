@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
 import aiohttp
@@ -85,20 +85,15 @@ async def forward(
             body = await request.content.read()  # small enough to replay after a 401
         else:
             body = request.content
-    replayable = not isinstance(body, aiohttp.StreamReader)
 
-    credential = await auth.credential()
-    upstream = await _send(request, connector, rest, query, headers, body, credential)
-    if credential is not None and upstream.status in auth.reauth_on:
-        # Compare-and-invalidate, then one replay with the new credential (RFC 6750 §3.1).
-        renewed = await auth.renew(credential)
-        if renewed is not None and replayable:
-            upstream.close()
-            upstream = await _send(request, connector, rest, query, headers, body, renewed)
+    def send(credential: Credential | None) -> Awaitable[aiohttp.ClientResponse]:
+        return _send(request, connector, rest, query, headers, body, credential)
+
+    upstream = await auth.send(send, replayable=not isinstance(body, aiohttp.StreamReader))
     try:
         return await _relay(request, upstream, connector)
     finally:
-        # Never leave a half-read connection in the pool (HARDENING.md C16).
+        # Never leave a half-read connection in the pool (docs/design.md, "Hardening").
         upstream.close()
 
 

@@ -21,7 +21,6 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 from proxy.access import ClientAccess
 from proxy.admin import AdminApi
 from proxy.config.models import Settings
-from proxy.connectors import ConnectorSet
 from proxy.errors import (
     BadRequestError,
     ConnectNotSupportedError,
@@ -31,6 +30,7 @@ from proxy.errors import (
 )
 from proxy.forwarding import abort_client, forward
 from proxy.logs import connector_key
+from proxy.runtime import Runtime
 from proxy.target import parse_target
 
 logger = logging.getLogger(__name__)
@@ -53,15 +53,17 @@ def error_response(exc: ProxyError) -> web.Response:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, connectors: ConnectorSet) -> None:
-        self.connectors = connectors
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.access = ClientAccess(settings.clients)
-        self.admin = AdminApi(settings.admin, connectors)
+        self.admin = AdminApi(settings.admin, runtime)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._handle(request)
         except ProxyError as exc:
+            if exc.connector is None:  # the one place an error learns its connector
+                exc.connector = request.get(connector_key)
             return error_response(exc)
         except Exception as exc:
             # No traceback: frames of the forwarding path hold headers with the credential.
@@ -89,13 +91,8 @@ class Gateway:
             return await self.admin.handle(request, target.path)
 
         self.access.check_key(request)
-        match = self.connectors.route(target, request.headers.get(hdrs.HOST))
+        match = self.runtime.route(target, request.headers.get(hdrs.HOST))
         if match is None:
             raise RouteNotFoundError("no connector matches this request")
-        connector = match.target
-        request[connector_key] = connector.name
-        try:
-            return await forward(request, connector, match.rest, target.query)
-        except ProxyError as exc:
-            exc.connector = connector.name
-            raise
+        request[connector_key] = match.target.name
+        return await forward(request, match.target, match.rest, target.query)

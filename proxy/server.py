@@ -2,7 +2,7 @@
 
 No router, no middlewares, no static files, no WebSockets: one handler (:class:`Gateway`)
 sees every request, which removes most of aiohttp's historical attack surface
-(HARDENING.md §2.1) and per-request overhead.
+(docs/design.md, "Hardening") and per-request overhead.
 """
 
 from __future__ import annotations
@@ -12,16 +12,20 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp.http_parser
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config.models import Settings
-from proxy.connectors import Connector, ConnectorSet
+from proxy.connectors import Connector
 from proxy.errors import BadRequestError, ProxyError
 from proxy.gateway import Gateway, error_response
 from proxy.logs import ACCESS_LOGGER, AccessLogger
+from proxy.runtime import Plan, Runtime, open_runtime, prepare
 from proxy.tokens.model import Clock
 
 logger = logging.getLogger(__name__)
@@ -31,7 +35,7 @@ def http_parser_warning() -> str | None:
     """A warning when aiohttp runs its pure-Python HTTP parser instead of the C one.
 
     Most aiohttp request-smuggling CVEs of 2023-2026 hit only the Python parser
-    (HARDENING.md §0.2).
+    (docs/design.md, "Hardening").
     """
     module = aiohttp.http_parser.HttpRequestParser.__module__
     if module == "aiohttp._http_parser":
@@ -77,25 +81,54 @@ class _ProxyHTTPServer(web.Server):
 
 
 class ProxyServer:
-    """Start and stop one listening proxy. ``port`` is the bound port (useful with port 0)."""
+    """Start and stop one listening proxy. ``port`` is the bound port (useful with port 0).
+
+    ``start`` is exception-safe: if any step fails (a taken port, say), everything the
+    earlier steps opened is closed before the error propagates. ``plan`` is the prepared
+    build (:func:`proxy.runtime.prepare`); without one, ``start`` prepares it.
+    """
 
     def __init__(
-        self, settings: Settings, clock: Clock | None = None, *, reuse_port: bool = False
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        *,
+        reuse_port: bool = False,
+        plan: Plan | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock
         self._reuse_port = reuse_port
+        self._plan = plan
         self.port: int | None = None
-        self._runner: web.ServerRunner | None = None
-        self._warmups: set[asyncio.Task[None]] = set()
-        self._connectors: ConnectorSet | None = None
+        self.addresses: list[Any] = []
+        self.runtime: Runtime | None = None
+        self._stack: AsyncExitStack | None = None
 
     async def start(self) -> None:
-        settings = self.settings
-        limits = settings.server
-        self._connectors = ConnectorSet(settings, self._clock)
+        plan = self._plan or prepare(self.settings)
+        async with AsyncExitStack() as stack:
+            runtime = await stack.enter_async_context(open_runtime(plan, self._clock))
+            runner = self._runner(runtime)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            site = web.TCPSite(
+                runner,
+                self.settings.listen.host,
+                self.settings.listen.port,
+                reuse_port=self._reuse_port or None,
+                backlog=1024,
+            )
+            await site.start()
+            self.port = runner.addresses[0][1]
+            stack.push_async_callback(self._warm_up(runtime))
+            self.addresses = runner.addresses
+            self.runtime, self._stack = runtime, stack.pop_all()  # stop() closes it all
+
+    def _runner(self, runtime: Runtime) -> web.ServerRunner:
+        limits = self.settings.server
         handler = _ProxyHTTPServer(
-            Gateway(settings, self._connectors),
+            Gateway(self.settings, runtime),
             handler_cancellation=True,  # a client that goes away cancels its upstream request
             keepalive_timeout=limits.keepalive_timeout,
             max_line_size=limits.max_line_size,
@@ -105,41 +138,35 @@ class ProxyServer:
             access_log_class=AccessLogger,
             access_log=logging.getLogger(ACCESS_LOGGER) if limits.access_log else None,
         )
-        self._runner = web.ServerRunner(
+        return web.ServerRunner(
             handler, handle_signals=False, shutdown_timeout=limits.shutdown_timeout
         )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            settings.listen.host,
-            settings.listen.port,
-            reuse_port=self._reuse_port or None,
-            backlog=1024,
-        )
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        for connector in self._connectors.connectors.values():
-            if connector.config.warmup:
-                task = asyncio.get_running_loop().create_task(self._warm_up(connector))
-                self._warmups.add(task)
-                task.add_done_callback(self._warmups.discard)
 
     @staticmethod
-    async def _warm_up(connector: Connector) -> None:
-        """Fetch the first token now; /ready stays 503 until it is there. Failures are logged
-        by the token manager, and the next request tries again."""
-        with contextlib.suppress(ProxyError):
-            await connector.authenticator.refresh()
+    def _warm_up(runtime: Runtime) -> Callable[[], Awaitable[None]]:
+        """Start fetching the first token of every ``warmup`` connector (``/ready`` stays
+        503 until it is there); returns what cancels and awaits those fetches on stop.
+        Failures are logged by the token manager, and the next request tries again."""
+
+        async def warm(connector: Connector) -> None:
+            with contextlib.suppress(ProxyError):
+                await connector.authenticator.refresh()
+
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(warm(c)) for c in runtime.connectors.values() if c.config.warmup]
+
+        async def cancel() -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        return cancel
 
     async def stop(self) -> None:
-        for task in list(self._warmups):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._connectors is not None:
-            await self._connectors.close()
-            self._connectors = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        self.runtime = None
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -150,7 +177,11 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def serve(
-    settings: Settings, stop: asyncio.Event | None = None, *, reuse_port: bool = False
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    reuse_port: bool = False,
+    plan: Plan | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and close."""
     warning = http_parser_warning()
@@ -158,7 +189,7 @@ async def serve(
         logger.warning("%s", warning)
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
-    server = ProxyServer(settings, reuse_port=reuse_port)
+    server = ProxyServer(settings, reuse_port=reuse_port, plan=plan)
     await server.start()
     logger.info(
         "tokenproxy listening on http://%s:%s with %d connector(s) (pid %d)",

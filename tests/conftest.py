@@ -15,6 +15,7 @@ import yaml
 from pytest_aiohttp import AiohttpRawServer
 
 from proxy.config.loader import load_settings
+from proxy.runtime import Plan, prepare
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from proxy.logs import install_filters
 from proxy.server import ProxyServer
@@ -83,6 +84,12 @@ async def start_proxy(
     yield start
     for server in started:
         await server.stop()
+
+
+def check_config(path: Path) -> Plan:
+    """What ``tokenproxy check`` does: load, then the build step's pure phase (TLS files,
+    keys, grants). Raises ``ConfigError`` with every problem."""
+    return prepare(load_settings(path).settings)
 
 
 def connector(upstream_url: str, **fields: Any) -> dict[str, Any]:

@@ -9,10 +9,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
+import orjson
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.demo.echo import describe_request, echo
 from proxy.demo.idp import DemoIdentityProvider, OAuthError
+from proxy.tokens.endpoint import TokenRequest, TokenResponse
 from proxy.tokens.oauth2 import ASSERTION_TYPE
 
 Responder = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -244,3 +247,66 @@ class TLSServer:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class SteppedClock(FakeClock):
+    """A fake clock whose ``sleep`` waits until the test moves time past its deadline.
+
+    For simulations where a slow provider and steady traffic share one timeline: ``advance``
+    moves time, wakes every sleeper due by then, and lets the loop run what they started.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, future))
+        await future
+
+    async def step(self, seconds: float) -> None:
+        self.now += seconds
+        due = [f for deadline, f in self._sleepers if deadline <= self.now]
+        self._sleepers = [(d, f) for d, f in self._sleepers if d > self.now]
+        for future in due:
+            if not future.done():
+                future.set_result(None)
+        await settle()
+
+
+async def settle(rounds: int = 10) -> None:
+    """Let tasks that are ready run to their next real wait (bounded: ``rounds`` passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+class FakeTokenEndpoint:
+    """A token endpoint without sockets, for the token manager's unit tests: it records each
+    :class:`TokenRequest`, takes ``latency`` seconds of the clock to answer, and answers
+    from ``script`` first, then with a fresh token of ``lifetime`` seconds."""
+
+    def __init__(self, clock: FakeClock, lifetime: float = 300, latency: float = 0) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self.latency = latency
+        self.requests: list[TokenRequest] = []
+        self.script: list[tuple[int, Any]] = []
+
+    async def __call__(self, request: TokenRequest) -> TokenResponse:
+        self.requests.append(request)
+        await self.clock.sleep(self.latency)
+        status, body = (
+            self.script.pop(0)
+            if self.script
+            else (200, {"access_token": f"at-{len(self.requests)}", "expires_in": self.lifetime})
+        )
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+        return TokenResponse(status, headers, raw)
+
+    def forms(self, name: str) -> list[str | None]:
+        return [(r.form or {}).get(name) for r in self.requests]

@@ -93,7 +93,7 @@ async def test_default_listener_is_loopback_only(
     start_proxy: StartProxy, upstream: RecordingUpstream
 ) -> None:
     proxy = await start_proxy({"connectors": {"api": connector(upstream.url)}})
-    addresses = proxy.server._runner.addresses if proxy.server._runner else []
+    addresses = proxy.server.addresses
     assert [address[0] for address in addresses] == ["127.0.0.1"]
     answer = await raw_request(
         proxy.port, b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

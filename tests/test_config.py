@@ -10,6 +10,7 @@ import pytest
 
 from proxy.config.loader import load_settings
 from proxy.errors import ConfigError
+from tests.conftest import check_config
 
 CANARY = "sec_CANARY_9f8e7d"
 WriteConfig = Callable[[dict[str, Any]], Path]
@@ -27,7 +28,7 @@ def base_config(**connector_fields: Any) -> dict[str, Any]:
 
 def problems_of(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_settings(path)
+        check_config(path)
     return info.value.problems
 
 

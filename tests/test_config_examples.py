@@ -1,4 +1,4 @@
-"""Every file shipped in config/ loads and passes validation as it stands."""
+"""Every file shipped in config/ loads and builds (TLS files, keys) as it stands."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config.loader import load_settings
+from proxy.runtime import prepare
 from tests.test_tls import mtls_material
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -28,5 +29,6 @@ def _mtls_material(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_example_loads(path: Path) -> None:
     loaded = load_settings(path)
     assert loaded.settings.connectors
+    assert prepare(loaded.settings).connectors.keys() == loaded.settings.connectors.keys()
     # The only warning an example may earn is the deliberate one about the password grant.
     assert all("the password grant is deprecated" in w for w in loaded.warnings)

@@ -19,7 +19,7 @@ from yarl import URL
 
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
-from proxy.tokens.paths import parse_path
+from proxy.config.paths import JsonPath
 from tests.conftest import StartProxy
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 
@@ -49,12 +49,12 @@ def pointed_at(node: Any, idp: str, upstream: str, key: str = "") -> Any:
     return node
 
 
-def document(values: dict[str, Any]) -> dict[str, Any]:
+def document(values: dict[JsonPath, Any]) -> dict[str, Any]:
     """A JSON answer holding each value at its (dotted or JSONPath) path."""
     root: dict[str, Any] = {}
     for path, value in values.items():
         node: Any = root
-        steps = parse_path(path).steps
+        steps = path.steps
         for step, following in zip(steps, (*steps[1:], None), strict=True):
             if following is None:
                 node[step] = value

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proxy.tokens.paths import parse_path
+from proxy.config.paths import parse_path
 
 DOCUMENT: dict[str, Any] = {
     "access_token": "top",

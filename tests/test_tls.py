@@ -24,7 +24,7 @@ from proxy.config.tls import TLSConfig
 from proxy.demo.echo import echo
 from proxy.errors import ConfigError
 from proxy.tls import client_ssl_context
-from tests.conftest import StartProxy, connector, oauth2_connector
+from tests.conftest import StartProxy, check_config, connector, oauth2_connector
 from tests.fakes import FakeIdP, TLSServer, answer
 
 Serve = Callable[..., Awaitable[TLSServer]]
@@ -309,7 +309,7 @@ def test_unusable_tls_material_is_a_config_error_naming_the_field(
     tls = {k: files.get(v, v) for k, v in tls.items()}
     path = write_config({"connectors": {"api": connector("https://api.example.com", tls=tls)}})
     with pytest.raises(ConfigError) as info:
-        load_settings(path)
+        check_config(path)
     assert info.value.problems == [f"connectors.api.{problem}"]
     assert "CANARY" not in str(info.value)
 

@@ -72,7 +72,7 @@ async def test_status_shows_counts_and_expiry_never_the_token(
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
-    proxy = await start_oauth2()
+    proxy = await start_oauth2(refresh_margin=120)  # renewable from 180 s of 300
     async with client.get(f"{proxy.url}/api/x") as response:
         assert response.status == 200
     clock.advance(200)

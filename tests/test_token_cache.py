@@ -65,11 +65,11 @@ async def test_token_is_reused_then_renewed_in_the_background(
     clock: FakeClock,
 ) -> None:
     first = await warm(client, proxy, upstream)
-    clock.advance(179)  # lifetime 300, margin 60: renew_at = 180, stale_at = 240
+    clock.advance(239)  # lifetime 300, margin 60: renewable from 240, stale from 285
     await call(client, proxy)
     assert len(idp.calls) == 1 and bearer(upstream) == first
     idp.delay = 0.3
-    clock.advance(2)  # past renew_at: this request starts a renewal and does not wait for it
+    clock.advance(2)  # renewable: this request starts a renewal and does not wait for it
     started = asyncio.get_running_loop().time()
     await call(client, proxy)
     assert asyncio.get_running_loop().time() - started < 0.25
@@ -91,7 +91,7 @@ async def test_stale_token_makes_requests_wait_for_the_renewal(
     clock: FakeClock,
 ) -> None:
     first = await warm(client, proxy, upstream)
-    clock.advance(250)  # past stale_at (240), before expiry (300)
+    clock.advance(290)  # stale (from 285), before expiry (300)
     results = await asyncio.gather(*(call(client, proxy) for _ in range(20)))
     assert {status for status, _ in results} == {200}
     assert len(idp.calls) == 2
@@ -108,9 +108,14 @@ async def test_failing_renewal_keeps_using_a_token_until_it_expires(
     first = await warm(client, proxy, upstream)
     # A long Retry-After: one attempt, then a back-off that outlasts the token.
     idp.script.append(answer(503, "down", {"Retry-After": "600"}))
-    clock.advance(250)
+    clock.advance(250)  # renewable: the renewal runs in the background
     status, _ = await call(client, proxy)
     assert (status, bearer(upstream)) == (200, first)
+
+    async def failed() -> bool:
+        return (await status_of(client, proxy))["state"] == "failing"
+
+    await eventually(failed)
     assert len(idp.calls) == 2
     assert (await status_of(client, proxy))["state"] == "failing"
     status, _ = await call(client, proxy)  # in back-off: still the old token, no IdP call
@@ -410,7 +415,7 @@ async def test_a_burst_in_the_renewal_window_renews_once_without_waiting(
     clock: FakeClock,
 ) -> None:
     first = await warm(client, proxy, upstream)
-    clock.advance(200)  # inside [renew_at, stale_at)
+    clock.advance(250)  # renewable: inside [240, 285)
     idp.delay = 0.5
     started = asyncio.get_running_loop().time()
     results = await asyncio.gather(*(call(client, proxy) for _ in range(200)))

@@ -1,19 +1,23 @@
-"""What the forwarder asks of a connector's auth: a :class:`Credential` to put on a request.
+"""What the forwarder asks of a connector's auth: to send a request with its credential.
 
-The forwarder knows nothing of how a credential is obtained; an :class:`Authenticator`
-knows nothing of HTTP forwarding. Token-issuing auth types (OAuth2, custom token requests)
-are further authenticators behind the same protocol.
+The forwarder is a pipe: it hands :meth:`Authenticator.send` a function that sends the
+request with a given :class:`Credential`, and gets back the response to relay. Obtaining,
+renewing and replaying are the authenticator's alone (httpx's ``auth_flow`` is the model).
+Token-issuing auth types (OAuth2, custom token requests) are authenticators too
+(:class:`~proxy.tokens.manager.TokenManager`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, unquote
 
 from multidict import CIMultiDict
 
 from proxy.config.auth import InjectedAuthConfig
+from proxy.tokens.model import Phase
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +62,29 @@ def credential_for(token: str, config: InjectedAuthConfig) -> Credential:
     return Credential(value=value, header=config.header)
 
 
-class Authenticator(Protocol):
-    """Supplies the credential for one connector's upstream requests."""
+class Response(Protocol):
+    """What the auth flow needs of an upstream response (aiohttp's ClientResponse has it)."""
 
-    reauth_on: frozenset[int]
+    @property
+    def status(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+ResponseT = TypeVar("ResponseT", bound=Response)
+Send = Callable[[Credential | None], Awaitable[ResponseT]]
+
+
+class Authenticator:
+    """Supplies one connector's credential, and owns re-authentication (:meth:`send`).
+
+    Subclasses say how a credential is had (:meth:`credential`) and renewed (:meth:`renew`);
+    the flow that sends, judges the status, renews and replays is here, once, for all.
+    """
+
+    reauth_on: frozenset[int] = frozenset()
     """Upstream statuses after which :meth:`renew` is worth asking (empty: never)."""
-    replay_limit: int
+    replay_limit: int = 0
     """Largest request body to buffer so the request can be replayed after a renewal."""
 
     async def credential(self) -> Credential | None:
@@ -71,21 +92,45 @@ class Authenticator(Protocol):
 
         Raises a :class:`~proxy.errors.ProxyError` when no credential can be had.
         """
-        ...
+        raise NotImplementedError
 
     async def renew(self, rejected: Credential) -> Credential | None:
         """The upstream rejected ``rejected``: return a credential to replay with, or None."""
-        ...
+        return None
+
+    def phase(self) -> Phase | None:
+        """The held token's phase; ``None`` for credentials fixed at load (always ready)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """State for ``/connectors`` and ``/ready``: never a credential."""
-        ...
-
-    @property
-    def has_valid_token(self) -> bool: ...
+        raise NotImplementedError
 
     async def refresh(self) -> None:
         """Obtain a new credential now; raises a ProxyError on failure. No-op if fixed."""
-        ...
+        return None
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        return None
+
+    async def send(self, send: Send[ResponseT], *, replayable: bool) -> ResponseT:
+        """Send with the current credential; on a ``reauth_on`` status, renew (compare and
+        invalidate) and, if ``replayable``, send once more with the new credential.
+
+        Every response but the one returned is closed, on every path: a client that goes
+        away while the renewal runs must not leave a half-read answer holding a pooled
+        connection (the renewal may take as long as the token endpoint does).
+        """
+        credential = await self.credential()
+        response = await send(credential)
+        if credential is None or response.status not in self.reauth_on:
+            return response
+        try:
+            renewed = await self.renew(credential)
+        except BaseException:
+            response.close()
+            raise
+        if renewed is None or not replayable:
+            return response
+        response.close()
+        return await send(renewed)

@@ -1,4 +1,9 @@
-"""The only place that dispatches on the ``auth.type`` of a connector's config."""
+"""The only place that dispatches on the ``auth.type`` of a connector's config.
+
+:func:`plan_auth` makes what needs no event loop (fixed credentials, grants with their
+signing keys loaded) and is run by the build step's first, pure phase; :func:`open_auth`
+turns a plan into the connector's :class:`Authenticator` once sessions exist.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,20 @@ from proxy.auth.static import FixedAuthenticator, basic_authenticator, static_au
 from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.models import AuthConfig
-from proxy.config.oauth2 import OAuth2AuthConfig
-from proxy.egress import Egress
+from proxy.config.oauth2 import OAuth2AuthConfig, TokenLifecycleConfig
 from proxy.tokens.custom import CustomGrant
+from proxy.tokens.endpoint import TokenSender
 from proxy.tokens.grant import Grant
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.model import Clock
 from proxy.tokens.oauth2 import OAuth2Grant
 
+AuthPlan = FixedAuthenticator | Grant
 
-def build_authenticator(
-    name: str, config: AuthConfig, token: Egress | None, clock: Clock | None = None
-) -> Authenticator:
-    """The connector's authenticator; ``token`` is how it reaches its token endpoint
-    (required for the types that have one)."""
+
+def plan_auth(name: str, config: AuthConfig, where: str) -> AuthPlan:
+    """What the connector's auth needs, made once. Raises ``ValueError`` as
+    ``field.path: message`` when material (a signing key) cannot be used."""
     match config:
         case NoneAuthConfig():
             return FixedAuthenticator(None)
@@ -29,8 +34,29 @@ def build_authenticator(
         case BasicAuthConfig():
             return basic_authenticator(config)
         case OAuth2AuthConfig():
-            grant: Grant = OAuth2Grant(config, name)
+            key = None
+            if config.client_auth == "private_key_jwt":
+                from proxy.tokens.assertions import load_signing_key  # PyJWT: only when used
+
+                try:
+                    key = load_signing_key(config)
+                except ValueError as exc:
+                    raise ValueError(f"{where}.auth.private_key: {exc}") from None
+            return OAuth2Grant(config, name, key)
         case CustomAuthConfig():
-            grant = CustomGrant(config, name)
-    assert token is not None, "token-issuing auth types need a token egress"
-    return TokenManager(name, config, grant, token, clock=clock)
+            return CustomGrant(config, name)
+
+
+def open_auth(
+    name: str,
+    config: AuthConfig,
+    plan: AuthPlan,
+    send: TokenSender | None,
+    clock: Clock | None = None,
+) -> Authenticator:
+    """The connector's authenticator; ``send`` reaches its token endpoint (required for the
+    token-issuing types)."""
+    if isinstance(plan, FixedAuthenticator):
+        return plan
+    assert send is not None and isinstance(config, TokenLifecycleConfig)
+    return TokenManager(name, config, plan, send, clock=clock)

@@ -5,19 +5,15 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from proxy.auth.base import Credential, credential_for
+from proxy.auth.base import Authenticator, Credential, credential_for
 from proxy.config.auth import BasicAuthConfig, StaticAuthConfig
 
 
-class FixedAuthenticator:
+class FixedAuthenticator(Authenticator):
     """Hands out one credential computed at start-up; ``None`` means pass-through.
 
     Nothing can renew a fixed credential, so an upstream 401 is always passed through.
     """
-
-    reauth_on: frozenset[int] = frozenset()
-    replay_limit = 0
-    has_valid_token = True
 
     def __init__(self, credential: Credential | None) -> None:
         self._credential = credential
@@ -25,17 +21,8 @@ class FixedAuthenticator:
     async def credential(self) -> Credential | None:
         return self._credential
 
-    async def renew(self, rejected: Credential) -> Credential | None:
-        return None
-
     def describe(self) -> dict[str, Any]:
         return {"state": "static" if self._credential else "pass-through"}
-
-    async def refresh(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 def static_authenticator(config: StaticAuthConfig) -> FixedAuthenticator:

@@ -3,7 +3,7 @@
 A request is a template (``url``, ``method``, ``query``, ``headers``, ``body``) whose strings
 may use ``{{client_id}}``, ``{{client_secret}}``, ``{{username}}``, ``{{password}}``,
 ``{{refresh_token}}`` and ``{{access_token}}``. The token, refresh token and expiry are read
-from the JSON answer by path (:mod:`proxy.tokens.paths`), or the token from a header.
+from the JSON answer by path (:mod:`proxy.config.paths`), or the token from a header.
 """
 
 from __future__ import annotations
@@ -15,14 +15,8 @@ from pydantic import Field, Secret, SecretStr, field_validator, model_validator
 
 from proxy.config.base import HeaderName, StrictModel
 from proxy.config.oauth2 import TokenLifecycleConfig, json_object, token_endpoint_url
-from proxy.tokens.paths import parse_path
-from proxy.tokens.templates import NAMES, placeholders
-
-
-def _path(value: str | None) -> str | None:
-    if value is not None:
-        parse_path(value)
-    return value
+from proxy.config.paths import JsonPathField, parse_path
+from proxy.config.templates import NAMES, placeholders
 
 
 def _json_or_value(value: Any) -> Any:
@@ -83,20 +77,18 @@ class TokenRequestConfig(StrictModel):
 class RefreshRequestConfig(TokenRequestConfig):
     """The renewal request; its paths default to those of the token request."""
 
-    access_token_path: str | None = None
-    refresh_token_path: str | None = None
-    expires_path: str | None = None
-
-    _paths = field_validator("access_token_path", "refresh_token_path", "expires_path")(_path)
+    access_token_path: JsonPathField | None = None
+    refresh_token_path: JsonPathField | None = None
+    expires_path: JsonPathField | None = None
 
 
 class CustomAuthConfig(TokenLifecycleConfig):
     type: Literal["custom"]
     token_request: TokenRequestConfig
     refresh_request: RefreshRequestConfig | None = None
-    access_token_path: str = "access_token"
-    refresh_token_path: str | None = None
-    expires_path: str | None = "expires_in"
+    access_token_path: JsonPathField = parse_path("access_token")
+    refresh_token_path: JsonPathField | None = None
+    expires_path: JsonPathField | None = parse_path("expires_in")
     expires_type: Literal[
         "seconds", "milliseconds", "datetime", "epoch_seconds", "epoch_milliseconds"
     ] = "seconds"
@@ -107,8 +99,6 @@ class CustomAuthConfig(TokenLifecycleConfig):
     client_secret: SecretStr | None = None
     username: SecretStr | None = None
     password: SecretStr | None = None
-
-    _paths = field_validator("access_token_path", "refresh_token_path", "expires_path")(_path)
 
     def template_values(self) -> dict[str, str]:
         """The credentials that placeholders may name (tokens are added per request)."""

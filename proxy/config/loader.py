@@ -17,11 +17,10 @@ from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource
 
 from proxy.config.checks import cross_check
-from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
+from proxy.config.models import AUTH_TYPES, ENV_PREFIX, PLANNED_KEYS, Settings
 from proxy.config.sources import Location, resolve_tree
 from proxy.errors import ConfigError
 from proxy.redaction import REDACTOR, secret_values
-from proxy.tls import TLSConfigError, client_ssl_context
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,20 @@ def format_location(location: Location) -> str:
     return ".".join(cleaned) or "(top level)"
 
 
+def _planned(location: Location) -> bool:
+    parts = tuple(
+        "*" if i == 1 and location[0] == "connectors" else p for i, p in enumerate(location)
+    )
+    return parts in PLANNED_KEYS
+
+
 def _message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
-        return "unknown key"
+        return (
+            "not available in this version of tokenproxy"
+            if _planned(error["loc"])
+            else "unknown key"
+        )
     # pydantic prefixes the messages of our own validators; the path already says where.
     return str(error["msg"]).removeprefix("Value error, ")
 
@@ -93,42 +103,33 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
 
 
 def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> LoadedConfig:
-    """Load, resolve, validate and cross-check. Raises ``ConfigError`` listing every problem."""
+    """Load, resolve, validate and cross-check. Raises ``ConfigError`` listing every problem.
+
+    This is data only: files named by the config (CA bundles, keys) are read and judged by
+    the build step (:func:`proxy.runtime.prepare`), which ``check`` and ``run`` both run.
+    """
     raw = deep_merge(_read_yaml(path), _environment_overrides())
     raw = deep_merge(raw, overrides or {})
     resolved, source_problems = resolve_tree(raw)
     problems = [f"{format_location(p.location)}: {p.message}" for p in source_problems]
-    unresolved = {format_location(p.location) for p in source_problems}
+    unresolved = tuple(format_location(p.location) for p in source_problems)
+
+    def add(where: str, message: str) -> None:
+        # A field whose source failed is reported once, by its source problem.
+        if not any(where == bad or where.startswith((bad + ".", bad + ":")) for bad in unresolved):
+            problems.append(f"{where}: {message}")
 
     try:
         settings = Settings.model_validate(resolved)
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
-            where = format_location(error["loc"])
-            if not any(where == bad or where.startswith(bad + ".") for bad in unresolved):
-                problems.append(f"{where}: {_message(error)}")
+            add(format_location(error["loc"]), _message(error))
         raise ConfigError(problems) from None
     checked = cross_check(settings)
-    problems.extend(checked.errors)
-    problems.extend(check_tls_material(settings))
+    for problem in checked.errors:
+        where, _, message = problem.partition(": ")
+        add(where, message)
     if problems:
         raise ConfigError(problems)
     REDACTOR.add(secret_values(settings))  # from here on, no log line can show them
     return LoadedConfig(settings=settings, warnings=checked.warnings)
-
-
-def check_tls_material(settings: Settings) -> list[str]:
-    """Build every TLS profile of ``settings`` once; each failure as ``path: message``."""
-    problems = []
-    for name, connector in settings.connectors.items():
-        profiles = [(connector.tls, f"connectors.{name}.tls")]
-        auth_tls = getattr(connector.auth, "tls", None)
-        if auth_tls is not None:
-            profiles.append((auth_tls, f"connectors.{name}.auth.tls"))
-        for tls, where in profiles:
-            if tls is not None:
-                try:
-                    client_ssl_context(tls, where)
-                except TLSConfigError as exc:
-                    problems.append(str(exc))
-    return problems

@@ -6,9 +6,9 @@ listener without client restrictions) are checked by :mod:`proxy.config.checks`.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
@@ -26,6 +26,23 @@ AuthConfig = Annotated[
     Field(discriminator="type"),
 ]
 AUTH_TYPES = ("none", "static", "basic", "oauth2", "custom")
+
+# Keys the contract documents for features this version does not have yet: refused with a
+# message that says so, instead of "unknown key" (``*`` stands for a connector's name).
+PLANNED_KEYS = frozenset(
+    {
+        ("listen", "allowed_hosts"),
+        ("listen", "allowed_origins"),
+        ("server", "body_timeout"),
+        ("server", "max_body"),
+        ("server", "max_header_bytes"),
+        ("tls_intercept",),
+        ("connectors", "*", "allow_browser"),
+        ("connectors", "*", "retries"),
+        ("connectors", "*", "per_client"),
+        ("connectors", "*", "max_body"),
+    }
+)
 
 
 class ListenConfig(StrictModel):
@@ -51,19 +68,47 @@ class AdminConfig(StrictModel):
         return value
 
 
+def _named_keys(value: Any) -> Any:
+    """``api_keys`` as a list names its clients by position (``0``, ``1``...): errors then
+    point at ``clients.api_keys.0`` either way."""
+    return (
+        {str(index): key for index, key in enumerate(value)} if isinstance(value, list) else value
+    )
+
+
 class ClientsConfig(StrictModel):
     """Who may use the proxy. Empty lists mean no restriction of that kind."""
 
     allow_cidrs: list[IPvAnyNetwork] = Field(
         default_factory=list, description="socket peer addresses allowed to connect"
     )
-    api_keys: list[SecretStr] = Field(
-        default_factory=list, description="keys sent as 'Proxy-Authorization: Bearer <key>'"
+    api_keys: Annotated[dict[str, SecretStr], BeforeValidator(_named_keys)] = Field(
+        default_factory=dict,
+        description="keys sent as 'Proxy-Authorization: Bearer <key>'; a map names the clients",
     )
 
     @property
     def restricted(self) -> bool:
         return bool(self.allow_cidrs or self.api_keys)
+
+    @property
+    def keys(self) -> list[SecretStr]:
+        return list(self.api_keys.values())
+
+
+class CacheConfig(StrictModel):
+    """Where tokens are kept. ``memory``: in each process."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: SecretStr | None = Field(None, description="redis://[user:password@]host:port/db")
+    key_prefix: str = Field("tokenproxy:", description="prefix of every key in Redis")
+
+    @field_validator("backend")
+    @classmethod
+    def _available(cls, value: str) -> str:
+        if value == "redis":
+            raise ValueError("the redis backend is not available in this version; use memory")
+        return value
 
 
 class ServerConfig(StrictModel):
@@ -144,6 +189,10 @@ class Settings(BaseSettings):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    state_dir: str | None = Field(
+        None, description="durable local state; default $TOKENPROXY_STATE_DIR or .tokenproxy/"
+    )
     connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
 
     @field_validator("connectors")

@@ -96,7 +96,9 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
         "tls_client_auth",
         "none",
     ] = "client_secret_basic"
-    private_key: SecretStr | None = Field(None, description="PEM key for private_key_jwt")
+    private_key: SecretStr | None = Field(
+        None, description="PEM key for private_key_jwt (loaded and checked by the build step)"
+    )
     key_id: str | None = Field(None, description="'kid' of the private_key_jwt assertion")
     signing_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
     username: str | None = None
@@ -155,34 +157,6 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
                 f"grant {self.grant!r} with client_auth {self.client_auth!r} needs "
                 + ", ".join(missing)
             )
-        return self
-
-    @field_validator("private_key")
-    @classmethod
-    def _pem_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            from cryptography.hazmat.primitives import serialization  # only for key auth
-
-            try:
-                serialization.load_pem_private_key(value.get_secret_value().encode(), None)
-            except (ValueError, TypeError):
-                raise ValueError("must be an unencrypted PEM private key") from None
-        return value
-
-    @model_validator(mode="after")
-    def _key_fits_algorithm(self) -> OAuth2AuthConfig:
-        if self.client_auth == "private_key_jwt" and self.private_key is not None:
-            from cryptography.hazmat.primitives import serialization
-            from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-            key = serialization.load_pem_private_key(
-                self.private_key.get_secret_value().encode(), None
-            )
-            wanted = (
-                ec.EllipticCurvePrivateKey if self.signing_alg == "ES256" else rsa.RSAPrivateKey
-            )
-            if not isinstance(key, wanted):
-                raise ValueError(f"private_key does not fit signing_alg {self.signing_alg}")
         return self
 
     @property

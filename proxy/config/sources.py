@@ -101,8 +101,10 @@ def resolve_tree(
 ) -> tuple[Any, list[SourceProblem]]:
     """Return a copy of ``tree`` with every string value resolved, and every problem found.
 
-    A value that cannot be resolved is left out of the copy, so validation does not report
-    it a second time under another name.
+    A value that cannot be resolved becomes :data:`UNRESOLVED` in the copy: present (so no
+    rule reports the field as missing) and invalid for every field type but a string (so a
+    rule that rejects it does so at the field's own location, which the loader skips). Each
+    problem is then reported once, as the source problem.
     """
     env = os.environ if environ is None else environ
     keys = _Keys(env)
@@ -110,24 +112,19 @@ def resolve_tree(
 
     def walk(node: Any, location: Location) -> Any:
         if isinstance(node, dict):
-            out: dict[Any, Any] = {}
-            for key, child in node.items():
-                value = walk(child, (*location, key))
-                if value is not _MISSING:
-                    out[key] = value
-            return out
+            return {key: walk(child, (*location, key)) for key, child in node.items()}
         if isinstance(node, list):
-            items = [walk(child, (*location, index)) for index, child in enumerate(node)]
-            return [item for item in items if item is not _MISSING]
+            return [walk(child, (*location, index)) for index, child in enumerate(node)]
         if isinstance(node, str):
             try:
                 return resolve_value(node, env, keys)
             except ValueError as exc:
                 problems.append(SourceProblem(location, str(exc)))
-                return _MISSING
+                return UNRESOLVED
         return node
 
     return walk(tree, ()), problems
 
 
-_MISSING: Any = object()
+UNRESOLVED = "\x00unresolved"
+"""Stands in for a value whose source failed; no valid value holds a NUL character."""

@@ -16,18 +16,25 @@ from typing import Any
 import orjson
 
 from proxy.config.custom import CustomAuthConfig, TokenRequestConfig
+from proxy.config.paths import JsonPath
+from proxy.config.templates import placeholders, render
 from proxy.errors import TokenEndpointError
-from proxy.tokens.endpoint import TokenRequest, TokenResponse, check_status, read_json_object
+from proxy.tokens.endpoint import (
+    TokenRequest,
+    TokenResponse,
+    check_status,
+    json_object_or_none,
+    read_json_object,
+)
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.model import (
     IssuedToken,
     bounded_lifetime,
     jwt_lifetime,
     parse_expires_in,
+    usable_refresh_token,
     validate_token,
 )
-from proxy.tokens.paths import JsonPath, parse_path
-from proxy.tokens.templates import placeholders, render
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +56,16 @@ class CustomGrant:
         self.connector = connector
         self._credentials = config.template_values()
         self._token_paths = _Paths(
-            parse_path(config.access_token_path),
-            parse_path(config.refresh_token_path) if config.refresh_token_path else None,
-            parse_path(config.expires_path) if config.expires_path else None,
+            config.access_token_path, config.refresh_token_path, config.expires_path
         )
         renewal = config.refresh_request
         self._refresh_paths = self._token_paths
         self._refresh_needs: set[str] = set()
         if renewal is not None:
             self._refresh_paths = _Paths(
-                parse_path(renewal.access_token_path or config.access_token_path),
-                parse_path(path)
-                if (path := renewal.refresh_token_path or config.refresh_token_path)
-                else None,
-                parse_path(path) if (path := renewal.expires_path or config.expires_path) else None,
+                renewal.access_token_path or config.access_token_path,
+                renewal.refresh_token_path or config.refresh_token_path,
+                renewal.expires_path or config.expires_path,
             )
             self._refresh_needs = placeholders(
                 [renewal.body.get_secret_value() if renewal.body else None]
@@ -135,18 +138,20 @@ class CustomGrant:
                     f"the token endpoint's answer has nothing at {paths.access.text}"
                 )
             token = validate_token(found, f"value at {paths.access.text}")
-        refresh = paths.refresh.find(payload) if paths.refresh and payload else None
         raw_expiry = paths.expires.find(payload) if paths.expires and payload else None
         lifetime = self._lifetime(raw_expiry, paths.expires, now_wall)
         if lifetime is None:
             lifetime = jwt_lifetime(token, now_wall)
         if lifetime is None:
             lifetime = self.config.default_ttl
-        return IssuedToken(
-            access_token=token,
-            lifetime=bounded_lifetime(lifetime, self.config.max_ttl, self.connector),
-            refresh_token=None if refresh is None else validate_token(refresh, "refresh token"),
-        )
+        return IssuedToken(token, bounded_lifetime(lifetime, self.config.max_ttl, self.connector))
+
+    def refresh_token_in(self, response: TokenResponse, *, refreshing: bool) -> str | None:
+        paths = self._refresh_paths if refreshing else self._token_paths
+        payload = json_object_or_none(response) if paths.refresh else None
+        if payload is None or paths.refresh is None:
+            return None
+        return usable_refresh_token(paths.refresh.find(payload))
 
     def _lifetime(self, raw: Any, path: JsonPath | None, now_wall: float) -> float | None:
         """Seconds left, from the expiry value in the configured ``expires_type``."""

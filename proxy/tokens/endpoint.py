@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,11 @@ class TokenRequest:
     query: Mapping[str, str] | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     replayable: bool = True
+
+
+TokenSender = Callable[["TokenRequest"], Awaitable["TokenResponse"]]
+"""How the token manager sends a request: :func:`send_token_request` bound to an egress in
+production, a recording fake in unit tests."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,17 @@ def read_json_object(response: TokenResponse) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise TokenEndpointError("the token endpoint's answer is not a JSON object")
     return payload
+
+
+def json_object_or_none(response: TokenResponse) -> dict[str, Any] | None:
+    """The JSON object of a 2xx answer, or None for anything else; never raises."""
+    if not 200 <= response.status < 300:
+        return None
+    try:
+        payload = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def json_payload(response: TokenResponse) -> dict[str, Any]:

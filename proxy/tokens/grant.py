@@ -46,6 +46,14 @@ class Grant(Protocol):
         """True when ``error`` of a renewal means: drop the refresh token, start over."""
         ...
 
+    def refresh_token_in(self, response: TokenResponse, *, refreshing: bool) -> str | None:
+        """A valid refresh token in a 2xx ``response``, whatever else it holds; else None.
+
+        Never raises: the manager keeps what this returns before :meth:`read` judges the
+        rest, because a provider that rotated the refresh token has already revoked the old.
+        """
+        ...
+
     def read(self, response: TokenResponse, *, refreshing: bool, now_wall: float) -> IssuedToken:
         """Raises :class:`~proxy.errors.TokenEndpointError` for any unusable answer."""
         ...

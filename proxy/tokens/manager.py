@@ -5,9 +5,9 @@ Guarantees (HARDENING.md §5.B, §5.D):
 - **Single flight.** At most one token request per connector is under way. Everyone who needs
   a token meanwhile awaits that one task (shielded: a client that disconnects never cancels
   it), and a failure reaches every waiter as the same error from that one call.
-- **No waiting with steady traffic.** A request after ``renew_at`` starts a background renewal
-  and still gets the current token; only from ``stale_at`` on do requests wait (see
-  :mod:`proxy.tokens.model`).
+- **One token request per usable lifetime, and no waiting with steady traffic.** A request
+  in the token's ``RENEWABLE`` phase starts a background renewal and still gets the current
+  token; only a ``STALE`` token makes requests wait (see :mod:`proxy.tokens.model`).
 - **Fail soft, then closed.** While renewal fails, a token that has not expired keeps being
   used. Without one, requests get the failure; during back-off (exponential, jittered,
   honouring ``Retry-After``) they get 503 ``token_unavailable`` at once, so a failing
@@ -27,30 +27,34 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from proxy.auth.base import Credential, credential_for
+from proxy.auth.base import Authenticator, Credential, credential_for
 from proxy.config.oauth2 import TokenLifecycleConfig
-from proxy.egress import Egress
 from proxy.errors import ProxyError, TokenEndpointError, TokenUnavailableError
 from proxy.redaction import REDACTOR
-from proxy.tokens.endpoint import TokenRequest, send_token_request
+from proxy.tokens.endpoint import TokenRequest, TokenSender
 from proxy.tokens.grant import Grant, RequestContext
-from proxy.tokens.model import Clock, IssuedToken, SystemClock, Token
+from proxy.tokens.model import Clock, IssuedToken, Phase, SystemClock, Token
 from proxy.tokens.policy import RetryPolicy, TokenStats
 
 logger = logging.getLogger(__name__)
 
 
-class TokenManager:
-    """Caches and renews one connector's token; the connector's :class:`Authenticator`."""
+class TokenManager(Authenticator):
+    """Caches and renews one connector's token; the connector's :class:`Authenticator`.
+
+    ``send`` carries token requests to the provider (:data:`TokenSender`); the manager owns
+    no connection, so unit tests drive it with a fake sender and a fake clock.
+    """
 
     def __init__(
         self,
         connector: str,
         config: TokenLifecycleConfig,
         grant: Grant,
-        egress: Egress,
+        send: TokenSender,
         *,
         clock: Clock | None = None,
         policy: RetryPolicy | None = None,
@@ -60,11 +64,10 @@ class TokenManager:
         self.reauth_on = frozenset(config.reauth_on)
         self.replay_limit = config.reauth_max_body
         self._grant = grant
-        self._egress = egress
+        self._send = send
         self._clock = clock or SystemClock()
         self._policy = policy or RetryPolicy()
-        self._token: Token | None = None
-        self._credential: Credential | None = None
+        self._held: _Held | None = None
         self._refresh_token = grant.seed_refresh_token()
         self._last_access_token: str | None = None  # kept after an invalidation, for templates
         self._needs_refresh_token = False
@@ -79,40 +82,46 @@ class TokenManager:
 
     async def credential(self) -> Credential:
         now = self._clock.monotonic()
-        token, credential = self._token, self._credential
-        if token is not None and credential is not None:
-            if now < token.renew_at:
-                return credential  # the hot path: nothing awaited
-            backing_off = now < self._retry_at
-            if now < token.stale_at or (backing_off and now < token.expires_at):
-                if not backing_off:
-                    self._start_fetch()
-                return credential
-        if now < self._retry_at:
+        held = self._held
+        phase = held.token.phase(now) if held is not None else Phase.EXPIRED
+        if phase is Phase.FRESH and held is not None:
+            return held.credential  # the hot path: nothing awaited
+        backing_off = now < self._retry_at
+        if held is not None and (
+            phase is Phase.RENEWABLE or (phase is Phase.STALE and backing_off)
+        ):
+            if not backing_off:
+                self._start_fetch()
+            return held.credential
+        if backing_off:
             raise self._unavailable(now)
         outcome = await asyncio.shield(self._start_fetch())
         if isinstance(outcome, Token):
             return credential_for(outcome.value, self.config)
         # The renewal failed: a token that has not expired yet is still good to use.
-        token, credential = self._token, self._credential
-        if token is not None and credential is not None:
-            if self._clock.monotonic() < token.expires_at:
-                return credential
+        held = self._held
+        if held is not None and held.token.phase(self._clock.monotonic()) is not Phase.EXPIRED:
+            return held.credential
         raise _copy(outcome)
 
     async def renew(self, rejected: Credential) -> Credential | None:
         """The upstream rejected ``rejected``: a credential to replay with, or None."""
-        if self._credential is not None and self._credential.value == rejected.value:
+        held = self._held
+        if held is not None and held.credential.value == rejected.value:
             now = self._clock.monotonic()
             if now - self._last_forced < self.config.reauth_interval:
                 return None  # forced refreshes are rate-limited: a 401 loop cannot hammer
             self._last_forced = now
-            self._token = self._credential = None
+            self._held = None
             logger.info("connector %s: upstream rejected the token; renewing it", self.connector)
         try:
             return await self.credential()
         except ProxyError:
             return None
+
+    def phase(self) -> Phase:
+        held = self._held
+        return Phase.EXPIRED if held is None else held.token.phase(self._clock.monotonic())
 
     # -- operations ----------------------------------------------------------------------
 
@@ -124,37 +133,28 @@ class TokenManager:
 
     def describe(self) -> dict[str, Any]:
         now = self._clock.monotonic()
-        token = self._token
+        held = self._held
+        phase = self.phase()
         if self._needs_refresh_token:
             state = "needs_refresh_token"
-        elif now < self._retry_at or (token is None and self.stats.last_error):
+        elif now < self._retry_at or (held is None and self.stats.last_error):
             state = "failing"
-        elif token is None or now >= token.expires_at:
-            state = "none"
-        elif now < token.renew_at:
-            state = "valid"
         else:
-            state = "expiring"
-        alive = token is not None and now < token.expires_at
+            state = _STATE_OF_PHASE[phase]
+        alive = held is not None and phase is not Phase.EXPIRED
         return {
             "state": state,
-            "expires_in": math.floor(token.expires_at - now) if token and alive else None,
+            "expires_in": math.floor(held.token.expires_at - now) if held and alive else None,
             "last_error": self.stats.last_error,
             "fetches": self.stats.fetches,
             "failures": self.stats.failures,
         }
-
-    @property
-    def has_valid_token(self) -> bool:
-        token = self._token
-        return token is not None and self._clock.monotonic() < token.expires_at
 
     async def close(self) -> None:
         task = self._inflight
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self._egress.close()
 
     # -- the single flight ---------------------------------------------------------------
 
@@ -177,14 +177,13 @@ class TokenManager:
         try:
             issued = await self._obtain()
         except TokenEndpointError as exc:
-            exc.connector = self.connector
             self._record_failure(exc)
             return exc
         except Exception as exc:  # a bug must not leave waiters hanging
             logger.error(
                 "connector %s: error obtaining a token: %s", self.connector, type(exc).__name__
             )
-            error = TokenEndpointError("internal error obtaining a token", connector=self.connector)
+            error = TokenEndpointError("internal error obtaining a token")
             self._record_failure(error)
             return error
         return self._publish(issued, started)
@@ -194,9 +193,12 @@ class TokenManager:
 
     async def _obtain(self) -> IssuedToken:
         grant = self._grant
-        if grant.refresh_request(self._context()) is not None:
+        renewal = grant.refresh_request(self._context())
+        if renewal is not None:
             try:
-                return await self._attempt(lambda: grant.refresh_request(self._context()), True)
+                return await self._attempt(
+                    renewal, lambda: grant.refresh_request(self._context()), refreshing=True
+                )
             except TokenEndpointError as exc:
                 if not grant.refresh_rejected(exc):
                     raise
@@ -212,18 +214,30 @@ class TokenManager:
                 "no valid refresh token: this connector needs a new refresh token",
                 oauth_error="invalid_grant",
             )
-        return await self._attempt(lambda: grant.primary_request(self._context()), False)
+
+        def primary() -> TokenRequest:
+            return grant.primary_request(self._context())
+
+        return await self._attempt(primary(), primary, refreshing=False)
 
     async def _attempt(
-        self, build: Callable[[], TokenRequest | None], refreshing: bool
+        self,
+        first: TokenRequest,
+        rebuild: Callable[[], TokenRequest | None],
+        *,
+        refreshing: bool,
     ) -> IssuedToken:
-        """Send the request ``build`` makes (anew for each try: assertions are single-use)."""
+        """Send ``first``, then what ``rebuild`` makes for each retry: client assertions are
+        single-use, so every try carries a new one, and no request is built twice."""
         policy = self._policy
+        request: TokenRequest | None = first
         for attempt in range(1, policy.attempts + 1):
-            request = build()
             assert request is not None
             try:
-                response = await send_token_request(self._egress, request)
+                response = await self._send(request)
+                self._keep_refresh_token(
+                    self._grant.refresh_token_in(response, refreshing=refreshing)
+                )
                 return self._grant.read(
                     response, refreshing=refreshing, now_wall=self._clock.wall()
                 )
@@ -243,20 +257,29 @@ class TokenManager:
                     delay,
                 )
                 await self._clock.sleep(delay)
+                request = rebuild()
         raise AssertionError("unreachable")
 
+    def _keep_refresh_token(self, rotated: str | None) -> None:
+        """Rotation: a new refresh token replaces the old at once, before the rest of the
+        answer is judged and before the new access token is out (the old one is revoked)."""
+        if rotated is not None and rotated != self._refresh_token:
+            self._refresh_token = rotated
+            REDACTOR.hold(self.connector, [rotated])
+
     def _publish(self, issued: IssuedToken, started: float) -> Token:
-        if issued.refresh_token is not None:
-            # Rotation: the new refresh token replaces the old before the access token is out.
-            self._refresh_token = issued.refresh_token
         REDACTOR.hold(self.connector, [t for t in (issued.access_token, self._refresh_token) if t])
         self._needs_refresh_token = False
-        margin = min(self.config.refresh_margin, issued.lifetime / 2)
         # Lifetimes count from when the request was sent: never later than the provider's.
-        token = Token(issued.access_token, started, issued.lifetime, margin, "token endpoint")
-        self._token = token
+        token = Token.issued(
+            issued.access_token,
+            started,
+            issued.lifetime,
+            self.config.refresh_margin,
+            "token endpoint",
+        )
+        self._held = _Held(token, credential_for(token.value, self.config))
         self._last_access_token = token.value
-        self._credential = credential_for(token.value, self.config)
         if self._failures:
             logger.info("connector %s: token endpoint recovered", self.connector)
         self._failures = 0
@@ -288,8 +311,23 @@ class TokenManager:
             f"the token endpoint is failing (last error: {self.stats.last_error}); "
             f"next try in {retry_after}s",
             retry_after=retry_after,
-            connector=self.connector,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """The token in use and the credential made from it once (the hot path only reads)."""
+
+    token: Token
+    credential: Credential
+
+
+_STATE_OF_PHASE = {
+    Phase.FRESH: "valid",
+    Phase.RENEWABLE: "expiring",
+    Phase.STALE: "expiring",
+    Phase.EXPIRED: "none",
+}
 
 
 def _copy(error: TokenEndpointError) -> TokenEndpointError:

@@ -1,19 +1,25 @@
-"""Tokens and their lifetimes, and the strict reading of a token endpoint's JSON answer.
+"""Tokens and their lifetimes, and the strict reading of a token endpoint's answer.
 
 A token's times are on the monotonic clock, so wall-clock jumps never stretch or cut its
-life. Three instants matter (``lifetime`` L, margin M = min(refresh_margin, L/2)):
+life. With lifetime L and margin M = min(refresh_margin, L/2), its :class:`Phase` is:
 
-- ``renew_at`` = issue + L - 2M (at the latest): from here a request starts a background
-  renewal and still gets the current token, so steady traffic never waits;
-- ``stale_at`` = issue + L - M: from here the token is no longer handed out while renewal
-  can succeed; requests wait for the (single) renewal instead;
-- ``expires_at`` = issue + L: never used after this, whatever happens.
+- ``FRESH`` until issue + L - M (the *usable lifetime*): handed out, nothing else happens;
+- ``RENEWABLE`` from there: still handed out, and the first request starts the one
+  background renewal, so steady traffic causes one token request per usable lifetime and no
+  request waits while the provider answers within the margin's first three quarters;
+- ``STALE`` for the last quarter of the margin: not handed out while a renewal can still
+  succeed (a token sent now might expire before the upstream reads it); requests wait;
+- ``EXPIRED`` from issue + L: never used, whatever happens.
+
+:meth:`Token.phase` is the only place that decides this; the hot path, ``/connectors`` and
+``/ready`` all ask it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import logging
 import math
 import re
@@ -54,35 +60,68 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
+MAX_MARGIN_SHARE = 0.5
+"""The margin never takes more than this share of a lifetime (CONTRACT: half)."""
+GUARD_SHARE = 0.25
+"""The last share of the margin in which a token is no longer handed out."""
+
+
+class Phase(enum.Enum):
+    FRESH = "fresh"
+    RENEWABLE = "renewable"
+    STALE = "stale"
+    EXPIRED = "expired"
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     value: str = field(repr=False)
     issued_at: float
     lifetime: float
     margin: float
+    """The effective margin: ``refresh_margin`` capped at half the lifetime."""
     source: str
     """Where it came from, for operators: ``token endpoint`` or ``refresh``."""
+
+    @classmethod
+    def issued(
+        cls, value: str, at: float, lifetime: float, refresh_margin: float, source: str
+    ) -> Token:
+        margin = min(refresh_margin, lifetime * MAX_MARGIN_SHARE)
+        return cls(value, at, lifetime, margin, source)
 
     @property
     def expires_at(self) -> float:
         return self.issued_at + self.lifetime
 
     @property
-    def stale_at(self) -> float:
+    def renew_at(self) -> float:
         return self.expires_at - self.margin
 
     @property
-    def renew_at(self) -> float:
-        return self.stale_at - self.margin
+    def stale_at(self) -> float:
+        return self.expires_at - self.margin * GUARD_SHARE
+
+    def phase(self, now: float) -> Phase:
+        if now < self.renew_at:
+            return Phase.FRESH
+        if now < self.stale_at:
+            return Phase.RENEWABLE
+        if now < self.expires_at:
+            return Phase.STALE
+        return Phase.EXPIRED
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
-    """What one successful token response gave: the token and, maybe, a new refresh token."""
+    """What one successful token response gave: the access token and its lifetime.
+
+    A rotated refresh token is read apart from it (:meth:`Grant.refresh_token_in`), before
+    the rest of the answer is judged, so an answer unusable otherwise never loses it.
+    """
 
     access_token: str = field(repr=False)
     lifetime: float
-    refresh_token: str | None = field(default=None, repr=False)
 
 
 def validate_token(value: Any, what: str) -> str:
@@ -93,6 +132,17 @@ def validate_token(value: Any, what: str) -> str:
             f"the {what} holds characters that cannot go in a header, or is too long"
         )
     return value
+
+
+def usable_refresh_token(value: Any) -> str | None:
+    """``value`` if it is a refresh token we can send back, else None (never raises)."""
+    if value is None:
+        return None
+    try:
+        return validate_token(value, "refresh token")
+    except TokenEndpointError:
+        logger.warning("the token endpoint sent an unusable refresh token; it was ignored")
+        return None
 
 
 def parse_expires_in(value: Any, name: str = "expires_in") -> float | None:

@@ -14,11 +14,12 @@ Client authentication (``client_auth``), never in both the header and the body:
 from __future__ import annotations
 
 import base64
+from typing import TYPE_CHECKING
 from urllib.parse import quote_plus
 
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import TokenEndpointError
-from proxy.tokens.endpoint import TokenRequest, TokenResponse, json_payload
+from proxy.tokens.endpoint import TokenRequest, TokenResponse, json_object_or_none, json_payload
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.model import (
     IssuedToken,
@@ -26,8 +27,12 @@ from proxy.tokens.model import (
     check_token_type,
     jwt_lifetime,
     parse_expires_in,
+    usable_refresh_token,
     validate_token,
 )
+
+if TYPE_CHECKING:
+    from proxy.tokens.assertions import SigningKey
 
 _WIRE_GRANT = {
     "client_credentials": "client_credentials",
@@ -47,9 +52,13 @@ def basic_client_credentials(client_id: str, client_secret: str) -> str:
 class OAuth2Grant:
     """Builds the token requests of one connector and reads the answers."""
 
-    def __init__(self, config: OAuth2AuthConfig, connector: str) -> None:
+    def __init__(
+        self, config: OAuth2AuthConfig, connector: str, signing_key: SigningKey | None = None
+    ) -> None:
+        """``signing_key``: the loaded ``private_key`` of a ``private_key_jwt`` client."""
         self.config = config
         self.connector = connector
+        self._signing_key = signing_key
         self.refresh_url = config.refresh_url or config.token_url
 
     @property
@@ -85,7 +94,9 @@ class OAuth2Grant:
             form["client_assertion_type"] = ASSERTION_TYPE
             from proxy.tokens.assertions import client_assertion  # PyJWT: only when used
 
-            form["client_assertion"] = client_assertion(config, audience, now_wall)
+            form["client_assertion"] = client_assertion(
+                config, audience, now_wall, self._signing_key
+            )
         return form, {}
 
     def _request(
@@ -122,7 +133,7 @@ class OAuth2Grant:
         return self._request(self.refresh_url, form, current, replayable=False)
 
     def read(self, response: TokenResponse, *, refreshing: bool, now_wall: float) -> IssuedToken:
-        """The token, its lifetime and any new refresh token; raises TokenEndpointError."""
+        """The token and its lifetime; raises TokenEndpointError."""
         config = self.config
         payload = json_payload(response)
         token = validate_token(payload.get(config.token_field), config.token_field)
@@ -132,9 +143,8 @@ class OAuth2Grant:
             lifetime = jwt_lifetime(token, now_wall)
         if lifetime is None:
             lifetime = config.default_ttl
-        refresh = payload.get("refresh_token") if self.keeps_refresh_tokens else None
-        return IssuedToken(
-            access_token=token,
-            lifetime=bounded_lifetime(lifetime, config.max_ttl, self.connector),
-            refresh_token=None if refresh is None else validate_token(refresh, "refresh_token"),
-        )
+        return IssuedToken(token, bounded_lifetime(lifetime, config.max_ttl, self.connector))
+
+    def refresh_token_in(self, response: TokenResponse, *, refreshing: bool) -> str | None:
+        payload = json_object_or_none(response) if self.keeps_refresh_tokens else None
+        return None if payload is None else usable_refresh_token(payload.get("refresh_token"))

@@ -3,14 +3,17 @@
 
 Only plain member and index steps: no wildcards, filters or recursion, so a path names
 exactly one place and reading it costs a few dictionary lookups. Paths are parsed once, at
-config load, where a malformed one is a config error.
+config load, where a malformed one is a config error, and the parsed path is what the
+runtime uses (:data:`JsonPathField`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 _STEP = re.compile(
     r"""\.(?P<name>[^.\[\]]+)          # .name
@@ -68,3 +71,20 @@ def parse_path(text: str) -> JsonPath:
     if not steps:
         raise ValueError("must name at least one member, such as $.token")
     return JsonPath(text, tuple(steps))
+
+
+def _validated(value: Any) -> JsonPath:
+    if isinstance(value, JsonPath):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a path such as data.token or $.data.token")
+    return parse_path(value)
+
+
+JsonPathField = Annotated[
+    JsonPath,
+    PlainValidator(_validated),
+    PlainSerializer(lambda path: path.text, return_type=str),
+    WithJsonSchema({"type": "string"}),
+]
+"""A config value that is a path: parsed once by validation, and kept parsed for the runtime."""

@@ -1,0 +1,76 @@
+"""The build step: validated settings in, the running proxy's objects out, in two phases.
+
+1. :func:`prepare` (no event loop, no network): SSL contexts, signing keys, grants and
+   fixed credentials, for every connector. Every problem of the material a config names
+   (an unreadable CA file, a key that does not fit its algorithm) is collected and raised
+   as one :class:`~proxy.errors.ConfigError`, each as ``field.path: message``.
+2. :func:`open_runtime`: the sessions, authenticators and route table, inside an
+   ``AsyncExitStack``, so whatever was opened is closed on exit or when a later step fails.
+
+``tokenproxy check`` runs both and closes at once; ``run`` keeps the runtime until it stops.
+With ``--workers N`` the parent prepares once and each worker opens its own sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from proxy.config.models import Settings
+from proxy.connectors import Connector, ConnectorPlan, open_connector, plan_connector
+from proxy.errors import ConfigError
+from proxy.routing import Match, RouteTable
+from proxy.target import Target
+from proxy.tokens.model import Clock
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: Settings
+    connectors: Mapping[str, ConnectorPlan]
+
+
+def prepare(settings: Settings) -> Plan:
+    """Phase 1; raises ``ConfigError`` listing every problem at once."""
+    plans: dict[str, ConnectorPlan] = {}
+    problems: list[str] = []
+    for name, config in settings.connectors.items():
+        plan, found = plan_connector(name, config)
+        problems.extend(found)
+        if plan is not None:
+            plans[name] = plan
+    if problems:
+        raise ConfigError(problems)
+    return Plan(settings, plans)
+
+
+class Runtime:
+    """The connectors of a running proxy and their route table."""
+
+    def __init__(self, settings: Settings, connectors: Mapping[str, Connector]) -> None:
+        self.settings = settings
+        self.connectors = connectors
+        self._table: RouteTable[Connector] = RouteTable(
+            routes=[(c.config.route, c) for c in connectors.values() if c.config.route is not None],
+            hosts=[(host, c) for c in connectors.values() for host in c.config.hosts],
+        )
+
+    def route(self, target: Target, host_header: str | None) -> Match[Connector] | None:
+        """Absolute-form targets match by their authority only; others by Host, then by path."""
+        if target.authority is not None:
+            return self._table.match_host(target.authority, target.path)
+        return self._table.match_host(host_header, target.path) or self._table.match_path(
+            target.path
+        )
+
+
+@asynccontextmanager
+async def open_runtime(plan: Plan, clock: Clock | None = None) -> AsyncIterator[Runtime]:
+    """Phase 2, inside the event loop. Everything opened is closed on exit, in reverse."""
+    async with AsyncExitStack() as stack:
+        connectors = {
+            name: await open_connector(stack, connector, clock)
+            for name, connector in plan.connectors.items()
+        }
+        yield Runtime(plan.settings, connectors)

@@ -1,0 +1,113 @@
+"""The token manager without sockets: a fake clock and a fake token endpoint, over the whole
+range of lifetimes (2 s to a day) and margins, steady traffic, rotation and retries."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.tokens.manager import TokenManager
+from proxy.tokens.model import GUARD_SHARE, Phase, Token
+from proxy.tokens.oauth2 import OAuth2Grant
+from tests.fakes import FakeTokenEndpoint, SteppedClock, settle
+
+LIFETIMES = [2, 10, 60, 120, 300, 3600, 86400]
+MARGINS = [60, 3600]  # the default, and one larger than most lifetimes
+
+
+def oauth2_config(**fields: Any) -> OAuth2AuthConfig:
+    settings = {
+        "type": "oauth2",
+        "grant": "client_credentials",
+        "token_url": "https://idp.example/token",
+        "client_id": "id",
+        "client_secret": "secret",
+        **fields,
+    }
+    return OAuth2AuthConfig.model_validate(settings)
+
+
+def manager(
+    clock: SteppedClock, endpoint: FakeTokenEndpoint, **fields: Any
+) -> TokenManager:
+    config = oauth2_config(**fields)
+    return TokenManager("api", config, OAuth2Grant(config, "api"), endpoint, clock=clock)
+
+
+@pytest.mark.parametrize("lifetime", LIFETIMES)
+@pytest.mark.parametrize("margin", MARGINS)
+def test_phases_follow_the_margin_capped_at_half_the_lifetime(lifetime: int, margin: int) -> None:
+    token = Token.issued("t", 100.0, lifetime, margin, "token endpoint")
+    effective = min(margin, lifetime / 2)
+    usable = lifetime - effective
+    assert token.phase(100.0) is Phase.FRESH
+    assert token.phase(100.0 + usable * 0.999) is Phase.FRESH
+    assert token.phase(100.0 + usable) is Phase.RENEWABLE
+    guard = effective * GUARD_SHARE
+    assert token.phase(100.0 + lifetime - guard * 1.001) is Phase.RENEWABLE
+    assert token.phase(100.0 + lifetime - guard) is Phase.STALE
+    assert token.phase(100.0 + lifetime) is Phase.EXPIRED
+
+
+def test_a_zero_lifetime_token_is_expired_at_once() -> None:
+    assert Token.issued("t", 5.0, 0, 60, "token endpoint").phase(5.0) is Phase.EXPIRED
+
+
+async def steady_traffic(
+    lifetime: int, margin: int, latency_share: float, periods: int = 5
+) -> tuple[FakeTokenEndpoint, int, list[str]]:
+    """Requests every 1/20 of the usable lifetime for ``periods`` usable lifetimes and a half,
+    the provider taking ``latency_share`` of the margin to answer. Returns the endpoint, how
+    many requests had to wait, and the state /connectors showed while the token was fresh."""
+    clock = SteppedClock()
+    effective = min(margin, lifetime / 2)
+    usable = lifetime - effective
+    endpoint = FakeTokenEndpoint(clock, lifetime=lifetime, latency=effective * latency_share)
+    tokens = manager(clock, endpoint, refresh_margin=margin)
+    first = asyncio.ensure_future(tokens.credential())
+    await settle()
+    await clock.step(endpoint.latency)
+    assert (await first).value == "Bearer at-1"
+    step = usable / 20
+    waited, fresh_states, pending = 0, [], []
+    for _ in range(20 * periods + 10):
+        await clock.step(step)
+        request = asyncio.ensure_future(tokens.credential())
+        await settle()
+        if not request.done():
+            waited += 1
+            pending.append(request)
+        if tokens.phase() is Phase.FRESH:
+            fresh_states.append(tokens.describe()["state"])
+    await clock.step(lifetime)  # let anything still waiting finish
+    await asyncio.gather(*pending)
+    await tokens.close()
+    return endpoint, waited, fresh_states
+
+
+@pytest.mark.parametrize("lifetime", LIFETIMES)
+@pytest.mark.parametrize("margin", MARGINS)
+async def test_steady_traffic_costs_one_token_request_per_usable_lifetime(
+    lifetime: int, margin: int
+) -> None:
+    endpoint, waited, fresh_states = await steady_traffic(lifetime, margin, latency_share=0.5)
+    assert len(endpoint.requests) == 1 + 5  # the first, then one per usable lifetime
+    assert waited == 0
+    assert set(fresh_states) == {"valid"}  # never "expiring" while fresh
+
+
+@pytest.mark.parametrize("lifetime", [2, 60, 86400])
+async def test_no_request_waits_while_the_provider_answers_before_the_guard(
+    lifetime: int,
+) -> None:
+    _, waited, _ = await steady_traffic(lifetime, 60, latency_share=(1 - GUARD_SHARE) * 0.95)
+    assert waited == 0
+
+
+async def test_a_provider_slower_than_the_margin_makes_requests_wait_not_fail() -> None:
+    endpoint, waited, _ = await steady_traffic(60, 60, latency_share=0.95)
+    assert waited > 0
+    assert len(endpoint.requests) >= 6
