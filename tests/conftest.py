@@ -15,9 +15,9 @@ import yaml
 from pytest_aiohttp import AiohttpRawServer
 
 from proxy.config.loader import load_settings
-from proxy.runtime import Plan, prepare
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from proxy.logs import install_filters
+from proxy.runtime import Plan, prepare
 from proxy.server import ProxyServer
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 

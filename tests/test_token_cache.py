@@ -441,3 +441,41 @@ async def test_concurrent_renewals_never_reuse_a_refresh_token(
     assert idp.grants == ["refresh_token"] * 5
     assert idp.max_active == 1
     assert not idp.reuse_detected
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "grant", "seconds", "token_requests"),
+    [
+        (60, "client_credentials", 10, 1),  # once took 11 token requests for 20 requests
+        (10, "refresh_token", 26, 6),  # renewable from 5 s: 0, 5, ..., 25 (once 27 rotations)
+        (3600, "client_credentials", 3000, 1),
+    ],
+)
+async def test_short_lived_tokens_are_fetched_once_per_usable_lifetime(
+    start_oauth2: StartOAuth2,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    lifetime: int,
+    grant: str,
+    seconds: int,
+    token_requests: int,
+) -> None:
+    idp.expires_in = lifetime
+    auth = {"grant": grant}
+    if grant == "refresh_token":
+        auth["refresh_token"] = idp.seed_refresh_token()
+    proxy = await start_oauth2(**auth)
+    assert (await call(client, proxy))[0] == 200
+    assert (await status_of(client, proxy))["state"] == "valid"  # not "expiring" when new
+    steps = 20
+    for _ in range(steps):
+        clock.advance(seconds / steps)
+        assert (await call(client, proxy))[0] == 200
+        await eventually(lambda: _idle(idp))  # a background renewal, if one started
+    assert len(idp.calls) == token_requests
+    assert not idp.reuse_detected
+
+
+async def _idle(idp: FakeIdP) -> bool:
+    return not idp.active

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
+from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.errors import TokenEndpointError
+from proxy.tokens.custom import CustomGrant
+from proxy.tokens.endpoint import TokenRequest
+from proxy.tokens.grant import RequestContext
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.model import GUARD_SHARE, Phase, Token
 from proxy.tokens.oauth2 import OAuth2Grant
@@ -30,9 +35,7 @@ def oauth2_config(**fields: Any) -> OAuth2AuthConfig:
     return OAuth2AuthConfig.model_validate(settings)
 
 
-def manager(
-    clock: SteppedClock, endpoint: FakeTokenEndpoint, **fields: Any
-) -> TokenManager:
+def manager(clock: SteppedClock, endpoint: FakeTokenEndpoint, **fields: Any) -> TokenManager:
     config = oauth2_config(**fields)
     return TokenManager("api", config, OAuth2Grant(config, "api"), endpoint, clock=clock)
 
@@ -73,7 +76,8 @@ async def steady_traffic(
     assert (await first).value == "Bearer at-1"
     step = usable / 20
     waited, fresh_states, pending = 0, [], []
-    for _ in range(20 * periods + 10):
+    end = clock.now - endpoint.latency + (periods + 0.5) * usable
+    while clock.now < end:
         await clock.step(step)
         request = asyncio.ensure_future(tokens.credential())
         await settle()
@@ -111,3 +115,94 @@ async def test_a_provider_slower_than_the_margin_makes_requests_wait_not_fail() 
     endpoint, waited, _ = await steady_traffic(60, 60, latency_share=0.95)
     assert waited > 0
     assert len(endpoint.requests) >= 6
+
+
+UNUSABLE_BUT_ROTATED = [
+    {"access_token": "a1", "refresh_token": "rt-1", "expires_in": "soon"},
+    {"refresh_token": "rt-1", "expires_in": 300},
+    {"access_token": "a\r\nX: 1", "refresh_token": "rt-1"},
+    {"access_token": "a1", "refresh_token": "rt-1", "token_type": "DPoP"},
+]
+
+
+@pytest.mark.parametrize("answer", UNUSABLE_BUT_ROTATED)
+async def test_a_rotated_refresh_token_survives_an_answer_unusable_otherwise(
+    answer: dict[str, Any],
+) -> None:
+    clock = SteppedClock()
+    endpoint = FakeTokenEndpoint(clock)
+    endpoint.script.append((200, answer))
+    tokens = manager(clock, endpoint, grant="refresh_token", refresh_token="rt-0")
+    with pytest.raises(TokenEndpointError):
+        await tokens.credential()
+    await clock.step(400)  # past any back-off
+    assert (await tokens.credential()).value == "Bearer at-2"
+    assert endpoint.forms("refresh_token") == ["rt-0", "rt-1"]
+
+
+async def test_a_custom_answer_unusable_otherwise_keeps_its_refresh_token() -> None:
+    clock = SteppedClock()
+    endpoint = FakeTokenEndpoint(clock)
+    endpoint.script.append((200, {"data": {"token": "a1", "rt": "rt-1"}, "ttl": "soon"}))
+    config = CustomAuthConfig.model_validate(
+        {
+            "type": "custom",
+            "token_request": {"url": "https://idp.example/login", "body": {"u": "{{username}}"}},
+            "refresh_request": {
+                "url": "https://idp.example/renew",
+                "body": {"rt": "{{refresh_token}}"},
+                "access_token_path": "access_token",
+                "expires_path": "expires_in",
+            },
+            "username": "user",
+            "access_token_path": "data.token",
+            "refresh_token_path": "data.rt",
+            "expires_path": "ttl",
+        }
+    )
+    tokens = TokenManager("api", config, CustomGrant(config, "api"), endpoint, clock=clock)
+    with pytest.raises(TokenEndpointError):
+        await tokens.credential()
+    await clock.step(400)
+    assert (await tokens.credential()).value == "Bearer at-2"
+    assert [r.url for r in endpoint.requests] == [
+        "https://idp.example/login",
+        "https://idp.example/renew",
+    ]
+    assert endpoint.forms("rt") == [None, "rt-1"]
+
+
+class CountingGrant(OAuth2Grant):
+    """Counts the token requests it builds (each may carry a freshly signed assertion)."""
+
+    built = 0
+
+    def primary_request(self, current: RequestContext) -> TokenRequest:
+        self.built += 1
+        return super().primary_request(current)
+
+    def refresh_request(self, current: RequestContext) -> TokenRequest | None:
+        request = super().refresh_request(current)
+        self.built += request is not None
+        return request
+
+
+@pytest.mark.parametrize("grant", ["client_credentials", "refresh_token"])
+async def test_every_request_built_is_sent_once_with_a_fresh_assertion(grant: str) -> None:
+    clock = SteppedClock()
+    endpoint = FakeTokenEndpoint(clock)
+    endpoint.script.append((503, {"error": "temporarily_unavailable"}))  # one retry
+    config = oauth2_config(
+        grant=grant, refresh_token="rt-0", client_auth="client_secret_jwt", client_secret="k" * 32
+    )
+    counting = CountingGrant(config, "api")
+    tokens = TokenManager("api", config, counting, endpoint, clock=clock)
+    fetched = asyncio.ensure_future(tokens.credential())
+    await settle()
+    await clock.step(1)  # past the retry's pause
+    await fetched
+    await clock.step(300)  # expired: a renewal
+    await tokens.credential()
+    assertions = endpoint.forms("client_assertion")
+    assert counting.built == len(endpoint.requests) == 3
+    assert len(set(assertions)) == 3 and None not in assertions
