@@ -39,15 +39,16 @@ def plan_connector(name: str, config: ConnectorConfig) -> tuple[ConnectorPlan | 
     """The connector's plan, or None and every problem of its material as ``path: message``."""
     where = f"connectors.{name}"
     problems: list[str] = []
-    contexts: dict[str, ssl.SSLContext] = {}
+    contexts: dict[str, ssl.SSLContext | None] = {}
 
     def context(tls: TLSConfig | None, path: str) -> ssl.SSLContext | None:
+        """Each profile once: a failure too, so it is reported once."""
         if path not in contexts:
             try:
                 contexts[path] = client_ssl_context(tls, path)
             except TLSConfigError as exc:
                 problems.append(str(exc))
-                return None
+                contexts[path] = None
         return contexts[path]
 
     https = URL(config.upstream).scheme == "https"

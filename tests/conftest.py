@@ -30,6 +30,7 @@ class RunningProxy:
 
 
 StartProxy = Callable[..., Awaitable[RunningProxy]]
+WriteConfig = Callable[[dict[str, Any]], Path]
 
 
 @pytest.fixture

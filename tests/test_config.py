@@ -517,3 +517,83 @@ def custom(**fields: Any) -> dict[str, Any]:
 )
 def test_custom_rules(write_config: WriteConfig, auth: dict[str, Any], problem: str) -> None:
     assert problems_of(write_config(base_config(auth=auth))) == [problem]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("private_key", "file:/nonexistent/key.pem"),
+        ("client_secret", "${TOKENPROXY_TEST_UNSET_VARIABLE}"),
+        ("token_url", "${TOKENPROXY_TEST_UNSET_VARIABLE}"),
+    ],
+)
+def test_a_value_that_cannot_be_resolved_is_reported_once(
+    write_config: WriteConfig, field: str, value: str
+) -> None:
+    auth = oauth2(client_auth="private_key_jwt", private_key="placeholder")
+    auth[field] = value
+    problems = problems_of(write_config(base_config(auth=auth)))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"connectors.crm.auth.{field}: ")
+
+
+CONTRACT_EXAMPLE = """
+listen: {host: 127.0.0.1, port: 8080}
+server:
+  shutdown_timeout: 30
+admin:  {prefix: /_proxy, token: admin-secret}
+clients:
+  allow_cidrs: [127.0.0.0/8]
+  api_keys: {billing: client-key}
+cache:  {backend: memory}
+state_dir: /var/lib/tokenproxy
+connectors:
+  crm:
+    route: /crm
+    hosts: [api.crm.example.com]
+    upstream: https://api.crm.example.com/v2
+    timeouts: {connect: 10, read: 60}
+    tls: {server_name: api.internal, system_ca: false, insecure_skip_verify: false}
+    http_proxy: http://corp-proxy:3128
+    warmup: false
+    auth:
+      type: oauth2
+      grant: client_credentials
+      token_url: https://idp.example.com/oauth/token
+      client_id: crm-client
+      client_secret: crm-secret
+      client_auth: client_secret_post
+      scopes: [crm.read, crm.write]
+      audience: https://api.crm.example.com
+      refresh_margin: 60
+      default_ttl: 300
+      reauth_on: [401]
+"""
+
+
+def test_a_config_written_from_the_contract_loads(tmp_path: Path) -> None:
+    """The contract's example, for every feature this version has (cache included)."""
+    path = tmp_path / "contract.yaml"
+    path.write_text(CONTRACT_EXAMPLE)
+    plan = check_config(path)
+    settings = plan.settings
+    assert settings.cache.backend == "memory" and settings.state_dir == "/var/lib/tokenproxy"
+    assert [key.get_secret_value() for key in settings.clients.keys] == ["client-key"]
+    assert list(plan.connectors) == ["crm"]
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"cache": {"backend": "redis"}}, "cache.backend: the redis backend is not available"),
+        ({"listen": {"allowed_hosts": ["a"]}}, "listen.allowed_hosts: not available in this"),
+        ({"tls_intercept": {"ca_cert_file": "x"}}, "tls_intercept: not available in this"),
+        (base_config(retries={"attempts": 2}), "connectors.crm.retries: not available in this"),
+        ({"cache": {"backend": "memcached"}}, "cache.backend: Input should be 'memory' or"),
+    ],
+)
+def test_documented_keys_of_later_versions_say_so(
+    write_config: WriteConfig, config: dict[str, Any], problem: str
+) -> None:
+    (found,) = problems_of(write_config(config))
+    assert found.startswith(problem)

@@ -48,3 +48,21 @@ def test_the_serving_path_loads_no_cryptography_until_needed() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_config_package_loads_no_runtime_module() -> None:
+    """Configuration is data: validating a config opens, builds and imports nothing of the
+    runtime (no aiohttp, no TLS, no token engine); :mod:`proxy.runtime` builds from it."""
+    import subprocess
+
+    config_modules = [m for m in MODULES if m.startswith("proxy.config")]
+    code = (
+        f"import sys; import {', '.join(config_modules)};"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'cryptography',"
+        " 'jwt') or (m.startswith('proxy.') and not m.startswith('proxy.config')"
+        " and m not in ('proxy.errors', 'proxy.envelope', 'proxy.redaction'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

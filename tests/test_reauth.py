@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from proxy.demo.echo import echo
-from tests.conftest import RunningProxy, StartOAuth2, warm
+from tests.conftest import RunningProxy, StartOAuth2, oauth2_connector, warm
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 
 
@@ -149,3 +150,39 @@ async def test_only_configured_statuses_trigger_a_refresh(
         assert response.status == 403
     assert len(idp.calls) == 1 + refreshes
     assert len(upstream.requests) == 1 + refreshes
+
+
+async def test_clients_leaving_during_a_renewal_release_their_upstream_connections(
+    start_proxy: Any,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+) -> None:
+    """100 clients get a slowly sent 401 and give up while the (slow) renewal runs: each
+    half-read 401 must go back to the pool at once, or a healthy request finds none left."""
+
+    async def respond(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/slow-401":
+            return await echo(request)
+        response = web.StreamResponse(status=401, headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        await asyncio.sleep(10)  # the rest never comes while the test runs
+        return response
+
+    upstream.respond = respond
+    api = {**oauth2_connector(upstream.url, idp.url), "timeouts": {"connect": 1, "read": 30}}
+    proxy = await start_proxy({"connectors": {"api": api}})
+    await warm(client, proxy, upstream)
+    idp.delay = 1.0
+
+    async def give_up() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3), client.get(f"{proxy.url}/api/slow-401"):
+                pass
+
+    await asyncio.gather(*(give_up() for _ in range(100)))
+    async with client.get(
+        f"{proxy.url}/api/healthy", timeout=aiohttp.ClientTimeout(total=5)
+    ) as response:
+        assert response.status == 200
