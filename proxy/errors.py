@@ -34,6 +34,8 @@ class ProxyError(Exception):
     status = 500
     code = "internal_error"
     proxy_status = "proxy_internal_error"
+    details: str | None = None
+    """RFC 9209 ``details``: which hop failed (``token endpoint``), never a secret."""
     close_connection = False
     """True when the connection must not serve another request after this answer."""
 
@@ -43,11 +45,14 @@ class ProxyError(Exception):
         *,
         connector: str | None = None,
         headers: dict[str, str] | None = None,
+        proxy_status: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.connector = connector
         self.headers = headers or {}
+        if proxy_status is not None:
+            self.proxy_status = proxy_status  # the closest type (proxy.failures), if known
 
 
 class BadRequestError(ProxyError):
@@ -113,6 +118,8 @@ class TokenEndpointError(ProxyError):
 
     status = 502
     code = "token_endpoint_error"
+    proxy_status = "http_protocol_error"
+    details = "token endpoint"
 
     def __init__(
         self,
@@ -122,8 +129,9 @@ class TokenEndpointError(ProxyError):
         retryable: bool = False,
         retry_after: float | None = None,
         oauth_error: str | None = None,
+        proxy_status: str | None = None,
     ) -> None:
-        super().__init__(message, connector=connector)
+        super().__init__(message, connector=connector, proxy_status=proxy_status)
         self.retryable = retryable
         self.retry_after = retry_after
         self.oauth_error = oauth_error
@@ -132,7 +140,7 @@ class TokenEndpointError(ProxyError):
 class TokenEndpointTimeoutError(TokenEndpointError, TimeoutError):
     status = 504
     code = "token_endpoint_timeout"
-    proxy_status = "connection_timeout"
+    proxy_status = "http_response_timeout"
 
 
 class TokenUnavailableError(ProxyError):
@@ -140,6 +148,8 @@ class TokenUnavailableError(ProxyError):
 
     status = 503
     code = "token_unavailable"
+    proxy_status = "destination_unavailable"
+    details = "token endpoint failing, in back-off"
 
     def __init__(self, message: str, *, retry_after: int, connector: str | None = None) -> None:
         super().__init__(message, connector=connector, headers={"Retry-After": str(retry_after)})

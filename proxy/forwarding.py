@@ -27,36 +27,18 @@ from multidict import CIMultiDict
 from proxy.auth.base import Credential
 from proxy.connectors import Connector
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
+from proxy.failures import classify
 from proxy.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.logs import aborted_key
-from proxy.tls import REJECTED_CLIENT_CERT_HINT, tls_failure
 
 logger = logging.getLogger(__name__)
 
 
-def upstream_failure(exc: aiohttp.ClientError | TimeoutError, uses_tls: bool) -> UpstreamError:
-    """The proxy's own error for an aiohttp client exception, most specific case first.
-
-    ``str()`` of aiohttp's exceptions can hold the full URL with its query, and their
-    ``request_info`` holds the injected Authorization header: neither goes anywhere.
-    ConnectionTimeoutError is also a ClientConnectorError, a certificate error is also a
-    connection error; ClientTimeout(total=...) raises the builtin TimeoutError.
-    """
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamTimeoutError("timed out connecting to the upstream")
-    if isinstance(exc, TimeoutError):
-        return UpstreamTimeoutError("timed out waiting for the upstream")
-    detail = tls_failure(exc)
-    if detail is not None:
-        return UpstreamTLSError(f"TLS with the upstream failed: {detail}")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError("cannot connect to the upstream")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return UpstreamError("the upstream sent an invalid response")
-    message = "the upstream closed the connection without answering"
-    if uses_tls and isinstance(exc, aiohttp.ServerDisconnectedError):
-        message += f" ({REJECTED_CLIENT_CERT_HINT})"
-    return UpstreamError(message)
+_UPSTREAM_ERRORS: dict[str, type[UpstreamError]] = {
+    "connect_timeout": UpstreamTimeoutError,
+    "timeout": UpstreamTimeoutError,
+    "tls": UpstreamTLSError,
+}
 
 
 @contextmanager
@@ -64,8 +46,9 @@ def map_client_errors(connector: Connector) -> Iterator[None]:
     try:
         yield
     except (aiohttp.ClientError, TimeoutError) as exc:
-        error = upstream_failure(exc, connector.upstream.uses_tls)
-        error.connector = connector.name
+        failure = classify(exc, "the upstream", tls=connector.upstream.uses_tls)
+        error_class = _UPSTREAM_ERRORS.get(failure.kind, UpstreamError)
+        error = error_class(failure.message, proxy_status=failure.proxy_status)
         logger.warning("connector %s: %s (%s)", connector.name, error.message, type(exc).__name__)
         raise error from None
 

@@ -40,7 +40,10 @@ PROXY_NAME = "tokenproxy"
 
 def error_response(exc: ProxyError) -> web.Response:
     body = {"error": exc.code, "message": exc.message, "connector": exc.connector}
-    headers = {"Proxy-Status": f"{PROXY_NAME}; error={exc.proxy_status}", **exc.headers}
+    status = f"{PROXY_NAME}; error={exc.proxy_status}"
+    if exc.details:
+        status += f'; details="{exc.details}"'  # constant text: nothing to escape
+    headers = {"Proxy-Status": status, **exc.headers}
     response = web.Response(
         status=exc.status,
         body=orjson.dumps(body),

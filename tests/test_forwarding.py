@@ -305,7 +305,7 @@ async def test_unreachable_upstream_is_502(
         "message": "cannot connect to the upstream",
         "connector": "api",
     }
-    assert proxy_status == "tokenproxy; error=destination_unavailable"
+    assert proxy_status == "tokenproxy; error=connection_refused"  # RFC 9209's closest type
 
 
 async def test_upstream_connect_timeout_is_504(

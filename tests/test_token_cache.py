@@ -149,7 +149,9 @@ async def test_a_failed_fetch_fails_every_waiter_once_then_backs_off(
     status, answer_ = await call(client, proxy)
     assert status == 503
     assert answer_["headers"]["Retry-After"] in {"1", "2"}
-    assert answer_["headers"]["Proxy-Status"] == "tokenproxy; error=proxy_internal_error"
+    assert answer_["headers"]["Proxy-Status"] == (
+        'tokenproxy; error=destination_unavailable; details="token endpoint failing, in back-off"'
+    )
     assert len(idp.calls) == 1
     clock.advance(2)  # the back-off is over: the next request tries again, and succeeds
     status, _ = await call(client, proxy)
@@ -479,3 +481,44 @@ async def test_short_lived_tokens_are_fetched_once_per_usable_lifetime(
 
 async def _idle(idp: FakeIdP) -> bool:
     return not idp.active
+
+
+@pytest.mark.parametrize(
+    ("failure", "proxy_status"),
+    [
+        ("unreachable", "connection_refused"),
+        ("timeout", "http_response_timeout"),
+        ("refused", "proxy_configuration_error"),
+        ("down", "destination_unavailable"),
+        ("not-json", "http_protocol_error"),
+        ("no-token", "http_protocol_error"),
+    ],
+)
+async def test_token_endpoint_failures_carry_the_closest_proxy_status(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    failure: str,
+    proxy_status: str,
+) -> None:
+    """RFC 9209: the closest error type, and ``details`` naming the hop that failed."""
+    connector = oauth2_connector(
+        upstream.url, "http://127.0.0.1:9" if failure == "unreachable" else idp.url
+    )
+    connector["timeouts"] = {"read": 0.2}
+    scripted = {
+        "timeout": None,
+        "refused": answer(401, {"error": "invalid_client"}),
+        "down": answer(503, "down", {"Retry-After": "600"}),
+        "not-json": answer(200, "<html>"),
+        "no-token": answer(200, {"token_type": "Bearer"}),
+    }.get(failure)
+    if scripted is not None:
+        idp.script.append(scripted)
+    idp.delay = 1 if failure == "timeout" else 0
+    proxy = await start_proxy({"connectors": {"api": connector}}, FakeClock())
+    _, answer_ = await call(client, proxy)
+    expected = f'tokenproxy; error={proxy_status}; details="token endpoint"'
+    assert answer_["headers"]["Proxy-Status"] == expected
+    assert answer_["json"]["connector"] == "api"

@@ -21,7 +21,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.egress import Egress
 from proxy.errors import TokenEndpointError, TokenEndpointTimeoutError
-from proxy.tls import REJECTED_CLIENT_CERT_HINT, tls_failure
+from proxy.failures import classify
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -78,22 +78,15 @@ async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResp
                 if len(body) > MAX_RESPONSE_BYTES:
                     raise TokenEndpointError("the token endpoint's answer is larger than 1 MiB")
             return TokenResponse(response.status, response.headers, bytes(body))
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise TokenEndpointTimeoutError(
-            "timed out waiting for the token endpoint", retryable=request.replayable
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        failure = classify(exc, "the token endpoint", tls=request.url.startswith("https:"))
+        error = TokenEndpointTimeoutError if isinstance(exc, TimeoutError) else TokenEndpointError
+        raise error(
+            failure.message,
+            # Nothing sent: always safe to try again; a certificate will not change.
+            retryable=failure.kind == "connect" or (request.replayable and failure.kind != "tls"),
+            proxy_status=failure.proxy_status,
         ) from None
-    except aiohttp.ClientSSLError as exc:
-        raise TokenEndpointError(
-            f"TLS with the token endpoint failed: {tls_failure(exc)}"
-        ) from None
-    except aiohttp.ClientConnectorError:
-        # Nothing was sent, so trying again is always safe.
-        raise TokenEndpointError("cannot connect to the token endpoint", retryable=True) from None
-    except aiohttp.ClientError as exc:
-        message = "the token endpoint closed the connection or sent a malformed answer"
-        if isinstance(exc, aiohttp.ServerDisconnectedError) and request.url.startswith("https:"):
-            message += f" ({REJECTED_CLIENT_CERT_HINT})"
-        raise TokenEndpointError(message, retryable=request.replayable) from None
 
 
 def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
@@ -131,12 +124,16 @@ def check_status(response: TokenResponse) -> None:
             f"the token endpoint answered {status}",
             retryable=True,
             retry_after=_retry_after(response.headers),
+            proxy_status="destination_unavailable",
         )
     if status >= 400:
+        # The provider refused our client or grant: wrong credentials or revoked consent.
         code = _oauth_error(response.body)
         reason = f"{status} {code}" if code else str(status)
         raise TokenEndpointError(
-            f"the token endpoint refused the request ({reason})", oauth_error=code
+            f"the token endpoint refused the request ({reason})",
+            oauth_error=code,
+            proxy_status="proxy_configuration_error",
         )
     if status < 200:
         raise TokenEndpointError(f"the token endpoint answered {status}")

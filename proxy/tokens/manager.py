@@ -338,5 +338,6 @@ def _copy(error: TokenEndpointError) -> TokenEndpointError:
         retryable=error.retryable,
         retry_after=error.retry_after,
         oauth_error=error.oauth_error,
+        proxy_status=error.proxy_status,
     )
     return copy
