@@ -1,7 +1,7 @@
 """Who may use the proxy: the socket peer address and a shared client key (``clients``).
 
 Both checks run before any routing or credential work, so an outsider can neither use the
-injected credentials nor make the proxy hammer an identity provider (HARDENING.md G3, G8).
+injected credentials nor make the proxy hammer an identity provider (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``tokenproxy`` command line (CONTRACT.md). The only module that exits the process.
+"""The ``tokenproxy`` command line (README, "Command line"). The only module that exits the process.
 
 Exit codes: 0 success; 1 ``check`` found problems; 2 usage error or a config ``run`` refused.
 """

@@ -5,7 +5,7 @@ the sessions and closes them.
 
 Each connector has one :class:`Egress` for its upstream and one for its token endpoint, so
 connections with different TLS identities, SNI or proxies are never pooled together, and a
-slow token endpoint never starves the upstream pool (HARDENING.md C14, C15).
+slow token endpoint never starves the upstream pool.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Errors the proxy answers with itself, one class per row of CONTRACT.md's error table.
+"""Errors the proxy answers with itself, one class per row of the README's error table.
 
 ::
 

@@ -76,7 +76,7 @@ async def forward(
     try:
         return await _relay(request, upstream, connector)
     finally:
-        # Never leave a half-read connection in the pool (docs/design.md, "Hardening").
+        # Never leave a half-read connection in the pool (docs/design.md, "Hardening decisions").
         upstream.close()
 
 

@@ -1,4 +1,4 @@
-"""Which headers cross the proxy, in each direction (RFC 9110 §7.6.1, HARDENING.md A17-A21, C12).
+"""Which headers cross the proxy, in each direction (RFC 9110 §7.6.1; docs/design.md).
 
 Filtering happens before the credential is injected, so no client header, ``Connection``
 nomination included, can remove or shadow what the proxy adds.
@@ -65,7 +65,7 @@ def filter_headers(headers: CIMultiDictProxy[str], dropped: frozenset[str]) -> C
     """Copy ``headers`` without ``dropped``, ``Connection``-nominated and underscore names.
 
     Underscored names are dropped as nginx does by default: ``X_Forwarded_For`` may reach an
-    application as ``X-Forwarded-For`` (HARDENING.md A20).
+    application as ``X-Forwarded-For`` (docs/design.md).
     """
     nominated = _nominated(headers) if hdrs.CONNECTION in headers else ()
     out: CIMultiDict[str] = CIMultiDict()

@@ -2,7 +2,7 @@
 
 The access log never records a query string (it may carry a token, RFC 6750 §2.3) nor any
 header. aiohttp's own parser-error records quote the offending request bytes, which may hold
-a client's credential; they are reduced to the error class (HARDENING.md F2, F4).
+a client's credential; they are reduced to the error class.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 No router, no middlewares, no static files, no WebSockets: one handler (:class:`Gateway`)
 sees every request, which removes most of aiohttp's historical attack surface
-(docs/design.md, "Hardening") and per-request overhead.
+(docs/design.md, "Hardening decisions") and per-request overhead.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def http_parser_warning() -> str | None:
     """A warning when aiohttp runs its pure-Python HTTP parser instead of the C one.
 
     Most aiohttp request-smuggling CVEs of 2023-2026 hit only the Python parser
-    (docs/design.md, "Hardening").
+    (docs/design.md, "Hardening decisions").
     """
     module = aiohttp.http_parser.HttpRequestParser.__module__
     if module == "aiohttp._http_parser":

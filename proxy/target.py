@@ -1,4 +1,4 @@
-"""The request target, parsed once from the raw request line and validated (HARDENING.md §0.5).
+"""The request target, parsed once from the raw request line and validated.
 
 The decoded ``request.path``, ``match_info`` and ``request.url`` are never used: aiohttp
 decodes ``%2e%2e`` to ``..`` and yarl would then resolve it above the connector's base path.

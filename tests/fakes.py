@@ -4,6 +4,7 @@ identity provider with knobs, and a clock."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.demo.echo import describe_request, echo
-from proxy.demo.idp import DemoIdentityProvider, OAuthError
+from proxy.demo.idp import DEMO_USERNAME, DemoIdentityProvider, OAuthError, RefreshFamily
 from proxy.tokens.endpoint import TokenRequest, TokenResponse
 from proxy.tokens.oauth2 import ASSERTION_TYPE
 
@@ -115,6 +116,7 @@ class FakeIdP(DemoIdentityProvider):
         self.overrides: dict[str, Any] = {}
         self.active = self.max_active = 0
         self.reuse_detected = False
+        self.issued: set[str] = set()  # every access token handed out
         self.url = ""  # set once the server listens
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -173,10 +175,17 @@ class FakeIdP(DemoIdentityProvider):
             return client_id
         return super().authenticate_client(request, form)
 
+    def seed_refresh_token(self, subject: str = DEMO_USERNAME, value: str | None = None) -> str:
+        """A fresh refresh token, as an authorization-code bootstrap would have produced."""
+        refresh_token = value or secrets.token_urlsafe(24)
+        self.families[refresh_token] = RefreshFamily(subject, refresh_token)
+        return refresh_token
+
     def issue(
         self, subject: str, *, with_refresh: bool, scope: str | None = None
     ) -> dict[str, Any]:
         token = super().issue(subject, with_refresh=with_refresh, scope=scope)
+        self.issued.add(token["access_token"])
         for key, value in self.overrides.items():
             if value is None:
                 token.pop(key, None)

@@ -1,4 +1,4 @@
-"""The config file of CONTRACT.md as typed, strict models. The YAML keys are the field names.
+"""The config file (README) as typed, strict models. The YAML keys are the field names.
 
 Only per-field rules live here; rules that relate several fields (duplicate routes, a public
 listener without client restrictions) are checked by :mod:`proxy.config.checks`.
@@ -112,7 +112,7 @@ class CacheConfig(StrictModel):
 
 
 class ServerConfig(StrictModel):
-    """Limits of the listening side, chosen after nginx, Envoy and HAProxy (HARDENING.md §1.7)."""
+    """Limits of the listening side, chosen after nginx, Envoy and HAProxy (docs/design.md)."""
 
     keepalive_timeout: float = Field(
         30, gt=0, description="idle keep-alive and request-header deadline (slowloris), seconds"

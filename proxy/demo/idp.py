@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -35,7 +35,6 @@ class OAuthError(Exception):
 class RefreshFamily:
     subject: str
     current: str
-    used: set[str] = field(default_factory=set)
     revoked: bool = False
 
 
@@ -55,8 +54,7 @@ class DemoIdentityProvider:
         self.expires_in = expires_in
         self.clients = {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}
         self.users = {DEMO_USERNAME: DEMO_PASSWORD}
-        self.issued: set[str] = set()
-        self._families: dict[str, RefreshFamily] = {}
+        self.families: dict[str, RefreshFamily] = {}
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method != hdrs.METH_POST:
@@ -110,16 +108,15 @@ class DemoIdentityProvider:
         raise OAuthError("unsupported_grant_type")
 
     def refresh(self, presented: str) -> dict[str, Any]:
-        family = self._families.get(presented)
+        family = self.families.get(presented)
         if family is None or family.revoked:
             raise OAuthError("invalid_grant", description="unknown or revoked refresh token")
         if presented != family.current:
             family.revoked = True  # reuse of a rotated token: revoke the whole family
             raise OAuthError("invalid_grant", description="refresh token reuse detected")
-        family.used.add(presented)
         token = self.issue(family.subject, with_refresh=False)
         family.current = secrets.token_urlsafe(24)
-        self._families[family.current] = family
+        self.families[family.current] = family
         token["refresh_token"] = family.current
         return token
 
@@ -127,7 +124,6 @@ class DemoIdentityProvider:
         self, subject: str, *, with_refresh: bool, scope: str | None = None
     ) -> dict[str, Any]:
         access_token = "demo-at-" + secrets.token_urlsafe(24)
-        self.issued.add(access_token)
         token: dict[str, Any] = {
             "access_token": access_token,
             "token_type": "Bearer",
@@ -137,12 +133,6 @@ class DemoIdentityProvider:
             token["scope"] = scope
         if with_refresh:
             refresh_token = secrets.token_urlsafe(24)
-            self._families[refresh_token] = RefreshFamily(subject, refresh_token)
+            self.families[refresh_token] = RefreshFamily(subject, refresh_token)
             token["refresh_token"] = refresh_token
         return token
-
-    def seed_refresh_token(self, subject: str = DEMO_USERNAME, value: str | None = None) -> str:
-        """A fresh refresh token, as an authorization-code bootstrap would have produced."""
-        refresh_token = value or secrets.token_urlsafe(24)
-        self._families[refresh_token] = RefreshFamily(subject, refresh_token)
-        return refresh_token

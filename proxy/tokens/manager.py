@@ -1,6 +1,6 @@
 """One connector's token: obtained once however many requests wait, renewed before it expires.
 
-Guarantees (HARDENING.md §5.B, §5.D):
+Guarantees (docs/design.md, "Token timing"):
 
 - **Single flight.** At most one token request per connector is under way. Everyone who needs
   a token meanwhile awaits that one task (shielded: a client that disconnects never cancels

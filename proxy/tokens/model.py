@@ -61,7 +61,7 @@ class SystemClock:
 
 
 MAX_MARGIN_SHARE = 0.5
-"""The margin never takes more than this share of a lifetime (CONTRACT: half)."""
+"""The margin never takes more than this share of a lifetime (the documented cap: half)."""
 GUARD_SHARE = 0.25
 """The last share of the margin in which a token is no longer handed out."""
 
