@@ -15,6 +15,7 @@ import yaml
 from pytest_aiohttp import AiohttpRawServer
 
 from proxy.config.loader import load_settings
+from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from proxy.logs import install_filters
 from proxy.runtime import Plan, prepare
@@ -109,6 +110,19 @@ def oauth2_connector(upstream_url: str, idp_url: str, **auth: Any) -> dict[str, 
         **auth,
     }
     return {"route": "/api", "upstream": upstream_url, "auth": settings}
+
+
+def oauth2_auth_config(**fields: Any) -> OAuth2AuthConfig:
+    """A validated client-credentials auth block, for tests of the parts without sockets."""
+    settings = {
+        "type": "oauth2",
+        "grant": "client_credentials",
+        "token_url": "https://idp.example/token",
+        "client_id": "id",
+        "client_secret": "secret",
+        **fields,
+    }
+    return OAuth2AuthConfig.model_validate(settings)
 
 
 StartOAuth2 = Callable[..., Awaitable[RunningProxy]]

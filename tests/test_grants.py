@@ -11,12 +11,12 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config.custom import CustomAuthConfig
-from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import TokenEndpointError
 from proxy.tokens.custom import CustomGrant
 from proxy.tokens.endpoint import TokenResponse
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.oauth2 import ASSERTION_TYPE, OAuth2Grant
+from tests.conftest import oauth2_auth_config
 
 NOW = 1_800_000_000.0
 
@@ -27,15 +27,8 @@ def response(body: Any, status: int = 200, **headers: str) -> TokenResponse:
 
 
 def oauth2(**fields: Any) -> OAuth2Grant:
-    settings = {
-        "type": "oauth2",
-        "grant": "client_credentials",
-        "token_url": "https://idp.example/token",
-        "client_id": "my id",
-        "client_secret": "s&cret",
-        **fields,
-    }
-    return OAuth2Grant(OAuth2AuthConfig.model_validate(settings), "api")
+    config = oauth2_auth_config(**{"client_id": "my id", "client_secret": "s&cret", **fields})
+    return OAuth2Grant(config, "api")
 
 
 def jwt_with(claims: dict[str, Any]) -> str:

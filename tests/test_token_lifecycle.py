@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from proxy.config.custom import CustomAuthConfig
-from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import TokenEndpointError
 from proxy.tokens.custom import CustomGrant
 from proxy.tokens.endpoint import TokenRequest
@@ -17,26 +16,15 @@ from proxy.tokens.grant import RequestContext
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.model import GUARD_SHARE, Phase, Token
 from proxy.tokens.oauth2 import OAuth2Grant
+from tests.conftest import oauth2_auth_config
 from tests.fakes import FakeTokenEndpoint, SteppedClock, settle
 
 LIFETIMES = [2, 10, 60, 120, 300, 3600, 86400]
 MARGINS = [60, 3600]  # the default, and one larger than most lifetimes
 
 
-def oauth2_config(**fields: Any) -> OAuth2AuthConfig:
-    settings = {
-        "type": "oauth2",
-        "grant": "client_credentials",
-        "token_url": "https://idp.example/token",
-        "client_id": "id",
-        "client_secret": "secret",
-        **fields,
-    }
-    return OAuth2AuthConfig.model_validate(settings)
-
-
 def manager(clock: SteppedClock, endpoint: FakeTokenEndpoint, **fields: Any) -> TokenManager:
-    config = oauth2_config(**fields)
+    config = oauth2_auth_config(**fields)
     return TokenManager("api", config, OAuth2Grant(config, "api"), endpoint, clock=clock)
 
 
@@ -192,7 +180,7 @@ async def test_every_request_built_is_sent_once_with_a_fresh_assertion(grant: st
     clock = SteppedClock()
     endpoint = FakeTokenEndpoint(clock)
     endpoint.script.append((503, {"error": "temporarily_unavailable"}))  # one retry
-    config = oauth2_config(
+    config = oauth2_auth_config(
         grant=grant, refresh_token="rt-0", client_auth="client_secret_jwt", client_secret="k" * 32
     )
     counting = CountingGrant(config, "api")
