@@ -173,7 +173,9 @@ async def test_demo_prints_curl_lines_that_work(client: aiohttp.ClientSession) -
         assert ["Authorization", "Bearer demo-static-token"] in echoed["headers"]
         oauth_url = next(url for url in re.findall(r"curl -s (\S+/echo-oauth/\S+)", output))
         async with client.get(oauth_url) as response:
-            headers = dict((await response.json())["headers"])
+            answer = await response.json()
+            assert "headers" in answer, answer  # else the proxy's own error says why
+            headers = dict(answer["headers"])
         assert headers["Authorization"].startswith("Bearer demo-at-")
         code, _ = await _stop(process, signal.SIGINT)
     assert code == 0
