@@ -218,3 +218,25 @@ async def test_id_token_can_be_the_bearer(
     proxy = await start_oauth2(token_field="id_token")
     assert await _get(client, f"{proxy.url}/api/x") == 200
     assert upstream.header_values("Authorization") == ["Bearer the.id.token"]
+
+
+@pytest.mark.parametrize("unusable", [{"expires_in": "soon"}, {"access_token": None}])
+async def test_a_rotation_in_an_unusable_answer_is_kept_and_reuse_never_happens(
+    start_oauth2: StartOAuth2,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    unusable: dict[str, Any],
+) -> None:
+    """The provider rotated the refresh token in a 200 whose other fields are unusable: the
+    old one is revoked, so the next renewal must present the new one (RFC 9700 §4.14)."""
+    proxy = await start_oauth2(grant="refresh_token", refresh_token=idp.seed_refresh_token())
+    assert await _get(client, f"{proxy.url}/api/x") == 200
+    idp.overrides.update(unusable)
+    clock.advance(400)
+    assert await _get(client, f"{proxy.url}/api/x") == 502
+    idp.overrides.clear()
+    clock.advance(5)  # past the back-off
+    assert await _get(client, f"{proxy.url}/api/x") == 200
+    assert idp.grants == ["refresh_token"] * 3
+    assert not idp.reuse_detected
