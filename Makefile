@@ -14,6 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,speed]'
 	touch $@
 
+# The certified OpenID provider the tests run against (oidc-provider, from the npm registry).
+OIDC := tests/oidc
+$(OIDC)/node_modules/.installed: $(OIDC)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(OIDC) && npm install --no-audit --no-fund --no-package-lock --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the oidc-provider tests will be skipped"; fi
+
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -24,8 +31,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check proxy tests benchmarks
 	$(BIN)/mypy proxy
 
-test: lint
+test: lint $(OIDC)/node_modules/.installed
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(OIDC)/node_modules

@@ -4,6 +4,7 @@ range of lifetimes (2 s to a day) and margins, steady traffic, rotation and retr
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -17,13 +18,13 @@ from proxy.tokens.manager import TokenManager
 from proxy.tokens.model import GUARD_SHARE, Phase, Token
 from proxy.tokens.oauth2 import OAuth2Grant
 from tests.conftest import oauth2_auth_config
-from tests.fakes import FakeTokenEndpoint, SteppedClock, settle
+from tests.fakes import FakeClock, FakeTokenEndpoint, SteppedClock, settle
 
 LIFETIMES = [2, 10, 60, 120, 300, 3600, 86400]
 MARGINS = [60, 3600]  # the default, and one larger than most lifetimes
 
 
-def manager(clock: SteppedClock, endpoint: FakeTokenEndpoint, **fields: Any) -> TokenManager:
+def manager(clock: FakeClock, endpoint: FakeTokenEndpoint, **fields: Any) -> TokenManager:
     config = oauth2_auth_config(**fields)
     return TokenManager("api", config, OAuth2Grant(config, "api"), endpoint, clock=clock)
 
@@ -41,6 +42,22 @@ def test_phases_follow_the_margin_capped_at_half_the_lifetime(lifetime: int, mar
     assert token.phase(100.0 + lifetime - guard * 1.001) is Phase.RENEWABLE
     assert token.phase(100.0 + lifetime - guard) is Phase.STALE
     assert token.phase(100.0 + lifetime) is Phase.EXPIRED
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.75])
+async def test_lifetimes_count_from_the_start_of_the_second_the_request_was_sent(
+    fraction: float,
+) -> None:
+    """A provider counting whole seconds (iat = floor(now)) may have used up to a second
+    of ``expires_in`` already: the token is taken to expire that much earlier."""
+    clock = FakeClock()
+    clock.now += fraction  # wall time x.fraction when the request goes out
+    endpoint = FakeTokenEndpoint(clock, lifetime=10)
+    tokens = manager(clock, endpoint)
+    await tokens.credential()
+    assert tokens.describe()["expires_in"] == math.floor(10 - fraction)
+    clock.advance(10 - fraction)
+    assert tokens.phase() is Phase.EXPIRED
 
 
 def test_a_zero_lifetime_token_is_expired_at_once() -> None:

@@ -173,6 +173,10 @@ class TokenManager(Authenticator):
         if wait > 0:
             await self._clock.sleep(wait)
         started = self._last_fetch_start = self._clock.monotonic()
+        # Lifetimes count from the start of the second in which the request was sent:
+        # providers count whole seconds (oidc-provider's iat is floor(now)), so up to a
+        # second of expires_in can be gone already. Never later than the provider's clock.
+        issued_at = started - self._clock.wall() % 1
         self.stats.fetches += 1
         try:
             issued = await self._obtain()
@@ -186,7 +190,7 @@ class TokenManager(Authenticator):
             error = TokenEndpointError("internal error obtaining a token")
             self._record_failure(error)
             return error
-        return self._publish(issued, started)
+        return self._publish(issued, issued_at)
 
     def _context(self) -> RequestContext:
         return RequestContext(self._last_access_token, self._refresh_token, self._clock.wall())
@@ -267,13 +271,12 @@ class TokenManager(Authenticator):
             self._refresh_token = rotated
             REDACTOR.hold(self.connector, [rotated])
 
-    def _publish(self, issued: IssuedToken, started: float) -> Token:
+    def _publish(self, issued: IssuedToken, issued_at: float) -> Token:
         REDACTOR.hold(self.connector, [t for t in (issued.access_token, self._refresh_token) if t])
         self._needs_refresh_token = False
-        # Lifetimes count from when the request was sent: never later than the provider's.
         token = Token.issued(
             issued.access_token,
-            started,
+            issued_at,
             issued.lifetime,
             self.config.refresh_margin,
             "token endpoint",

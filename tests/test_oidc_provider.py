@@ -1,0 +1,173 @@
+"""Against a certified OpenID provider (oidc-provider from the npm registry, run by Node.js):
+client credentials with every client-authentication method it certifies, and an upstream
+that introspects each token it receives, over short real lifetimes.
+
+Our fakes agree with our own reading of the RFCs; this provider does not have to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pytest_aiohttp import AiohttpRawServer
+
+from proxy.tokens.oauth2 import basic_client_credentials
+from tests.conftest import StartProxy
+
+HERE = Path(__file__).resolve().parent / "oidc"
+SECRET = "oidc-test-secret-of-at-least-32-bytes"
+
+
+def _unavailable() -> str | None:
+    if shutil.which("node") is None:
+        return "Node.js is not installed"
+    if not (HERE / "node_modules" / "oidc-provider").is_dir():
+        return "oidc-provider is not installed (make test installs it with npm)"
+    return None
+
+
+@pytest.fixture
+def provider_available() -> None:
+    reason = _unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the oidc-provider tests: {reason}")
+        pytest.skip(reason)
+
+
+StartProvider = Callable[[list[dict[str, Any]], int], Awaitable[str]]
+
+
+@pytest.fixture
+async def start_provider(provider_available: None) -> AsyncIterator[StartProvider]:
+    """Start oidc-provider with these clients and this access-token lifetime; its issuer URL."""
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def start(clients: list[dict[str, Any]], ttl: int) -> str:
+        process = await asyncio.create_subprocess_exec(
+            "node",
+            str(HERE / "server.mjs"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "OIDC_TEST_CONFIG": json.dumps({"clients": clients, "ttl": ttl})},
+        )
+        processes.append(process)
+        assert process.stdout is not None
+        async with asyncio.timeout(20):
+            line = (await process.stdout.readline()).decode()
+        assert line.startswith("listening on "), line
+        return f"http://127.0.0.1:{int(line.split()[-1])}"
+
+    yield start
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            async with asyncio.timeout(5):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+class IntrospectingUpstream:
+    """A resource server that asks the provider (RFC 7662) whether each token is active."""
+
+    def __init__(self, issuer: str, client_id: str) -> None:
+        self.issuer, self.client_id = issuer, client_id
+        self.verdicts: list[bool] = []
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        assert self.session is not None
+        async with self.session.post(
+            f"{self.issuer}/token/introspection",
+            data={"token": token},
+            headers={"Authorization": basic_client_credentials(self.client_id, SECRET)},
+        ) as response:
+            active = bool((await response.json()).get("active"))
+        self.verdicts.append(active)
+        return web.json_response({"active": active}, status=200 if active else 401)
+
+
+def rsa_client_key() -> tuple[str, dict[str, Any]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    return pem, {**public, "kid": "k1", "use": "sig", "alg": "RS256"}
+
+
+@pytest.mark.parametrize(
+    "client_auth",
+    ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt"],
+)
+async def test_client_credentials_with_every_client_authentication(
+    start_provider: StartProvider,
+    start_proxy: StartProxy,
+    aiohttp_raw_server: AiohttpRawServer,
+    client: aiohttp.ClientSession,
+    client_auth: str,
+) -> None:
+    registered: dict[str, Any] = {
+        "client_id": "tokenproxy",
+        "grant_types": ["client_credentials"],
+        "redirect_uris": [],
+        "response_types": [],
+        "token_endpoint_auth_method": client_auth,
+        "scope": "api:read",
+    }
+    auth: dict[str, Any] = {
+        "type": "oauth2",
+        "grant": "client_credentials",
+        "client_id": "tokenproxy",
+        "client_auth": client_auth,
+        "scopes": ["api:read"],
+    }
+    if client_auth == "private_key_jwt":
+        pem, public = rsa_client_key()
+        registered["jwks"] = {"keys": [public]}
+        auth.update(private_key=pem, key_id="k1")
+    else:
+        registered["client_secret"] = SECRET
+        auth["client_secret"] = SECRET
+    introspector = {
+        "client_id": "resource-server",
+        "client_secret": SECRET,
+        "grant_types": [],
+        "redirect_uris": [],
+        "response_types": [],
+    }
+    issuer = await start_provider([registered, introspector], 2)
+    auth["token_url"] = f"{issuer}/token"
+    resource = IntrospectingUpstream(issuer, "resource-server")
+    upstream = await aiohttp_raw_server(resource, access_log=None)
+    async with aiohttp.ClientSession() as session:
+        resource.session = session
+        api = {"route": "/api", "upstream": str(upstream.make_url("")).rstrip("/"), "auth": auth}
+        proxy = await start_proxy({"connectors": {"api": api}})
+        # Steady traffic for about 3 s: a 2 s token is usable for 1 s of it.
+        for _ in range(15):
+            async with client.get(f"{proxy.url}/api/orders") as response:
+                assert response.status == 200, await response.text()
+            await asyncio.sleep(0.2)
+        async with client.get(f"{proxy.url}/_proxy/connectors") as response:
+            (described,) = (await response.json())["connectors"]
+    assert resource.verdicts == [True] * 15  # no token handed out after it expired
+    assert 2 <= described["fetches"] <= 5  # about one per usable second, not one per request
+    assert described["failures"] == 0
