@@ -1,4 +1,4 @@
-"""Who may use the proxy: client addresses and client keys (HARDENING.md G1-G4, G8)."""
+"""Who may use the proxy: client addresses and client keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Upstream rejections: compare-and-invalidate, one forced refresh, one replay (§5.C C5-C8, D7)."""
+"""Upstream rejections: compare-and-invalidate, one forced refresh, one replay."""
 
 from __future__ import annotations
 

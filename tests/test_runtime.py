@@ -128,3 +128,21 @@ def test_every_material_problem_is_listed_once(write_config: WriteConfig, tmp_pa
         f"connectors.b.tls.ca_file: cannot read {missing} {reason}",
         "connectors.c.auth.private_key: must be an unencrypted PEM private key",
     ]
+
+
+def test_build_problems_never_show_the_material(write_config: WriteConfig) -> None:
+    canary = "sec_CANARY_build_5e4d"
+    pem_like = f"-----BEGIN PRIVATE KEY-----\n{canary}\n-----END PRIVATE KEY-----\n"
+    config = {
+        "connectors": {
+            "a": {
+                **oauth2_connector("https://a.example", "https://idp.example"),
+                "tls": {"ca_pem": f"-----BEGIN CERTIFICATE-----\n{canary}\n"},
+            }
+        }
+    }
+    config["connectors"]["a"]["auth"].update(client_auth="private_key_jwt", private_key=pem_like)
+    with pytest.raises(ConfigError) as info:
+        prepare(load_settings(write_config(config)).settings)
+    assert len(info.value.problems) == 2
+    assert canary not in str(info.value) and canary not in repr(info.value)

@@ -1,4 +1,4 @@
-"""Canary values for every secret never appear in logs, error bodies or admin output (§5.F)."""
+"""Canary values for every secret never appear in logs, error bodies or admin output."""
 
 from __future__ import annotations
 

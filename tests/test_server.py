@@ -1,4 +1,4 @@
-"""The listening side against hostile or odd clients, over raw sockets (HARDENING.md §5.A)."""
+"""The listening side against hostile or odd clients, over raw sockets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parsing and validating the raw request target (HARDENING.md A10-A14)."""
+"""Parsing and validating the raw request target."""
 
 from __future__ import annotations
 
