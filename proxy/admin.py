@@ -21,6 +21,7 @@ from yarl import URL
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.models import AdminConfig
 from proxy.connectors import Connector
+from proxy.egress.tls import describe_tls
 from proxy.errors import (
     AdminUnauthorizedError,
     MethodNotAllowedError,
@@ -28,7 +29,6 @@ from proxy.errors import (
 )
 from proxy.logs import connector_key
 from proxy.runtime import Runtime
-from proxy.tls import describe_tls
 from proxy.tokens.model import Phase
 
 Endpoint = Callable[[], Awaitable[web.StreamResponse]]

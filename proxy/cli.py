@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from proxy import __version__
 from proxy.config.loader import LoadedConfig, load_settings
 from proxy.config.models import Settings
-from proxy.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 from proxy.errors import ConfigError, ProxyError
 from proxy.logs import configure_logging
+from proxy.secrets.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 
 if TYPE_CHECKING:
     from proxy.runtime import Plan
@@ -144,7 +144,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from proxy.server import serve
+    from proxy.http.server import serve
 
     configure_logging(args.log_level)
     listen = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}

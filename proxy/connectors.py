@@ -18,8 +18,8 @@ from proxy.auth.factory import AuthPlan, open_auth, plan_auth
 from proxy.config.models import ConnectorConfig
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.config.tls import TLSConfig
-from proxy.egress import Egress, egress_options, token_session, upstream_session
-from proxy.tls import TLSConfigError, client_ssl_context
+from proxy.egress.sessions import Egress, egress_options, token_session, upstream_session
+from proxy.egress.tls import TLSConfigError, client_ssl_context
 from proxy.tokens.endpoint import send_token_request
 from proxy.tokens.model import Clock
 

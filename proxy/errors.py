@@ -52,7 +52,7 @@ class ProxyError(Exception):
         self.connector = connector
         self.headers = headers or {}
         if proxy_status is not None:
-            self.proxy_status = proxy_status  # the closest type (proxy.failures), if known
+            self.proxy_status = proxy_status  # the closest type (proxy.egress.failures), if known
 
 
 class BadRequestError(ProxyError):

@@ -13,7 +13,7 @@ import sys
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from proxy import redaction
+from proxy.secrets import redaction
 
 ACCESS_LOGGER = "tokenproxy.access"
 

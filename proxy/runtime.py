@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from proxy.config.models import Settings
 from proxy.connectors import Connector, ConnectorPlan, open_connector, plan_connector
 from proxy.errors import ConfigError
-from proxy.routing import Match, RouteTable
-from proxy.target import Target
+from proxy.http.routing import Match, RouteTable
+from proxy.http.target import Target
 from proxy.tokens.model import Clock
 
 

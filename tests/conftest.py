@@ -17,9 +17,9 @@ from pytest_aiohttp import AiohttpRawServer
 from proxy.config.loader import load_settings
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
+from proxy.http.server import ProxyServer
 from proxy.logs import install_filters
 from proxy.runtime import Plan, prepare
-from proxy.server import ProxyServer
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 
 

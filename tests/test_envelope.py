@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from proxy.config.loader import load_settings
-from proxy.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 from proxy.errors import ConfigError
+from proxy.secrets.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 
 CANARY = "sec_CANARY_enc_77aa"
 KEY, OTHER = generate_key(), generate_key()

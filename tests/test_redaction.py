@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.redaction import REDACTOR, secret_values
+from proxy.secrets.redaction import REDACTOR, secret_values
 from tests.test_config import base_config  # a valid config shape
 
 SECRET = "sec_CANARY_redaction_4242"

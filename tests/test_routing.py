@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.routing import Match, RouteTable
+from proxy.http.routing import Match, RouteTable
 
 TABLE = RouteTable(
     routes=[("/api", "api"), ("/api/v2", "api-v2"), ("/crm", "crm")],

@@ -13,8 +13,8 @@ import pytest
 
 from proxy.config.loader import load_settings
 from proxy.errors import ConfigError
+from proxy.http.server import ProxyServer
 from proxy.runtime import open_runtime, prepare
-from proxy.server import ProxyServer
 from tests.conftest import WriteConfig, connector, oauth2_connector
 from tests.fakes import FakeIdP, RecordingUpstream
 

@@ -177,7 +177,7 @@ async def test_slow_clients_are_closed_at_the_keepalive_deadline(
 
 
 def test_pure_python_parser_is_reported() -> None:
-    code = "from proxy.server import http_parser_warning; print(http_parser_warning())"
+    code = "from proxy.http.server import http_parser_warning; print(http_parser_warning())"
     native = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )

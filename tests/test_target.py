@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.errors import BadRequestError
-from proxy.target import Target, parse_target
+from proxy.http.target import Target, parse_target
 
 
 @pytest.mark.parametrize(

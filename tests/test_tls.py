@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from proxy.config.loader import load_settings
 from proxy.config.tls import TLSConfig
 from proxy.demo.echo import echo
+from proxy.egress.tls import client_ssl_context
 from proxy.errors import ConfigError
-from proxy.tls import client_ssl_context
 from tests.conftest import StartProxy, check_config, connector, oauth2_connector
 from tests.fakes import FakeIdP, TLSServer, answer
 

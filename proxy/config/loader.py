@@ -20,7 +20,7 @@ from proxy.config.checks import cross_check
 from proxy.config.models import AUTH_TYPES, ENV_PREFIX, PLANNED_KEYS, Settings
 from proxy.config.sources import Location, resolve_tree
 from proxy.errors import ConfigError
-from proxy.redaction import REDACTOR, secret_values
+from proxy.secrets.redaction import REDACTOR, secret_values
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Value sources resolved at load: ``${VAR}``, ``${VAR:-default}``, ``file:/path`` and
-``enc:v1:...`` (decrypted with the master key, see :mod:`proxy.envelope`).
+``enc:v1:...`` (decrypted with the master key, see :mod:`proxy.secrets.envelope`).
 
 Resolution walks the raw config tree (YAML merged with environment overrides) before
 validation, so every field, whatever its type, can take its value from the environment or a
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.envelope import PREFIX as ENVELOPE_PREFIX
-from proxy.envelope import EnvelopeError, MasterKeys
+from proxy.secrets.envelope import PREFIX as ENVELOPE_PREFIX
+from proxy.secrets.envelope import EnvelopeError, MasterKeys
 
 _VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _FILE_PREFIX = "file:"

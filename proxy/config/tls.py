@@ -1,8 +1,8 @@
 """The ``tls`` block: trust (custom CA, pinning), client certificates (mTLS), SNI.
 
 Only the shape is checked here; whether the files load, the passwords fit and the key
-belongs to the certificate is checked by :mod:`proxy.tls` at load, where a failure is a
-config error naming the field.
+belongs to the certificate is checked by the build step (:mod:`proxy.egress.tls`), where a
+failure is a config error naming the field.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from proxy.demo.idp import (
     DEMO_USERNAME,
     DemoIdentityProvider,
 )
-from proxy.server import ProxyServer, stop_on_signals
+from proxy.http.server import ProxyServer, stop_on_signals
 
 DEMO_STATIC_TOKEN = "demo-static-token"
 

@@ -19,9 +19,9 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from proxy.egress import Egress
+from proxy.egress.failures import classify
+from proxy.egress.sessions import Egress
 from proxy.errors import TokenEndpointError, TokenEndpointTimeoutError
-from proxy.failures import classify
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")

@@ -33,7 +33,7 @@ from typing import Any
 from proxy.auth.base import Authenticator, Credential, credential_for
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.errors import ProxyError, TokenEndpointError, TokenUnavailableError
-from proxy.redaction import REDACTOR
+from proxy.secrets.redaction import REDACTOR
 from proxy.tokens.endpoint import TokenRequest, TokenSender
 from proxy.tokens.grant import Grant, RequestContext
 from proxy.tokens.model import Clock, IssuedToken, Phase, SystemClock, Token

@@ -1,10 +1,10 @@
 """Client certificates for mTLS, read with ``cryptography`` (imported only when one is used).
 
 A wrong password, an unreadable file or a key that does not belong to its certificate is a
-:class:`~proxy.tls.TLSConfigError` naming the field. ``ssl`` can load a client key only from a
-file, so the key is written re-encrypted under a one-time random password, in a private
-(0700) directory that is removed as soon as the key is loaded: the decrypted key never
-touches disk.
+:class:`~proxy.egress.tls.TLSConfigError` naming the field. ``ssl`` can load a client key
+only from a file, so the key is written re-encrypted under a one-time random password, in a
+private (0700) directory that is removed as soon as the key is loaded: the decrypted key
+never touches disk.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from proxy.config.tls import TLSConfig
-from proxy.tls import TLSConfigError, read_file
+from proxy.egress.tls import TLSConfigError, read_file
 
 PrivateKey = PrivateKeyTypes
 

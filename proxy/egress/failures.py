@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from proxy.tls import REJECTED_CLIENT_CERT_HINT, tls_failure
+from proxy.egress.tls import REJECTED_CLIENT_CERT_HINT, tls_failure
 
 
 @dataclass(frozen=True)

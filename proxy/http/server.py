@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from proxy.config.models import Settings
 from proxy.connectors import Connector
 from proxy.errors import BadRequestError, ProxyError
-from proxy.gateway import Gateway, error_response
+from proxy.http.gateway import Gateway, error_response
 from proxy.logs import ACCESS_LOGGER, AccessLogger
 from proxy.runtime import Plan, Runtime, open_runtime, prepare
 from proxy.tokens.model import Clock

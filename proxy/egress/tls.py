@@ -2,7 +2,7 @@
 
 Guarantees: TLS 1.2 or newer; certificate and hostname verification on unless
 ``insecure_skip_verify``; a custom CA replaces the system store unless ``system_ca``; client
-certificates from PEM files, inline PEM or PKCS#12 (:mod:`proxy.tls_identity`). Anything
+certificates from PEM files, inline PEM or PKCS#12 (:mod:`proxy.egress.identity`). Anything
 that cannot be loaded is a :class:`TLSConfigError` naming the field.
 """
 
@@ -47,7 +47,7 @@ def client_ssl_context(tls: TLSConfig | None, where: str) -> ssl.SSLContext:
     if tls is None:
         return context
     if tls.has_client_certificate:
-        from proxy.tls_identity import load_client_identity  # cryptography: only when used
+        from proxy.egress.identity import load_client_identity  # cryptography: only when used
 
         load_client_identity(context, tls, where)
     if tls.insecure_skip_verify:

@@ -1,7 +1,7 @@
 """The request handler: checks, routing and dispatch, in the order that keeps outsiders cheap.
 
 1. protocol version (HTTP/1.0 and 1.1 only), client address, CONNECT/TRACE;
-2. the raw target, parsed and validated once (:mod:`proxy.target`);
+2. the raw target, parsed and validated once (:mod:`proxy.http.target`);
 3. admin endpoints (origin-form paths under ``admin.prefix`` only);
 4. the client key, then the connector: no match is 404 without any credential work;
 5. forwarding.
@@ -18,7 +18,6 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11
 
-from proxy.access import ClientAccess
 from proxy.admin import AdminApi
 from proxy.config.models import Settings
 from proxy.errors import (
@@ -28,10 +27,11 @@ from proxy.errors import (
     ProxyError,
     RouteNotFoundError,
 )
-from proxy.forwarding import abort_client, forward
+from proxy.http.access import ClientAccess
+from proxy.http.forwarding import abort_client, forward
+from proxy.http.target import parse_target
 from proxy.logs import connector_key
 from proxy.runtime import Runtime
-from proxy.target import parse_target
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Guarantees:
   request body up to ``reauth_max_body`` is held for a token connector, so the request can be
   replayed after a 401; an answer whose whole body arrived with its headers goes out in one
   write instead of a stream;
-- the upstream sees the client's method, headers (filtered, see :mod:`proxy.headers`) and
+- the upstream sees the client's method, headers (filtered, see :mod:`proxy.http.headers`) and
   raw path and query bytes, under the connector's base path, with the connector's credential;
 - redirects are relayed to the client, never followed;
 - response framing is rebuilt from what the upstream actually sends; if the upstream fails
@@ -26,9 +26,9 @@ from multidict import CIMultiDict
 
 from proxy.auth.base import Credential
 from proxy.connectors import Connector
+from proxy.egress.failures import classify
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
-from proxy.failures import classify
-from proxy.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
+from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.logs import aborted_key
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The request path: listening, checking, routing and forwarding one request."""

@@ -1,0 +1,1 @@
+"""Secrets at rest (enc:v1 envelopes) and in logs (redaction)."""
