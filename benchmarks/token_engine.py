@@ -9,7 +9,7 @@ token requests it receives.
 - Cold burst: N concurrent requests reach a proxy that holds no token yet. Reported: time
   until every request is answered, failures, token requests (must be 1).
 - Renewal under load: 16 clients send requests back to back for 9 s while tokens live 10 s
-  (refresh margin 2 s, so one background renewal starts at 6 s). Reported: requests, failures,
+  (refresh margin 2 s, so one background renewal starts at 8 s). Reported: requests, failures,
   token requests (must be 2: the cold one and one renewal) and how many requests after the
   first second took longer than the provider's 50 ms, i.e. waited on it (must be 0).
 """
@@ -135,7 +135,7 @@ def renewal_under_load(seconds: float) -> None:
             steady_load(f"http://127.0.0.1:{proxy_port}/api/x", 16, seconds)
         )
         fetched = asyncio.run(token_requests(idp_port))
-    print(f"\nrenewal under load: {seconds:g} s, 16 clients, tokens live 10 s (renewal at 6 s)")
+    print(f"\nrenewal under load: {seconds:g} s, 16 clients, tokens live 10 s (renewal at 8 s)")
     print(f"{'requests':>9}{'failed':>8}{'token requests':>16}{'waited on IdP':>15}")
     print(f"{done:>9}{failed:>8}{fetched:>16}{slow:>15}")
 
