@@ -2,7 +2,9 @@
 
 Nothing here ever shows a secret: ``/connectors`` describes where a credential goes and of
 which type, never its value. When ``admin.token`` is set, every admin request other than
-GET/HEAD must carry it as ``Authorization: Bearer <token>`` (compared in constant time).
+GET/HEAD must carry it as ``Authorization: Bearer <token>`` (compared in constant time; the
+scheme in any case). ``clients`` restrictions apply here too (checked by the gateway), except
+for ``/health`` and ``/ready`` from loopback.
 """
 
 from __future__ import annotations
@@ -75,15 +77,18 @@ def describe_connector(connector: Connector) -> dict[str, Any]:
 class AdminApi:
     def __init__(self, config: AdminConfig, runtime: Runtime) -> None:
         self.prefix = config.prefix
-        self._token = (
-            None if config.token is None else f"Bearer {config.token.get_secret_value()}".encode()
-        )
+        self._token = None if config.token is None else config.token.get_secret_value().encode()
         self._connectors = runtime.connectors
         self._endpoints: dict[str, Endpoint] = {
             "/health": self._health,
             "/ready": self._ready,
             "/connectors": self._list_connectors,
         }
+
+    def is_probe(self, raw_path: str) -> bool:
+        """``/health`` or ``/ready`` (any query): what orchestrators poll."""
+        path = raw_path.partition("?")[0]
+        return path in (self.prefix + "/health", self.prefix + "/ready")
 
     def owns(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
@@ -104,8 +109,9 @@ class AdminApi:
     def _authorize(self, request: web.BaseRequest) -> None:
         if self._token is None:
             return
-        presented = request.headers.get(hdrs.AUTHORIZATION, "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(presented, self._token):
+        scheme, _, presented = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        matched = hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._token)
+        if scheme.lower() != "bearer" or not matched:  # RFC 9110 §11.1: any case of scheme
             raise AdminUnauthorizedError("admin token required (Authorization: Bearer <token>)")
 
     async def _health(self) -> web.StreamResponse:

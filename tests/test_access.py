@@ -7,8 +7,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import RunningProxy, StartProxy, connector, raw_request, status_of
-from tests.fakes import RecordingUpstream
+from tests.conftest import (
+    RunningProxy,
+    StartProxy,
+    connector,
+    oauth2_connector,
+    raw_request,
+    status_of,
+)
+from tests.fakes import FakeIdP, RecordingUpstream
 
 KEY = "client-key-0123"
 
@@ -74,9 +81,9 @@ async def test_client_keys(
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/nowhere", 403), ("/api/x", 403), ("/_proxy/health", 200), ("/_proxy/connectors", 200)],
+    [("/nowhere", 403), ("/api/x", 403), ("/_proxy/health", 200), ("/_proxy/connectors", 403)],
 )
-async def test_key_is_checked_before_routing_but_not_for_admin_reads(
+async def test_key_is_checked_before_routing_and_for_admin_but_probes(
     start_proxy: StartProxy,
     upstream: RecordingUpstream,
     client: aiohttp.ClientSession,
@@ -99,3 +106,41 @@ async def test_default_listener_is_loopback_only(
         proxy.port, b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert status_of(answer) == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/_proxy/connectors/api/refresh"), ("GET", "/_proxy/connectors")],
+)
+async def test_admin_endpoints_need_the_client_key_without_an_admin_token(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    method: str,
+    path: str,
+) -> None:
+    """Without it, any peer could make the proxy hammer the identity provider."""
+    proxy = await start_proxy(
+        {
+            "clients": {"allow_cidrs": ["127.0.0.0/8"], "api_keys": [KEY]},
+            "connectors": {"api": oauth2_connector(upstream.url, idp.url)},
+        }
+    )
+    async with client.request(method, proxy.url + path) as response:
+        assert response.status == 403
+    assert idp.calls == []
+    keyed = {"Proxy-Authorization": f"Bearer {KEY}"}
+    async with client.request(method, proxy.url + path, headers=keyed) as response:
+        assert response.status == 200
+
+
+async def test_probes_from_loopback_need_nothing_even_outside_allow_cidrs(
+    start_proxy: StartProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    proxy = await _proxy(start_proxy, upstream, {"allow_cidrs": ["10.0.0.0/8"], "api_keys": [KEY]})
+    for probe in ("/_proxy/health", "/_proxy/ready", "/_proxy/health?verbose=1"):
+        async with client.get(proxy.url + probe) as response:
+            assert response.status == 200, probe
+    async with client.get(proxy.url + "/_proxy/connectors") as response:
+        assert response.status == 403

@@ -83,7 +83,8 @@ async def test_connectors_describe_routing_but_never_credentials(
     [
         (None, 401),
         ("Bearer wrong", 401),
-        (f"bearer {ADMIN_TOKEN}", 401),
+        (f"Basic {ADMIN_TOKEN}", 401),
+        (f"bearer {ADMIN_TOKEN}", 405),  # RFC 9110 §11.1: the scheme is case-insensitive
         (f"Bearer {ADMIN_TOKEN}", 405),
     ],
 )

@@ -15,6 +15,19 @@ from proxy.config.models import ClientsConfig
 from proxy.errors import ForbiddenError
 
 
+def peer_address(request: web.BaseRequest) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The socket peer's address (IPv4-mapped IPv6 as IPv4); None when it has none."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    try:
+        address = ipaddress.ip_address(peer[0]) if peer else None
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 class ClientAccess:
     def __init__(self, config: ClientsConfig) -> None:
         self._networks = tuple(config.allow_cidrs)
@@ -24,16 +37,14 @@ class ClientAccess:
         """Allow the socket peer only if it lies in ``allow_cidrs`` (headers never count)."""
         if not self._networks:
             return
-        transport = request.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        try:
-            address = ipaddress.ip_address(peer[0]) if peer else None
-        except ValueError:
-            address = None
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = peer_address(request)
         if address is None or not any(address in network for network in self._networks):
             raise ForbiddenError("client address not allowed")
+
+    @staticmethod
+    def peer_is_loopback(request: web.BaseRequest) -> bool:
+        address = peer_address(request)
+        return address is not None and address.is_loopback
 
     def check_key(self, request: web.BaseRequest) -> None:
         """Require ``Proxy-Authorization: Bearer <key>`` with a configured key, compared in

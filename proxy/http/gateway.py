@@ -79,7 +79,12 @@ class Gateway:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.version not in (HttpVersion11, HttpVersion10):
             raise BadRequestError("only HTTP/1.0 and HTTP/1.1 are supported")
-        self.access.check_peer(request)
+        # Probes from the same machine (/health, /ready) need neither an address nor a key:
+        # they show no connector detail. Everything else, admin included, is guarded.
+        probe = self.admin.is_probe(request.raw_path) and self.access.peer_is_loopback(request)
+        if not probe:
+            self.access.check_peer(request)
+            self.access.check_key(request)
         if request.method == hdrs.METH_CONNECT:
             raise ConnectNotSupportedError(
                 "CONNECT is not supported: a TLS tunnel cannot carry injected credentials; "
@@ -93,7 +98,6 @@ class Gateway:
         if target.authority is None and self.admin.owns(target.path):
             return await self.admin.handle(request, target.path)
 
-        self.access.check_key(request)
         match = self.runtime.route(target, request.headers.get(hdrs.HOST))
         if match is None:
             raise RouteNotFoundError("no connector matches this request")
