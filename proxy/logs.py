@@ -48,18 +48,26 @@ class AccessLogger(AbstractAccessLogger):
 
 
 class ParserErrorFilter(logging.Filter):
-    """Keep aiohttp's "Error handling request" records but drop the exception text.
+    """aiohttp's server records keep their message but lose the exception text.
 
-    The text of a ``BadHttpMessage`` quotes the raw header line that failed to parse.
+    The text of a ``BadHttpMessage`` quotes the raw header line that failed to parse. The
+    redacting record factory has already rendered the traceback into ``exc_text`` (and
+    dropped ``exc_info``, keeping ``exc_class``), so that is where it is cut, down to the
+    exception's class name.
+    Our own connection handler logs no exception at all; this guards every other path.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            record.msg = f"{record.getMessage()}: {type(exc).__name__}"
-            record.args = None
-            record.exc_info = None
-            record.exc_text = None
+            kind = type(record.exc_info[1]).__name__
+        elif record.exc_text:
+            kind = getattr(record, "exc_class", "exception")
+        else:
+            return True
+        record.msg = f"{record.getMessage()}: {kind}"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
         return True
 
 

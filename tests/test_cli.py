@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import connector
+from tests.conftest import connector, raw_request
 from tests.fakes import RecordingUpstream
 
 CANARY = "sec_CANARY_cli_5150"
@@ -110,7 +110,9 @@ def test_run_refuses_an_invalid_config_with_exit_2(
 
 
 @asynccontextmanager
-async def running(*args: str, ready: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+async def running(
+    *args: str, ready: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """Start ``python -m proxy ARGS``; yield once a line matching ``ready`` was printed."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -119,6 +121,7 @@ async def running(*args: str, ready: str) -> AsyncIterator[tuple[asyncio.subproc
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
     assert process.stdout is not None
     output = ""
@@ -207,3 +210,35 @@ def test_workers_must_be_positive(write_config: WriteConfig) -> None:
         2,
         "tokenproxy: --workers must be 1 or more",
     )
+
+
+BAD_REQUESTS = [
+    b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-A: %s\x00b\r\n\r\n",
+    b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-A: %s\rb\r\n\r\n",
+    b"GET /api/x HTTP/1.1\r\nHost: x\r\n%s : v\r\n\r\n",
+    b"GET /api/x?%s HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %s\r\n\r\n0\r\n\r\n",
+    b"GET /api/%s\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_parser_errors_never_log_the_request_bytes(
+    write_config: WriteConfig, upstream: RecordingUpstream, parser: str
+) -> None:
+    """A client's header can hold the client's own secret: no log line may quote it, at any
+    level, under either HTTP parser."""
+    canary = b"SECRETcanary7f3e"
+    path = write_config({"connectors": {"api": connector(upstream.url)}})
+    env = {**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else None
+    args = ("run", "-c", str(path), "--port", "0", "--log-level", "debug")
+    ready = r"listening on http://127\.0\.0\.1:\d+"
+    async with running(*args, ready=ready, env=env) as (process, output):
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
+        for template in BAD_REQUESTS:
+            answer = await raw_request(port, template % canary)
+            assert re.match(rb"HTTP/1\.[01] 4", answer), (template, answer[:40])
+            assert canary not in answer
+        code, rest = await _stop(process, signal.SIGTERM)
+    assert code == 0
+    assert canary.decode() not in output + rest

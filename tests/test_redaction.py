@@ -97,3 +97,15 @@ def test_every_secret_field_of_a_config_is_found() -> None:
         "admin-value",
         "client-key",
     }
+
+
+def test_aiohttp_server_records_lose_the_exception_text(caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever path logs a parser error, the quoted request bytes never reach a handler."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    try:
+        raise BadHttpMessage("Invalid HTTP header: b'X-A: SECRETcanary\\x00b'")
+    except BadHttpMessage:
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s", "1.2.3.4")
+    assert "SECRETcanary" not in caplog.text
+    assert "Error handling request from 1.2.3.4: BadHttpMessage" in caplog.text

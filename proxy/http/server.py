@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp.http_parser
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config.models import Settings
@@ -48,10 +49,11 @@ def http_parser_warning() -> str | None:
 
 
 class _ProxyRequestHandler(RequestHandler):
-    """aiohttp's connection handler, answering its own errors in the contract's format.
+    """aiohttp's connection handler, answering and logging its own errors our way.
 
-    aiohttp's default 400 page quotes the request bytes its parser rejected, which may hold
-    a client's credential; ours says only what kind of error it was.
+    aiohttp's default 400 page and its "Error handling request" record quote the request
+    bytes its parser rejected (the exception's text and traceback), which may hold a
+    client's credential. Ours say only what kind of error it was, under either parser.
     """
 
     def handle_error(
@@ -61,8 +63,15 @@ class _ProxyRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        # Keeps aiohttp's logging (filtered) and its refusal once a response is under way.
-        super().handle_error(request, status, exc, message)
+        kind = type(exc).__name__ if exc is not None else "unknown"
+        # Non-HTTP bytes on a first request (a TLS hello, a port scan) are noise: debug only.
+        quiet = self._request_count == 1 and isinstance(exc, BadHttpMethod)
+        (logger.debug if quiet else logger.warning)(
+            "bad request from %s: %s (%d)", request.remote, kind, status
+        )
+        if request.writer.output_size > 0:
+            # Some of a response went out already: the connection is broken (aiohttp's rule).
+            raise ConnectionError("a response is already under way; closing the connection")
         error = (
             BadRequestError("malformed HTTP request")
             if status == 400

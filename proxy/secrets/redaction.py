@@ -148,6 +148,7 @@ def install() -> None:
         if record.exc_info and record.exc_info[1] is not None:
             text = "".join(traceback.format_exception(*record.exc_info))
             record.exc_text = REDACTOR.scrub(text.rstrip("\n"))
+            record.exc_class = type(record.exc_info[1]).__name__  # for filters, after this
             record.exc_info = None
         return record
 
