@@ -5,6 +5,7 @@
     ProxyError                         500 internal_error
     ├── BadRequestError                400 bad_request
     ├── ForbiddenError                 403 forbidden
+    ├── MisdirectedRequestError        421 misdirected_request
     ├── AdminUnauthorizedError         401 unauthorized
     ├── RouteNotFoundError             404 no_route
     ├── MethodNotAllowedError          405 method_not_allowed
@@ -66,6 +67,15 @@ class ForbiddenError(ProxyError):
     status = 403
     code = "forbidden"
     proxy_status = "http_request_denied"
+
+
+class MisdirectedRequestError(ProxyError):
+    """``Host`` names nothing this proxy serves: a DNS-rebinding page, most likely."""
+
+    status = 421
+    code = "misdirected_request"
+    proxy_status = "http_request_denied"
+    close_connection = True
 
 
 class AdminUnauthorizedError(ProxyError):

@@ -103,7 +103,7 @@ async def test_default_listener_is_loopback_only(
     addresses = proxy.server.addresses
     assert [address[0] for address in addresses] == ["127.0.0.1"]
     answer = await raw_request(
-        proxy.port, b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        proxy.port, b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     assert status_of(answer) == 200
 

@@ -213,12 +213,12 @@ def test_workers_must_be_positive(write_config: WriteConfig) -> None:
 
 
 BAD_REQUESTS = [
-    b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-A: %s\x00b\r\n\r\n",
-    b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-A: %s\rb\r\n\r\n",
-    b"GET /api/x HTTP/1.1\r\nHost: x\r\n%s : v\r\n\r\n",
-    b"GET /api/x?%s HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-    b"GET /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %s\r\n\r\n0\r\n\r\n",
-    b"GET /api/%s\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-A: %s\x00b\r\n\r\n",
+    b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-A: %s\rb\r\n\r\n",
+    b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n%s : v\r\n\r\n",
+    b"GET /api/x?%s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: %s\r\n\r\n0\r\n\r\n",
+    b"GET /api/%s\x7f HTTP/1.1\r\nHost: localhost\r\n\r\n",
 ]
 
 

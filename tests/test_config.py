@@ -586,7 +586,7 @@ def test_a_config_written_from_the_contract_loads(tmp_path: Path) -> None:
     ("config", "problem"),
     [
         ({"cache": {"backend": "redis"}}, "cache.backend: the redis backend is not available"),
-        ({"listen": {"allowed_hosts": ["a"]}}, "listen.allowed_hosts: not available in this"),
+        (base_config(per_client={"b": {}}), "connectors.crm.per_client: not available in this"),
         ({"tls_intercept": {"ca_cert_file": "x"}}, "tls_intercept: not available in this"),
         (base_config(retries={"attempts": 2}), "connectors.crm.retries: not available in this"),
         ({"cache": {"backend": "memcached"}}, "cache.backend: Input should be 'memory' or"),

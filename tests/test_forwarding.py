@@ -62,7 +62,8 @@ async def test_query_string_and_path_reach_the_wire_byte_exact(start_proxy: Star
         query = "a=%2F&b=+&c=%20&d=%zz&e=&f=%C3%A9&" + "x" * 7000
         answer = await raw_request(
             proxy.port,
-            f"GET /api/p%20q/r?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+            f"GET /api/p%20q/r?{query} HTTP/1.1\r\nHost: localhost\r\n"
+            "Connection: close\r\n\r\n".encode(),
         )
         assert status_of(answer) == 204
         assert raw.received[0].startswith(f"GET /b/p%20q/r?{query} HTTP/1.1\r\n".encode())
@@ -186,7 +187,9 @@ async def test_request_body_streams_with_the_clients_framing(
         body = b"a" * 5000
         framing = f"Content-Length: {len(body)}" if with_length else "Transfer-Encoding: chunked"
         payload = body if with_length else b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-        request = f"POST /api/up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{framing}\r\n\r\n"
+        request = (
+            f"POST /api/up HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{framing}\r\n\r\n"
+        )
         assert status_of(await raw_request(proxy.port, request.encode() + payload)) == 204
         head = raw.received[0].lower()
         if with_length:
@@ -390,7 +393,7 @@ async def test_upstream_failing_mid_body_aborts_the_client_connection(
             {"connectors": {"api": connector(f"http://127.0.0.1:{raw.port}", timeouts=timeouts)}}
         )
         answer = await raw_request(
-            proxy.port, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n", until_close=True
+            proxy.port, b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n", until_close=True
         )
     finally:
         await raw.close()
@@ -449,7 +452,7 @@ async def test_client_going_away_cancels_the_upstream_request(start_proxy: Start
     try:
         proxy = await start_proxy({"connectors": {"api": connector(f"http://127.0.0.1:{port}")}})
         _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        writer.write(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /api/slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await writer.drain()
         await asyncio.sleep(0.2)
         writer.close()
@@ -463,6 +466,6 @@ async def test_client_going_away_cancels_the_upstream_request(start_proxy: Start
 async def test_http10_client_is_served(
     api_proxy: RunningProxy, upstream: RecordingUpstream
 ) -> None:
-    answer = await raw_request(api_proxy.port, b"GET /api/x HTTP/1.0\r\nHost: x\r\n\r\n")
+    answer = await raw_request(api_proxy.port, b"GET /api/x HTTP/1.0\r\nHost: localhost\r\n\r\n")
     assert status_of(answer) == 200
     assert upstream.last["path"] == "/base/x"

@@ -107,7 +107,8 @@ async def test_no_secret_leaks_on_any_path(
             (
                 await raw_request(
                     proxy.port,
-                    f"GET /ok/x HTTP/1.1\r\nHost: x\r\nX-Leak: {TOKEN}\x01\r\n\r\n".encode(),
+                    f"GET /ok/x HTTP/1.1\r\nHost: localhost\r\n"
+                    f"X-Leak: {TOKEN}\x01\r\n\r\n".encode(),
                 )
             ).decode()
         )

@@ -14,39 +14,39 @@ import pytest
 from tests.conftest import RunningProxy, StartProxy, connector, raw_request, status_of
 from tests.fakes import RecordingUpstream
 
-GET = b"GET /api/x HTTP/1.1\r\nHost: x\r\n"
-POST = b"POST /api/x HTTP/1.1\r\nHost: x\r\n"
+GET = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n"
+POST = b"POST /api/x HTTP/1.1\r\nHost: localhost\r\n"
 
 MALFORMED = {
-    "cl-and-te": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+    "cl-and-te": b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "two-lengths": POST + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-    "plus-length": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na",
-    "negative-length": b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-    "xchunked": b"POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-    "chunked-identity": b"POST /api/x HTTP/1.1\r\nHost: x\r\n"
+    "plus-length": b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: +1\r\n\r\na",
+    "negative-length": b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n",
+    "xchunked": POST + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "chunked-identity": b"POST /api/x HTTP/1.1\r\nHost: localhost\r\n"
     b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
-    "space-before-colon": b"POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+    "space-before-colon": POST + b"Transfer-Encoding : chunked\r\n\r\n",
     "nul-in-value": GET + b"X-A: a\x00b\r\n\r\n",
     "cr-in-value": GET + b"X-A: a\rb\r\n\r\n",
     "obs-fold": GET + b"X-A: a\r\n b\r\n\r\n",
     "empty-name": GET + b": value\r\n\r\n",
-    "duplicate-host": b"GET /api/x HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    "duplicate-host": b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nHost: y\r\n\r\n",
     "no-host-http11": b"GET /api/x HTTP/1.1\r\n\r\n",
     "http09": b"GET /api/x\r\n\r\n",
-    "http2-line": b"GET /api/x HTTP/2.0\r\nHost: x\r\n\r\n",
-    "http12": b"GET /api/x HTTP/1.2\r\nHost: x\r\n\r\n",
-    "lowercase-method": b"get /api/x HTTP/1.1\r\nHost: x\r\n\r\n",
-    "raw-utf8-path": "GET /api/\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    "http2-line": b"GET /api/x HTTP/2.0\r\nHost: localhost\r\n\r\n",
+    "http12": b"GET /api/x HTTP/1.2\r\nHost: localhost\r\n\r\n",
+    "lowercase-method": b"get /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "raw-utf8-path": "GET /api/\u00e9 HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(),
     "long-header": GET + b"X-A: " + b"a" * 9000 + b"\r\n\r\n",
-    "long-line": b"GET /api/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "long-line": b"GET /api/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
     "many-headers": GET + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n",
-    "dot-segment": b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: x\r\n\r\n",
-    "encoded-slash": b"GET /api/..%2Fadmin HTTP/1.1\r\nHost: x\r\n\r\n",
-    "backslash": b"GET /api/..\\admin HTTP/1.1\r\nHost: x\r\n\r\n",
-    "double-slash": b"GET //api/x HTTP/1.1\r\nHost: x\r\n\r\n",
-    "semicolon-dots": b"GET /api/x;/../../admin HTTP/1.1\r\nHost: x\r\n\r\n",
-    "encoded-nul": b"GET /api/%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "dot-segment": b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "encoded-slash": b"GET /api/..%2Fadmin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "backslash": b"GET /api/..\\admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "double-slash": b"GET //api/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "semicolon-dots": b"GET /api/x;/../../admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "encoded-nul": b"GET /api/%00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
 }
 
 
@@ -67,7 +67,7 @@ async def test_connect_and_trace_are_405(
 ) -> None:
     target = b"api.example.com:443" if method == "CONNECT" else b"/api/x"
     answer = await raw_request(
-        api_proxy.port, method.encode() + b" " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        api_proxy.port, method.encode() + b" " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
     )
     assert status_of(answer) == 405
     assert b"Proxy-Status: tokenproxy; error=http_request_denied" in answer
@@ -124,7 +124,7 @@ async def test_upgrade_is_stripped_and_never_switches_protocols(
     api_proxy: RunningProxy, upstream: RecordingUpstream
 ) -> None:
     request = (
-        b"GET /api/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"GET /api/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
     answer = await raw_request(api_proxy.port, request)
@@ -136,10 +136,10 @@ async def test_upgrade_is_stripped_and_never_switches_protocols(
 async def test_pipelined_requests_are_answered_in_order(
     api_proxy: RunningProxy, upstream: RecordingUpstream
 ) -> None:
-    requests = b"".join(b"GET /api/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(20))
+    requests = b"".join(b"GET /api/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i for i in range(20))
     answer = await raw_request(
         api_proxy.port,
-        requests + b"GET /api/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        requests + b"GET /api/last HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         until_close=True,
     )
     assert answer.count(b"HTTP/1.1 200 OK") == 21
@@ -159,7 +159,7 @@ async def test_slow_clients_are_closed_at_the_keepalive_deadline(
     started = time.monotonic()
     try:
         if drip:
-            writer.write(b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         async with asyncio.timeout(5):
             while True:
                 try:

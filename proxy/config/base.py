@@ -66,7 +66,17 @@ def _host_name(value: str) -> str:
     return value.lower()
 
 
+def _origin(value: str) -> str:
+    """``scheme://host[:port]`` as browsers send it in ``Origin``, compared lower-cased."""
+    scheme, sep, authority = value.lower().rstrip("/").partition("://")
+    if scheme not in ("http", "https") or not sep or "/" in authority:
+        raise ValueError("must be an origin such as https://app.example.com (no path)")
+    _host_name(authority)
+    return f"{scheme}://{authority}"
+
+
 HeaderName = Annotated[str, AfterValidator(_header_name)]
+OriginValue = Annotated[str, AfterValidator(_origin)]
 FieldValue = Annotated[str, AfterValidator(_field_value)]
 RoutePrefix = Annotated[str, AfterValidator(_route_prefix)]
 HostName = Annotated[str, AfterValidator(_host_name)]

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
 from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
-from proxy.config.base import HostName, RoutePrefix, StrictModel
+from proxy.config.base import HostName, OriginValue, RoutePrefix, StrictModel
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.config.tls import TLSConfig
@@ -31,13 +31,10 @@ AUTH_TYPES = ("none", "static", "basic", "oauth2", "custom")
 # message that says so, instead of "unknown key" (``*`` stands for a connector's name).
 PLANNED_KEYS = frozenset(
     {
-        ("listen", "allowed_hosts"),
-        ("listen", "allowed_origins"),
         ("server", "body_timeout"),
         ("server", "max_body"),
         ("server", "max_header_bytes"),
         ("tls_intercept",),
-        ("connectors", "*", "allow_browser"),
         ("connectors", "*", "retries"),
         ("connectors", "*", "per_client"),
         ("connectors", "*", "max_body"),
@@ -48,6 +45,13 @@ PLANNED_KEYS = frozenset(
 class ListenConfig(StrictModel):
     host: str = Field("127.0.0.1", min_length=1, description="loopback by default: a sidecar")
     port: int = Field(8080, ge=0, le=65535)
+    allowed_hosts: list[HostName] = Field(
+        default_factory=list,
+        description="further names clients may send as Host (else 421: DNS rebinding)",
+    )
+    allowed_origins: list[OriginValue] = Field(
+        default_factory=list, description="browser origins whose requests are served"
+    )
 
 
 class AdminConfig(StrictModel):
@@ -141,6 +145,9 @@ class ConnectorConfig(StrictModel):
         None, description="egress proxy (http://[user:pass@]host:port) for upstream and token"
     )
     warmup: bool = Field(False, description="fetch a token at start; /ready waits for it")
+    allow_browser: bool = Field(
+        False, description="serve cross-site browser requests (they carry the credential)"
+    )
     auth: AuthConfig
 
     @field_validator("http_proxy")

@@ -1,9 +1,12 @@
 """The request handler: checks, routing and dispatch, in the order that keeps outsiders cheap.
 
-1. protocol version (HTTP/1.0 and 1.1 only), client address, CONNECT/TRACE;
-2. the raw target, parsed and validated once (:mod:`proxy.http.target`);
-3. admin endpoints (origin-form paths under ``admin.prefix`` only);
-4. the client key, then the connector: no match is 404 without any credential work;
+1. protocol version (HTTP/1.0 and 1.1 only); client address and key (not for probes from
+   loopback); CONNECT/TRACE;
+2. the raw target, parsed and validated once (:mod:`proxy.http.target`); ``Host`` must name
+   this proxy (:mod:`proxy.http.origin`);
+3. admin endpoints (origin-form paths under ``admin.prefix`` only), never cross-site;
+4. the connector: no match is 404 without any credential work; a cross-site browser
+   request only where the connector allows browsers;
 5. forwarding.
 
 Every :class:`~proxy.errors.ProxyError` becomes the contract's JSON error with a
@@ -29,6 +32,7 @@ from proxy.errors import (
 )
 from proxy.http.access import ClientAccess
 from proxy.http.forwarding import abort_client, forward
+from proxy.http.origin import BrowserGuard
 from proxy.http.target import parse_target
 from proxy.logs import connector_key
 from proxy.runtime import Runtime
@@ -59,6 +63,7 @@ class Gateway:
     def __init__(self, settings: Settings, runtime: Runtime) -> None:
         self.runtime = runtime
         self.access = ClientAccess(settings.clients)
+        self.browsers = BrowserGuard(settings)
         self.admin = AdminApi(settings.admin, runtime)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -95,11 +100,15 @@ class Gateway:
             raise MethodNotAllowedError("TRACE is not forwarded")
 
         target = parse_target(request.raw_path)
+        if target.authority is None:
+            self.browsers.check_host(request)  # absolute form: the authority routes instead
         if target.authority is None and self.admin.owns(target.path):
+            self.browsers.check_cross_site(request, allowed=False)
             return await self.admin.handle(request, target.path)
 
         match = self.runtime.route(target, request.headers.get(hdrs.HOST))
         if match is None:
             raise RouteNotFoundError("no connector matches this request")
         request[connector_key] = match.target.name
+        self.browsers.check_cross_site(request, allowed=match.target.config.allow_browser)
         return await forward(request, match.target, match.rest, target.query)
