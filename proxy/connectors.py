@@ -15,7 +15,7 @@ from yarl import URL
 
 from proxy.auth.base import Authenticator
 from proxy.auth.factory import AuthPlan, open_auth, plan_auth
-from proxy.config.models import ConnectorConfig
+from proxy.config.models import ConnectorConfig, ServerConfig
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.config.tls import TLSConfig
 from proxy.egress.sessions import Egress, egress_options, token_session, upstream_session
@@ -33,9 +33,14 @@ class ConnectorPlan:
     """None for a plain http:// upstream."""
     token_tls: ssl.SSLContext | None
     """The token endpoint's context (``auth.tls``, else ``tls``); None without one."""
+    max_body: int
+    """The connector's ``max_body``, else the server's."""
+    body_timeout: float
 
 
-def plan_connector(name: str, config: ConnectorConfig) -> tuple[ConnectorPlan | None, list[str]]:
+def plan_connector(
+    name: str, config: ConnectorConfig, server: ServerConfig
+) -> tuple[ConnectorPlan | None, list[str]]:
     """The connector's plan, or None and every problem of its material as ``path: message``."""
     where = f"connectors.{name}"
     problems: list[str] = []
@@ -66,7 +71,17 @@ def plan_connector(name: str, config: ConnectorConfig) -> tuple[ConnectorPlan | 
         problems.append(str(exc))
     if problems:
         return None, problems
-    return ConnectorPlan(name, config, auth, upstream_tls if https else None, token_tls), []
+    max_body = server.max_body if config.max_body is None else config.max_body
+    plan = ConnectorPlan(
+        name,
+        config,
+        auth,
+        upstream_tls if https else None,
+        token_tls,
+        max_body=int(max_body),
+        body_timeout=server.body_timeout,
+    )
+    return plan, []
 
 
 @dataclass(eq=False)
@@ -79,6 +94,8 @@ class Connector:
     """``scheme://host[:port]`` of the upstream, exactly as configured."""
     base_path: str
     """The upstream's raw base path without its trailing slash (``""`` for the root)."""
+    max_body: int
+    body_timeout: float
 
     def upstream_url(self, rest: str, query: str | None) -> URL:
         """``origin + base_path + rest [+ ?query]``, sent byte-exact (no re-encoding).
@@ -125,4 +142,6 @@ async def open_connector(
         ),
         origin=str(upstream.origin()),
         base_path=upstream.raw_path.rstrip("/"),
+        max_body=plan.max_body,
+        body_timeout=plan.body_timeout,
     )

@@ -7,6 +7,9 @@
     ├── ForbiddenError                 403 forbidden
     ├── MisdirectedRequestError        421 misdirected_request
     ├── AdminUnauthorizedError         401 unauthorized
+    ├── RequestTimeoutError            408 request_timeout
+    ├── BodyTooLargeError              413 body_too_large
+    ├── HeadersTooLargeError           431 headers_too_large
     ├── RouteNotFoundError             404 no_route
     ├── MethodNotAllowedError          405 method_not_allowed
     │   └── ConnectNotSupportedError   405 connect_not_supported
@@ -39,6 +42,9 @@ class ProxyError(Exception):
     """RFC 9209 ``details``: which hop failed (``token endpoint``), never a secret."""
     close_connection = False
     """True when the connection must not serve another request after this answer."""
+    linger = True
+    """False: close at once after the answer, without reading what the client may still
+    send (aiohttp would otherwise read an unfinished body for up to 10 s)."""
 
     def __init__(
         self,
@@ -82,6 +88,30 @@ class AdminUnauthorizedError(ProxyError):
     status = 401
     code = "unauthorized"
     proxy_status = "http_request_denied"
+
+
+class RequestTimeoutError(ProxyError):
+    """The client stopped sending its request body (``server.body_timeout``)."""
+
+    status = 408
+    code = "request_timeout"
+    proxy_status = "http_request_error"
+    close_connection = True  # the rest of the body may still come: the stream is unusable
+    linger = False  # the client went quiet: holding its connection helps nobody
+
+
+class BodyTooLargeError(ProxyError):
+    status = 413
+    code = "body_too_large"
+    proxy_status = "http_request_error"
+    close_connection = True
+
+
+class HeadersTooLargeError(ProxyError):
+    status = 431
+    code = "headers_too_large"
+    proxy_status = "http_request_error"
+    close_connection = True
 
 
 class RouteNotFoundError(ProxyError):

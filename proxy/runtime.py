@@ -36,7 +36,7 @@ def prepare(settings: Settings) -> Plan:
     plans: dict[str, ConnectorPlan] = {}
     problems: list[str] = []
     for name, config in settings.connectors.items():
-        plan, found = plan_connector(name, config)
+        plan, found = plan_connector(name, config, settings.server)
         problems.extend(found)
         if plan is not None:
             plans[name] = plan

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic import BeforeValidator, ByteSize, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
@@ -31,13 +31,9 @@ AUTH_TYPES = ("none", "static", "basic", "oauth2", "custom")
 # message that says so, instead of "unknown key" (``*`` stands for a connector's name).
 PLANNED_KEYS = frozenset(
     {
-        ("server", "body_timeout"),
-        ("server", "max_body"),
-        ("server", "max_header_bytes"),
         ("tls_intercept",),
         ("connectors", "*", "retries"),
         ("connectors", "*", "per_client"),
-        ("connectors", "*", "max_body"),
     }
 )
 
@@ -126,6 +122,15 @@ class ServerConfig(StrictModel):
     max_headers: int = Field(100, ge=8, description="most header fields in one request")
     shutdown_timeout: float = Field(30, ge=0, description="grace for in-flight requests on stop")
     access_log: bool = Field(True, description="one line per request, without query strings")
+    body_timeout: float = Field(
+        60, gt=0, description="idle seconds between reads of a request body -> 408 (nginx: 60)"
+    )
+    max_body: ByteSize = Field(
+        ByteSize(100 * 1024 * 1024), ge=0, description="largest request body -> 413"
+    )
+    max_header_bytes: ByteSize = Field(
+        ByteSize(64 * 1024), ge=1024, description="all request headers together -> 431"
+    )
 
 
 class TimeoutsConfig(StrictModel):
@@ -148,6 +153,7 @@ class ConnectorConfig(StrictModel):
     allow_browser: bool = Field(
         False, description="serve cross-site browser requests (they carry the credential)"
     )
+    max_body: ByteSize | None = Field(None, ge=0, description="overrides server.max_body")
     auth: AuthConfig
 
     @field_validator("http_proxy")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
 
 import aiohttp
@@ -28,10 +28,14 @@ from proxy.auth.base import Credential
 from proxy.connectors import Connector
 from proxy.egress.failures import classify
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
+from proxy.http.body import RequestBody
 from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.logs import aborted_key
 
 logger = logging.getLogger(__name__)
+
+Body = bytes | AsyncIterator[bytes] | None
+"""What goes upstream: nothing, a held (replayable) body, or the client's body streaming."""
 
 
 _UPSTREAM_ERRORS: dict[str, type[UpstreamError]] = {
@@ -42,10 +46,12 @@ _UPSTREAM_ERRORS: dict[str, type[UpstreamError]] = {
 
 
 @contextmanager
-def map_client_errors(connector: Connector) -> Iterator[None]:
+def map_client_errors(connector: Connector, body: RequestBody | None) -> Iterator[None]:
     try:
         yield
     except (aiohttp.ClientError, TimeoutError) as exc:
+        if body is not None and body.failure is not None:
+            raise body.failure from None  # the client's body failed, not the upstream
         failure = classify(exc, "the upstream", tls=connector.upstream.uses_tls)
         error_class = _UPSTREAM_ERRORS.get(failure.kind, UpstreamError)
         error = error_class(failure.message, proxy_status=failure.proxy_status)
@@ -58,21 +64,23 @@ async def forward(
 ) -> web.StreamResponse:
     auth = connector.authenticator
     headers = filter_headers(request.headers, REQUEST_DROPPED)
-    body: bytes | aiohttp.StreamReader | None = None
+    source: RequestBody | None = None
+    body: Body = None
     if request.body_exists:
+        source = RequestBody(request, idle_timeout=connector.body_timeout, limit=connector.max_body)
         length = request.content_length
         if length is not None:
             # Keep the client's framing: many APIs refuse chunked uploads.
             headers[hdrs.CONTENT_LENGTH] = str(length)
         if auth.reauth_on and length is not None and length <= auth.replay_limit:
-            body = await request.content.read()  # small enough to replay after a 401
+            body = await source.read_all()  # small enough to replay after a 401
         else:
-            body = request.content
+            body = source.chunks()
 
     def send(credential: Credential | None) -> Awaitable[aiohttp.ClientResponse]:
-        return _send(request, connector, rest, query, headers, body, credential)
+        return _send(request, connector, rest, query, headers, body, source, credential)
 
-    upstream = await auth.send(send, replayable=not isinstance(body, aiohttp.StreamReader))
+    upstream = await auth.send(send, replayable=body is None or isinstance(body, bytes))
     try:
         return await _relay(request, upstream, connector)
     finally:
@@ -86,13 +94,14 @@ async def _send(
     rest: str,
     query: str | None,
     headers: CIMultiDict[str],
-    body: bytes | aiohttp.StreamReader | None,
+    body: Body,
+    source: RequestBody | None,
     credential: Credential | None,
 ) -> aiohttp.ClientResponse:
     headers = headers.copy()
     if credential is not None:
         query = credential.apply(headers, query)
-    with map_client_errors(connector):
+    with map_client_errors(connector, source):
         return await connector.upstream.session.request(
             request.method,
             connector.upstream_url(rest, query),

@@ -26,6 +26,7 @@ from proxy.config.models import Settings
 from proxy.errors import (
     BadRequestError,
     ConnectNotSupportedError,
+    HeadersTooLargeError,
     MethodNotAllowedError,
     ProxyError,
     RouteNotFoundError,
@@ -64,6 +65,7 @@ class Gateway:
         self.runtime = runtime
         self.access = ClientAccess(settings.clients)
         self.browsers = BrowserGuard(settings)
+        self.max_header_bytes = int(settings.server.max_header_bytes)
         self.admin = AdminApi(settings.admin, runtime)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -72,7 +74,12 @@ class Gateway:
         except ProxyError as exc:
             if exc.connector is None:  # the one place an error learns its connector
                 exc.connector = request.get(connector_key)
-            return error_response(exc)
+            response = error_response(exc)
+            if not exc.linger:
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()  # now, not after aiohttp's lingering read
+            return response
         except Exception as exc:
             # No traceback: frames of the forwarding path hold headers with the credential.
             logger.error("internal error handling a request: %s", type(exc).__name__)
@@ -84,6 +91,11 @@ class Gateway:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.version not in (HttpVersion11, HttpVersion10):
             raise BadRequestError("only HTTP/1.0 and HTTP/1.1 are supported")
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+        if header_bytes > self.max_header_bytes:
+            raise HeadersTooLargeError(
+                f"the request headers are larger than {self.max_header_bytes} bytes in all"
+            )
         # Probes from the same machine (/health, /ready) need neither an address nor a key:
         # they show no connector detail. Everything else, admin included, is guarded.
         probe = self.admin.is_probe(request.raw_path) and self.access.peer_is_loopback(request)
