@@ -121,11 +121,13 @@ async def open_connector(
         assert isinstance(config.auth, TokenLifecycleConfig)
         session = token_session(plan.token_tls)
         stack.push_async_callback(session.close)
-        # The token endpoint gets the connector's timeouts too, and an overall bound: a
-        # provider dripping its answer must not hold every waiting request for ever.
-        timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect, sock_read=read)
+        # The token endpoint gets the connector's timeouts too, as an overall bound: a
+        # provider dripping its answer must not hold every waiting request for ever. No
+        # sock_read, here or upstream: its timer can fire on a pooled connection
+        # (docs/design.md, "Upstream read timeouts").
+        timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect)
         options = egress_options(config.auth.tls or config.tls, proxy)
-        send = functools.partial(send_token_request, Egress(session, timeout, options))
+        send = functools.partial(send_token_request, Egress(session, timeout, read, options))
     authenticator = open_auth(plan.name, config.auth, plan.auth, send, clock)
     stack.push_async_callback(authenticator.close)  # before the session it uses is closed
     session = upstream_session(plan.upstream_tls)
@@ -136,7 +138,8 @@ async def open_connector(
         authenticator=authenticator,
         upstream=Egress(
             session,
-            aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read),
+            aiohttp.ClientTimeout(total=None, connect=connect),  # reads: see read_deadline
+            read,
             egress_options(config.tls, proxy),
             uses_tls=plan.upstream_tls is not None,
         ),

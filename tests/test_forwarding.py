@@ -469,3 +469,30 @@ async def test_http10_client_is_served(
     answer = await raw_request(api_proxy.port, b"GET /api/x HTTP/1.0\r\nHost: localhost\r\n\r\n")
     assert status_of(answer) == 200
     assert upstream.last["path"] == "/base/x"
+
+
+async def test_a_pooled_connection_never_carries_a_stale_read_timer(
+    start_proxy: StartProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A large answer streamed to a slow reader, then a pause longer than timeouts.read: the
+    next request on that pooled connection once failed at once with a 504, although the
+    upstream got it (aiohttp re-armed its sock_read timer on the idle connection)."""
+    big = b"x" * (8 * 1024 * 1024)
+
+    async def respond(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=big if request.path == "/big" else b"ok")
+
+    upstream.respond = respond
+    api = connector(upstream.url, timeouts={"connect": 1, "read": 0.5})
+    proxy = await start_proxy({"connectors": {"api": api}})
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"GET /api/big HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(20):
+            while await reader.read(16384):  # noqa: ASYNC110 - pacing a slow reader
+                await asyncio.sleep(0.0005)  # a slow reader: the proxy pauses reading upstream
+        writer.close()
+        await asyncio.sleep(0.7)  # longer than timeouts.read: a stale timer would have fired
+        async with client.get(f"{proxy.url}/api/small") as response:
+            assert response.status == 200

@@ -10,7 +10,10 @@ slow token endpoint never starves the upstream pool.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +29,44 @@ _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 class Egress:
     session: aiohttp.ClientSession
     timeout: aiohttp.ClientTimeout
+    read_timeout: float
+    """The answer must start within this many seconds of the last request bytes sent."""
     options: dict[str, Any] = field(default_factory=dict, repr=False)
     """Per-request keyword arguments: ``server_hostname``, ``proxy`` (it may hold a password)."""
     uses_tls: bool = False
     """The upstream speaks https (token endpoints may differ per request: see the URL)."""
+
+    @asynccontextmanager
+    async def read_deadline(self) -> AsyncIterator[ReadDeadline]:
+        """A deadline for the answer, armed when the request's headers went out and pushed
+        back by every body chunk sent; pass it as ``trace_request_ctx``. This is aiohttp's
+        ``sock_read`` on our own timer, which never outlives the request (docs/design.md,
+        "Upstream read timeouts")."""
+        async with asyncio.timeout(None) as timeout:
+            yield ReadDeadline(timeout, self.read_timeout)
+
+
+class ReadDeadline:
+    def __init__(self, timeout: asyncio.Timeout, seconds: float) -> None:
+        self._timeout = timeout
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+
+    def sent(self) -> None:
+        self._timeout.reschedule(self._loop.time() + self._seconds)
+
+
+async def _bytes_sent(session: aiohttp.ClientSession, context: Any, params: Any) -> None:
+    deadline = context.trace_request_ctx
+    if isinstance(deadline, ReadDeadline):
+        deadline.sent()
+
+
+def _read_tracing() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_bytes_sent)
+    trace.on_request_chunk_sent.append(_bytes_sent)
+    return trace
 
 
 def egress_options(tls: TLSConfig | None, proxy: str | None) -> dict[str, Any]:
@@ -54,6 +91,7 @@ def upstream_session(context: ssl.SSLContext | None) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         skip_auto_headers=_NO_AUTO_HEADERS,
+        trace_configs=[_read_tracing()],
     )
 
 
@@ -64,4 +102,5 @@ def token_session(context: ssl.SSLContext) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         headers={"User-Agent": "tokenproxy", "Accept": "application/json"},
+        trace_configs=[_read_tracing()],
     )

@@ -101,16 +101,19 @@ async def _send(
     headers = headers.copy()
     if credential is not None:
         query = credential.apply(headers, query)
+    egress = connector.upstream
     with map_client_errors(connector, source):
-        return await connector.upstream.session.request(
-            request.method,
-            connector.upstream_url(rest, query),
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=connector.upstream.timeout,
-            **connector.upstream.options,
-        )
+        async with egress.read_deadline() as deadline:  # the response headers, in time
+            return await egress.session.request(
+                request.method,
+                connector.upstream_url(rest, query),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=egress.timeout,
+                trace_request_ctx=deadline,
+                **egress.options,
+            )
 
 
 async def _relay(
@@ -154,7 +157,8 @@ async def _copy_body(
 ) -> None:
     """Copy the upstream body, failing with ``TimeoutError`` if the upstream stalls.
 
-    aiohttp's own ``sock_read`` timeout is not enough: after its C parser rejects a chunk
+    aiohttp's own ``sock_read`` timer is not used (docs/design.md, "Upstream read timeouts"), and
+    would not be enough anyway: after its C parser rejects a chunk
     header mid-body (aiohttp 3.14.5), the payload is neither fed nor failed and the read
     timer is dropped, so the read would wait forever. Time spent writing to a slow client
     does not count against the upstream.

@@ -61,17 +61,21 @@ class TokenResponse:
 async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResponse:
     """Send ``request``; never follow a redirect; read at most 1 MiB of answer."""
     try:
-        async with egress.session.request(
-            request.method,
-            request.url,
-            params=request.query,
-            data=request.form,
-            json=request.json,
-            headers=request.headers,
-            allow_redirects=False,
-            timeout=egress.timeout,
-            **egress.options,
-        ) as response:
+        async with (
+            egress.read_deadline() as deadline,
+            egress.session.request(
+                request.method,
+                request.url,
+                params=request.query,
+                data=request.form,
+                json=request.json,
+                headers=request.headers,
+                allow_redirects=False,
+                timeout=egress.timeout,
+                trace_request_ctx=deadline,
+                **egress.options,
+            ) as response,
+        ):
             body = bytearray()
             async for chunk in response.content.iter_chunked(65536):
                 body += chunk
