@@ -18,6 +18,7 @@ from proxy.auth.factory import AuthPlan, open_auth, plan_auth
 from proxy.config.models import ConnectorConfig, ServerConfig
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.config.tls import TLSConfig
+from proxy.egress.deadlines import Deadlines
 from proxy.egress.sessions import Egress, egress_options, token_session, upstream_session
 from proxy.egress.tls import TLSConfigError, client_ssl_context
 from proxy.tokens.endpoint import send_token_request
@@ -109,7 +110,7 @@ class Connector:
 
 
 async def open_connector(
-    stack: AsyncExitStack, plan: ConnectorPlan, clock: Clock | None = None
+    stack: AsyncExitStack, plan: ConnectorPlan, deadlines: Deadlines, clock: Clock | None = None
 ) -> Connector:
     """Open the connector's sessions and authenticator; each is closed by ``stack``."""
     config = plan.config
@@ -127,7 +128,9 @@ async def open_connector(
         # (docs/design.md, "Upstream read timeouts").
         timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect)
         options = egress_options(config.auth.tls or config.tls, proxy)
-        send = functools.partial(send_token_request, Egress(session, timeout, read, options))
+        send = functools.partial(
+            send_token_request, Egress(session, timeout, read, deadlines, options)
+        )
     authenticator = open_auth(plan.name, config.auth, plan.auth, send, clock)
     stack.push_async_callback(authenticator.close)  # before the session it uses is closed
     session = upstream_session(plan.upstream_tls)
@@ -140,6 +143,7 @@ async def open_connector(
             session,
             aiohttp.ClientTimeout(total=None, connect=connect),  # reads: see read_deadline
             read,
+            deadlines,
             egress_options(config.tls, proxy),
             uses_tls=plan.upstream_tls is not None,
         ),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from proxy.config.models import Settings
 from proxy.connectors import Connector, ConnectorPlan, open_connector, plan_connector
+from proxy.egress.deadlines import Deadlines
 from proxy.errors import ConfigError
 from proxy.http.routing import Match, RouteTable
 from proxy.http.target import Target
@@ -69,8 +70,10 @@ class Runtime:
 async def open_runtime(plan: Plan, clock: Clock | None = None) -> AsyncIterator[Runtime]:
     """Phase 2, inside the event loop. Everything opened is closed on exit, in reverse."""
     async with AsyncExitStack() as stack:
+        deadlines = Deadlines()
+        stack.push_async_callback(deadlines.close)  # last: after every session is closed
         connectors = {
-            name: await open_connector(stack, connector, clock)
+            name: await open_connector(stack, connector, deadlines, clock)
             for name, connector in plan.connectors.items()
         }
         yield Runtime(plan.settings, connectors)

@@ -10,16 +10,14 @@ slow token endpoint never starves the upstream pool.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from proxy.config.tls import TLSConfig
+from proxy.egress.deadlines import Deadlines, ReadDeadline
 
 # aiohttp adds these when absent; a transparent proxy must send only what the client sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -31,29 +29,15 @@ class Egress:
     timeout: aiohttp.ClientTimeout
     read_timeout: float
     """The answer must start within this many seconds of the last request bytes sent."""
+    deadlines: Deadlines
     options: dict[str, Any] = field(default_factory=dict, repr=False)
     """Per-request keyword arguments: ``server_hostname``, ``proxy`` (it may hold a password)."""
     uses_tls: bool = False
     """The upstream speaks https (token endpoints may differ per request: see the URL)."""
 
-    @asynccontextmanager
-    async def read_deadline(self) -> AsyncIterator[ReadDeadline]:
-        """A deadline for the answer, armed when the request's headers went out and pushed
-        back by every body chunk sent; pass it as ``trace_request_ctx``. This is aiohttp's
-        ``sock_read`` on our own timer, which never outlives the request (docs/design.md,
-        "Upstream read timeouts")."""
-        async with asyncio.timeout(None) as timeout:
-            yield ReadDeadline(timeout, self.read_timeout)
-
-
-class ReadDeadline:
-    def __init__(self, timeout: asyncio.Timeout, seconds: float) -> None:
-        self._timeout = timeout
-        self._seconds = seconds
-        self._loop = asyncio.get_running_loop()
-
-    def sent(self) -> None:
-        self._timeout.reschedule(self._loop.time() + self._seconds)
+    def read_deadline(self) -> ReadDeadline:
+        """A deadline for the answer (``async with``; pass it as ``trace_request_ctx``)."""
+        return self.deadlines.deadline(self.read_timeout)
 
 
 async def _bytes_sent(session: aiohttp.ClientSession, context: Any, params: Any) -> None:
