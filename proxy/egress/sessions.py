@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from proxy.config.tls import TLSConfig
-from proxy.egress.deadlines import Deadlines, ReadDeadline
+from proxy.egress.deadlines import DeadlineRequest, Deadlines, ReadDeadline
 
 # aiohttp adds these when absent; a transparent proxy must send only what the client sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -36,21 +36,8 @@ class Egress:
     """The upstream speaks https (token endpoints may differ per request: see the URL)."""
 
     def read_deadline(self) -> ReadDeadline:
-        """A deadline for the answer (``async with``; pass it as ``trace_request_ctx``)."""
+        """A deadline for the answer of one request (``async with``)."""
         return self.deadlines.deadline(self.read_timeout)
-
-
-async def _bytes_sent(session: aiohttp.ClientSession, context: Any, params: Any) -> None:
-    deadline = context.trace_request_ctx
-    if isinstance(deadline, ReadDeadline):
-        deadline.sent()
-
-
-def _read_tracing() -> aiohttp.TraceConfig:
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_bytes_sent)
-    trace.on_request_chunk_sent.append(_bytes_sent)
-    return trace
 
 
 def egress_options(tls: TLSConfig | None, proxy: str | None) -> dict[str, Any]:
@@ -75,7 +62,7 @@ def upstream_session(context: ssl.SSLContext | None) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         skip_auto_headers=_NO_AUTO_HEADERS,
-        trace_configs=[_read_tracing()],
+        request_class=DeadlineRequest,
     )
 
 
@@ -86,5 +73,5 @@ def token_session(context: ssl.SSLContext) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         headers={"User-Agent": "tokenproxy", "Accept": "application/json"},
-        trace_configs=[_read_tracing()],
+        request_class=DeadlineRequest,
     )

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import hdrs, web
 
+from proxy.egress.deadlines import progress
 from proxy.errors import BodyTooLargeError, ProxyError, RequestTimeoutError
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -65,6 +66,7 @@ class RequestBody:
                 f"the client sent no body data for {self._idle_timeout:g} s"
             )
             raise self.failure from None
+        progress()  # body data goes out: the upstream's answer deadline moves on
         self._received += len(chunk)
         if self._received > self._limit:
             self.failure = BodyTooLargeError(f"the request body is larger than {self._limit} bytes")

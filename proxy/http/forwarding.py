@@ -103,7 +103,7 @@ async def _send(
         query = credential.apply(headers, query)
     egress = connector.upstream
     with map_client_errors(connector, source):
-        async with egress.read_deadline() as deadline:  # the response headers, in time
+        async with egress.read_deadline():  # the response headers, in time
             return await egress.session.request(
                 request.method,
                 connector.upstream_url(rest, query),
@@ -111,7 +111,6 @@ async def _send(
                 data=body,
                 allow_redirects=False,
                 timeout=egress.timeout,
-                trace_request_ctx=deadline,
                 **egress.options,
             )
 

@@ -62,7 +62,7 @@ async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResp
     """Send ``request``; never follow a redirect; read at most 1 MiB of answer."""
     try:
         async with (
-            egress.read_deadline() as deadline,
+            egress.read_deadline(),
             egress.session.request(
                 request.method,
                 request.url,
@@ -72,7 +72,6 @@ async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResp
                 headers=request.headers,
                 allow_redirects=False,
                 timeout=egress.timeout,
-                trace_request_ctx=deadline,
                 **egress.options,
             ) as response,
         ):
