@@ -131,7 +131,7 @@ async def open_connector(
         send = functools.partial(
             send_token_request, Egress(session, timeout, read, deadlines, options)
         )
-    authenticator = open_auth(plan.name, config.auth, plan.auth, send, clock)
+    authenticator = open_auth(plan.name, config.auth, plan.auth, send, clock, connect + read)
     stack.push_async_callback(authenticator.close)  # before the session it uses is closed
     session = upstream_session(plan.upstream_tls)
     stack.push_async_callback(session.close)

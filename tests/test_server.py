@@ -11,6 +11,7 @@ import time
 import aiohttp
 import pytest
 
+from proxy.http.server import http_parser_warning
 from tests.conftest import RunningProxy, StartProxy, connector, raw_request, status_of
 from tests.fakes import RecordingUpstream
 
@@ -36,7 +37,8 @@ MALFORMED = {
     "http09": b"GET /api/x\r\n\r\n",
     "http2-line": b"GET /api/x HTTP/2.0\r\nHost: localhost\r\n\r\n",
     "http12": b"GET /api/x HTTP/1.2\r\nHost: localhost\r\n\r\n",
-    "lowercase-method": b"get /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "unknown-method": b"FOO /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "track": b"TRACK /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
     "raw-utf8-path": "GET /api/\u00e9 HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(),
     "long-header": GET + b"X-A: " + b"a" * 9000 + b"\r\n\r\n",
     "long-line": b"GET /api/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -178,8 +180,14 @@ async def test_slow_clients_are_closed_at_the_keepalive_deadline(
 
 def test_pure_python_parser_is_reported() -> None:
     code = "from proxy.http.server import http_parser_warning; print(http_parser_warning())"
+    environ = {k: v for k, v in os.environ.items() if k != "AIOHTTP_NO_EXTENSIONS"}
     native = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env=environ,
     )
     assert native.stdout.strip() == "None"
     python = subprocess.run(
@@ -191,3 +199,15 @@ def test_pure_python_parser_is_reported() -> None:
         env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},
     )
     assert "pure-Python HTTP parser" in python.stdout
+
+
+async def test_a_lowercase_method_is_never_forwarded_lowercase(
+    api_proxy: RunningProxy, upstream: RecordingUpstream
+) -> None:
+    """The C parser refuses it; the pure-Python one normalizes it to GET: either way no
+    server behind the upstream sees a method the proxy read differently."""
+    answer = await raw_request(api_proxy.port, b"get /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    if http_parser_warning() is None:
+        assert status_of(answer) == 400 and upstream.requests == []
+    else:
+        assert status_of(answer) == 200 and upstream.last["method"] == "GET"

@@ -522,3 +522,22 @@ async def test_token_endpoint_failures_carry_the_closest_proxy_status(
     expected = f'tokenproxy; error={proxy_status}; details="token endpoint"'
     assert answer_["headers"]["Proxy-Status"] == expected
     assert answer_["json"]["connector"] == "api"
+
+
+async def test_one_deadline_bounds_the_whole_token_acquisition(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+) -> None:
+    """A provider that never answers in time: three tries of 0.4 s and the pauses between
+    them once made a client wait about 2 s; now it waits the connector's connect + read."""
+    api = oauth2_connector(upstream.url, idp.url)
+    api["timeouts"] = {"connect": 0.2, "read": 0.4}
+    proxy = await start_proxy({"connectors": {"api": api}})  # the real clock: real pauses
+    idp.delay = 1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, answer_ = await call(client, proxy)
+    assert (status, answer_["json"]["error"]) == (504, "token_endpoint_timeout")
+    assert loop.time() - started < 1.0

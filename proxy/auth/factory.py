@@ -53,10 +53,11 @@ def open_auth(
     plan: AuthPlan,
     send: TokenSender | None,
     clock: Clock | None = None,
+    deadline: float | None = None,
 ) -> Authenticator:
     """The connector's authenticator; ``send`` reaches its token endpoint (required for the
-    token-issuing types)."""
+    token-issuing types), and one acquisition takes at most ``deadline`` seconds."""
     if isinstance(plan, FixedAuthenticator):
         return plan
     assert send is not None and isinstance(config, TokenLifecycleConfig)
-    return TokenManager(name, config, plan, send, clock=clock)
+    return TokenManager(name, config, plan, send, clock=clock, deadline=deadline)

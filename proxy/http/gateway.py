@@ -34,7 +34,7 @@ from proxy.errors import (
 from proxy.http.access import ClientAccess
 from proxy.http.forwarding import abort_client, forward
 from proxy.http.origin import BrowserGuard
-from proxy.http.target import parse_target
+from proxy.http.target import check_method, parse_target
 from proxy.logs import connector_key
 from proxy.runtime import Runtime
 
@@ -91,6 +91,7 @@ class Gateway:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.version not in (HttpVersion11, HttpVersion10):
             raise BadRequestError("only HTTP/1.0 and HTTP/1.1 are supported")
+        check_method(request.method)
         header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
         if header_bytes > self.max_header_bytes:
             raise HeadersTooLargeError(

@@ -20,6 +20,21 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DOT_SEGMENT = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
 
 
+# The methods aiohttp's C parser (llhttp) knows; anything else it refuses with a 400. The
+# pure-Python parser accepts any token, lowercase too: checking here gives both parsers one
+# rule (a lowercase "get" is not GET to every server behind the upstream).
+KNOWN_METHODS = frozenset(
+    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    "SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    "SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+
+
+def check_method(method: str) -> None:
+    if method not in KNOWN_METHODS:
+        raise BadRequestError("unknown request method")
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A validated request target.

@@ -32,7 +32,12 @@ from typing import Any
 
 from proxy.auth.base import Authenticator, Credential, credential_for
 from proxy.config.oauth2 import TokenLifecycleConfig
-from proxy.errors import ProxyError, TokenEndpointError, TokenUnavailableError
+from proxy.errors import (
+    ProxyError,
+    TokenEndpointError,
+    TokenEndpointTimeoutError,
+    TokenUnavailableError,
+)
 from proxy.secrets.redaction import REDACTOR
 from proxy.tokens.endpoint import TokenRequest, TokenSender
 from proxy.tokens.grant import Grant, RequestContext
@@ -58,7 +63,10 @@ class TokenManager(Authenticator):
         *,
         clock: Clock | None = None,
         policy: RetryPolicy | None = None,
+        deadline: float | None = None,
     ) -> None:
+        """``deadline``: seconds one acquisition may take in all (the connector's
+        ``connect + read``); None: no overall bound."""
         self.connector = connector
         self.config = config
         self.reauth_on = frozenset(config.reauth_on)
@@ -67,6 +75,7 @@ class TokenManager(Authenticator):
         self._send = send
         self._clock = clock or SystemClock()
         self._policy = policy or RetryPolicy()
+        self._deadline = deadline
         self._held: _Held | None = None
         self._refresh_token = grant.seed_refresh_token()
         self._last_access_token: str | None = None  # kept after an invalidation, for templates
@@ -179,10 +188,19 @@ class TokenManager(Authenticator):
         issued_at = started - self._clock.wall() % 1
         self.stats.fetches += 1
         try:
-            issued = await self._obtain()
+            # One deadline for the whole acquisition, retries included: a client waits at
+            # most the connector's timeouts, however the provider drips its answers.
+            async with asyncio.timeout(self._deadline):
+                issued = await self._obtain()
         except TokenEndpointError as exc:
             self._record_failure(exc)
             return exc
+        except TimeoutError:
+            timeout = TokenEndpointTimeoutError(
+                "timed out waiting for the token endpoint", proxy_status="http_response_timeout"
+            )
+            self._record_failure(timeout)
+            return timeout
         except Exception as exc:  # a bug must not leave waiters hanging
             logger.error(
                 "connector %s: error obtaining a token: %s", self.connector, type(exc).__name__
