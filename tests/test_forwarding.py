@@ -496,3 +496,25 @@ async def test_a_pooled_connection_never_carries_a_stale_read_timer(
         await asyncio.sleep(0.7)  # longer than timeouts.read: a stale timer would have fired
         async with client.get(f"{proxy.url}/api/small") as response:
             assert response.status == 200
+
+
+async def test_an_upstream_bare_lf_ends_a_header_line_and_goes_out_as_crlf(
+    start_proxy: StartProxy,
+) -> None:
+    """RFC 9112 §2.2 lets a recipient take a lone LF as a line end, and nginx does: the
+    upstream frames its own headers (it could send CRLF just as well), so tokenproxy does
+    too, and what it sends on is always CRLF-framed, never a bare LF."""
+    raw = await RawUpstream(
+        b"HTTP/1.1 200 OK\r\nX-A: a\nX-B: b\r\nContent-Length: 0\r\n\r\n"
+    ).start()
+    try:
+        api = connector(f"http://127.0.0.1:{raw.port}")
+        proxy = await start_proxy({"connectors": {"api": api}})
+        answer = await raw_request(
+            proxy.port, b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+    finally:
+        await raw.close()
+    head = answer.split(b"\r\n\r\n")[0]
+    assert b"\r\nX-A: a\r\n" in head and b"\r\nX-B: b\r\n" in head
+    assert b"\n" not in head.replace(b"\r\n", b"")
