@@ -19,6 +19,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("proxy_vs_direct.py --rate 40", ["paced built-in at 40 req/s", "added p50 latency:"]),
         # One burst of 50 cold requests: 0 failed, exactly 1 token request; then a renewal.
         ("token_engine.py", ["       50", "       0               1", "renewal under load"]),
+        # Faults at random for seconds: the growth line is printed (figures in benchmarks/README).
+        ("soak.py", ["statuses: 200:", "growth after warm-up: RSS"]),
         # Without nginx or wrk it falls back to an aiohttp upstream and a built-in generator.
         ("suite.py", ["| small | 8 | direct |", "| small | 8 | tokenproxy x2 |"]),
     ],
