@@ -518,3 +518,15 @@ async def test_an_upstream_bare_lf_ends_a_header_line_and_goes_out_as_crlf(
     head = answer.split(b"\r\n\r\n")[0]
     assert b"\r\nX-A: a\r\n" in head and b"\r\nX-B: b\r\n" in head
     assert b"\n" not in head.replace(b"\r\n", b"")
+
+
+async def test_a_client_sending_two_authorization_headers_never_gets_either_forwarded(
+    api_proxy: RunningProxy, upstream: RecordingUpstream
+) -> None:
+    answer = await raw_request(
+        api_proxy.port,
+        b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer mine-1\r\n"
+        b"Authorization: Basic bWluZTI=\r\nConnection: close\r\n\r\n",
+    )
+    assert status_of(answer) == 200
+    assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
