@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.conftest import connector, raw_request
 from tests.fakes import RecordingUpstream
@@ -242,3 +243,31 @@ async def test_parser_errors_never_log_the_request_bytes(
         code, rest = await _stop(process, signal.SIGTERM)
     assert code == 0
     assert canary.decode() not in output + rest
+
+
+async def test_sigterm_lets_an_in_flight_request_finish(
+    write_config: WriteConfig, upstream: RecordingUpstream
+) -> None:
+    """SIGTERM stops accepting, lets the request under way finish, and exits 0."""
+
+    async def slow(request: web.BaseRequest) -> web.StreamResponse:
+        await asyncio.sleep(1)
+        return web.Response(text="finished")
+
+    upstream.respond = slow
+    path = write_config({"connectors": {"api": connector(upstream.url)}})
+    args = ("run", "-c", str(path), "--port", "0")
+    async with running(*args, ready=r"listening on http://127\.0\.0\.1:\d+") as (process, output):
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as session:
+            in_flight = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/api/slow"))
+            async with asyncio.timeout(5):
+                while not upstream.requests:  # noqa: ASYNC110 - the fake offers no event
+                    await asyncio.sleep(0.02)
+            process.send_signal(signal.SIGTERM)  # while the upstream takes its second
+            async with asyncio.timeout(10):
+                response = await in_flight
+                assert (response.status, await response.text()) == (200, "finished")
+                response.release()
+                code = await process.wait()
+    assert code == 0
