@@ -8,6 +8,9 @@ Guarantees:
 - the upstream sees the client's method, headers (filtered, see :mod:`proxy.http.headers`) and
   raw path and query bytes, under the connector's base path, with the connector's credential;
 - redirects are relayed to the client, never followed;
+- a request asking to switch protocols (``Upgrade``) never switches: it is answered over
+  HTTP/1.1 and its connection closed, so bytes sent behind it are never read as requests
+  (aiohttp's C parser would drop them silently, its pure-Python one would parse them);
 - response framing is rebuilt from what the upstream actually sends; if the upstream fails
   after the response headers went out, the client connection is aborted, so a truncated body
   never looks complete.
@@ -122,16 +125,22 @@ async def _relay(
         raise UpstreamError("the upstream tried to switch protocols", connector=connector.name)
     headers = filter_headers(upstream.headers, RESPONSE_DROPPED)
     content = upstream.content
+    response: web.StreamResponse
     if content.is_eof() and request.method != hdrs.METH_HEAD:
         # The whole body came with the headers (the usual case for small answers): one
         # response, written with one send, and no stream or timers to set up.
-        return web.Response(
+        response = web.Response(
             status=upstream.status,
             reason=upstream.reason,
             headers=headers,
             body=content.read_nowait(),
         )
+        if hdrs.UPGRADE in request.headers:
+            response.force_close()
+        return response
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if hdrs.UPGRADE in request.headers:
+        response.force_close()
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
     await response.prepare(request)

@@ -6,7 +6,8 @@ browser send requests to ``127.0.0.1:8080``, or to a name of its own that it re-
 
 - ``Host`` must name this proxy: the listen address, ``localhost``, an IP literal (a
   rebinding page cannot make the browser send one for its own name), a connector's
-  ``hosts`` entry, or one of ``listen.allowed_hosts``. Else 421 ``misdirected_request``.
+  ``hosts`` entry, or one of ``listen.allowed_hosts``. Else 421 ``misdirected_request``
+  (400 ``bad_request`` when it is not a host at all).
 - A browser request that is cross-site (``Sec-Fetch-Site: cross-site``, or an ``Origin``
   that is neither this proxy's own nor in ``listen.allowed_origins``) is 403 ``forbidden``,
   unless its connector sets ``allow_browser``. Clients that are not browsers send neither
@@ -16,11 +17,16 @@ browser send requests to ``127.0.0.1:8080``, or to a name of its own that it re-
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from aiohttp import hdrs, web
 
 from proxy.config.models import Settings
-from proxy.errors import ForbiddenError, MisdirectedRequestError
+from proxy.errors import BadRequestError, ForbiddenError, MisdirectedRequestError
+
+# RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host an IP literal or a reg-name (RFC 3986
+# §3.2.2). Anything else (`/`, `?`, `#`, `@`, spaces) is malformed, not merely unknown.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?")
 
 
 def _hostname(host: str) -> str:
@@ -52,6 +58,8 @@ class BrowserGuard:
         host = request.headers.get(hdrs.HOST)
         if host is None:
             return  # HTTP/1.0 without Host: not a browser
+        if not _HOST.fullmatch(host.strip()):
+            raise BadRequestError("malformed Host header")
         name = _hostname(host)
         if name in self._names or _is_ip_literal(name):
             return
