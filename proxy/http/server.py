@@ -83,6 +83,9 @@ class _ProxyRequestHandler(RequestHandler):
         return response
 
 
+_LINGERING_TIME = 5.0
+
+
 class _ProxyHTTPServer(web.Server):
     def __call__(self) -> RequestHandler:
         # web.Server offers no handler-class option; this mirrors its own __call__ (3.14).
@@ -140,6 +143,10 @@ class ProxyServer:
             Gateway(self.settings, runtime),
             handler_cancellation=True,  # a client that goes away cancels its upstream request
             keepalive_timeout=limits.keepalive_timeout,
+            # After an error answer, the unread rest of a body is read and dropped so the
+            # client sees the answer rather than a reset; a client that stops sending must
+            # not hold the connection for aiohttp's 10 s (nginx: lingering_timeout 5 s).
+            lingering_time=min(_LINGERING_TIME, limits.body_timeout),
             max_line_size=limits.max_line_size,
             max_field_size=limits.max_field_size,
             max_headers=limits.max_headers,
