@@ -45,8 +45,9 @@ async def upstream(aiohttp_raw_server: AiohttpRawServer) -> RecordingUpstream:
 
 
 @pytest.fixture
-async def idp(aiohttp_raw_server: AiohttpRawServer) -> FakeIdP:
+async def idp(aiohttp_raw_server: AiohttpRawServer, clock: FakeClock) -> FakeIdP:
     fake = FakeIdP()
+    fake.clock = clock  # its Date header tells the fake time, as a real provider's tells its own
     server = await aiohttp_raw_server(fake, access_log=None)
     fake.url = str(server.make_url("")).rstrip("/")
     return fake

@@ -4,6 +4,7 @@ identity provider with knobs, and a clock."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
@@ -118,6 +119,7 @@ class FakeIdP(DemoIdentityProvider):
         self.reuse_detected = False
         self.issued: set[str] = set()  # every access token handed out
         self.url = ""  # set once the server listens
+        self.clock: FakeClock | None = None  # when set, answers carry its time as ``Date``
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         is_json = request.content_type == "application/json"
@@ -138,10 +140,16 @@ class FakeIdP(DemoIdentityProvider):
             if self.delay:
                 await asyncio.sleep(self.delay)
             if self.script:
-                return await self.script.pop(0)(request)
-            return await super().__call__(request)
+                response = await self.script.pop(0)(request)
+            else:
+                response = await super().__call__(request)
         finally:
             self.active -= 1
+        if self.clock is not None and not response.prepared:
+            response.headers.setdefault(
+                "Date", email.utils.formatdate(self.clock.wall(), usegmt=True)
+            )
+        return response
 
     def authenticate_client(self, request: web.BaseRequest, form: dict[str, str]) -> str:
         """Also RFC 7523 assertions and RFC 8705 certificates, checked as a provider would."""

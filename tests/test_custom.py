@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from tests.conftest import RunningProxy, StartProxy, warm
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
+from tests.test_token_cache import jwt
 
 NOW = 1_800_001_000  # FakeClock's wall time at start: 2027-01-15T08:16:40Z
 CREDENTIALS = {
@@ -224,6 +226,72 @@ async def test_expiry_types(
     )
     await warm(client, proxy, upstream)
     assert await expires_in(client, proxy) == seconds
+
+
+class SkewedClock:
+    """The provider's wall clock: ours, ``skew`` seconds off."""
+
+    def __init__(self, clock: FakeClock, skew: float) -> None:
+        self.clock, self.skew = clock, skew
+
+    def wall(self) -> float:
+        return self.clock.wall() + self.skew
+
+
+@pytest.mark.parametrize("skew", [-600, 0, 600], ids=["behind", "in-step", "ahead"])
+@pytest.mark.parametrize("expires_type", ["epoch_seconds", "datetime", "jwt-exp"])
+async def test_absolute_expiries_are_read_on_the_providers_own_clock(
+    start_custom: StartCustom,
+    idp: FakeIdP,
+    upstream: RecordingUpstream,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    expires_type: str,
+    skew: int,
+) -> None:
+    """Row B9: a provider 10 minutes off issues a 900 s token; we hold it 900 s, not 1500
+    or 300, because its expiry is read against its own ``Date`` header."""
+    provider = SkewedClock(clock, skew)
+    idp.clock = provider  # type: ignore[assignment]
+    expiry = NOW + skew + 900
+    value: Any = {
+        "epoch_seconds": expiry,
+        "datetime": datetime.fromtimestamp(expiry, UTC).isoformat(),
+        "jwt-exp": None,
+    }[expires_type]
+    token = jwt({"exp": expiry}) if value is None else "t"
+    idp.script.append(answer(200, {"token": token, "exp": value}))
+    auth: dict[str, Any] = {"access_token_path": "token"}
+    if value is not None:
+        auth.update(expires_path="exp", expires_type=expires_type)
+    proxy = await start_custom({"url": "/t"}, **auth)
+    await warm(client, proxy, upstream)
+    assert await expires_in(client, proxy) == 900
+
+
+@pytest.mark.parametrize("value", [0, 400, 999])
+async def test_sub_second_lifetimes_are_never_stretched_and_never_storm(
+    start_custom: StartCustom,
+    idp: FakeIdP,
+    upstream: RecordingUpstream,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    value: int,
+) -> None:
+    """A lifetime under a second (0-999 ms) is honoured as it is, never rounded up: a
+    second later the token is gone and the next request brings a new one; and fetches stay
+    at most one a second however short the lifetimes."""
+    idp.script.extend([answer(200, {"access_token": f"t{i}", "ms": value}) for i in range(6)])
+    proxy = await start_custom({"url": "/t"}, expires_path="ms", expires_type="milliseconds")
+    for _ in range(3):
+        assert (await status_and_error(client, proxy))[0] == 200
+        clock.advance(1)
+    assert upstream.header_values("Authorization", 0) != upstream.header_values("Authorization")
+    assert len(idp.calls) == 3
+    started = clock.monotonic()
+    for _ in range(3):  # no time between requests: a zero lifetime is fetched at most 1/s
+        assert (await status_and_error(client, proxy))[0] == 200
+    assert clock.monotonic() - started >= (2 if value == 0 else 0)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import ssl
 import tempfile
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,15 @@ async def test_custom_ca(
     assert status == 200 and body["path"] == "/x"
 
 
+def tls_1_0_only(context: ssl.SSLContext) -> ssl.SSLContext:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+    return context
+
+
+@pytest.mark.parametrize("hop", ["upstream", "token endpoint"])
 @pytest.mark.parametrize(
     ("issue", "verdict"),
     [
@@ -116,30 +126,51 @@ async def test_custom_ca(
             ),
             "certificate has expired",
         ),
+        (lambda ca, other: ca.issue_cert("127.0.0.1"), None),  # served over TLS 1.0 only
     ],
-    ids=["unknown-ca", "wrong-host", "expired"],
+    ids=["unknown-ca", "wrong-host", "expired", "tls-1.0-only"],
 )
 async def test_certificate_failures_say_what_failed(
     start_proxy: StartProxy,
     serve: Serve,
     client: aiohttp.ClientSession,
+    aiohttp_raw_server: Any,
     ca: trustme.CA,
     other_ca: trustme.CA,
     ca_file: str,
     issue: Callable[[trustme.CA, trustme.CA], trustme.LeafCert],
-    verdict: str,
+    verdict: str | None,
+    hop: str,
 ) -> None:
-    upstream = await serve(echo, server_context(issue(ca, other_ca)))
-    proxy = await start_proxy(
-        {"connectors": {"api": connector(upstream.url, tls={"ca_file": ca_file})}}
-    )
+    """Each failure is refused (no fallback to unverified), saying what failed and where."""
+    context = server_context(issue(ca, other_ca))
+    if verdict is None:
+        context = tls_1_0_only(context)
+    tls = {"ca_file": ca_file}
+    if hop == "upstream":
+        config = connector((await serve(echo, context)).url, tls=tls)
+    else:
+        idp = FakeIdP()
+        idp.url = (await serve(idp, context)).url
+        plain_upstream = str((await aiohttp_raw_server(echo, access_log=None)).make_url(""))
+        config = connector(
+            plain_upstream, auth={**oauth2_connector("", idp.url)["auth"], "tls": tls}
+        )
+    proxy = await start_proxy({"connectors": {"api": config}})
     async with client.get(f"{proxy.url}/api/x") as response:
         assert response.status == 502
         body = await response.json()
-        assert response.headers["Proxy-Status"] == "tokenproxy; error=tls_certificate_error"
-    assert body["error"] == "upstream_tls_error"
+        proxy_status = response.headers["Proxy-Status"]
+    if verdict is None:
+        # Our floor is TLS 1.2; OpenSSL 3 will not even serve 1.0 here and resets the
+        # handshake. Either way the connection is refused, never downgraded.
+        assert body["message"] in {f"cannot connect to the {hop}", f"TLS with the {hop} failed"}
+        return
+    assert body["error"] == ("upstream_tls_error" if hop == "upstream" else "token_endpoint_error")
+    details = "" if hop == "upstream" else '; details="token endpoint"'
+    assert proxy_status == f"tokenproxy; error=tls_certificate_error{details}"
     assert body["message"].startswith(
-        "TLS with the upstream failed: certificate verification failed: "
+        f"TLS with the {hop} failed: certificate verification failed: "
     )
     assert verdict in body["message"]
 

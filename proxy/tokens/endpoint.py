@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import aiohttp
@@ -90,6 +91,26 @@ async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResp
             retryable=failure.kind == "connect" or (request.replayable and failure.kind != "tls"),
             proxy_status=failure.proxy_status,
         ) from None
+
+
+def provider_now(response: TokenResponse, local_wall: float) -> float:
+    """The provider's own time when it answered: its ``Date`` header, else ``local_wall``.
+
+    Absolute expiries (a JWT ``exp``, an epoch or a datetime) are on the provider's clock;
+    read against ours, a provider 10 minutes ahead would make us hold its token 10 minutes
+    past its real expiry. Its ``Date`` (RFC 9110 §6.6.1) is on that same clock, so
+    ``expiry - Date`` is the lifetime it meant, to the second, whatever the skew.
+    """
+    value = response.headers.get("Date")
+    if value is None:
+        return local_wall
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return local_wall
+    if moment.tzinfo is None:  # "-0000": UTC, says RFC 5322 §3.3
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:

@@ -39,7 +39,7 @@ from proxy.errors import (
     TokenUnavailableError,
 )
 from proxy.secrets.redaction import REDACTOR
-from proxy.tokens.endpoint import TokenRequest, TokenSender
+from proxy.tokens.endpoint import TokenRequest, TokenSender, provider_now
 from proxy.tokens.grant import Grant, RequestContext
 from proxy.tokens.model import Clock, IssuedToken, Phase, SystemClock, Token
 from proxy.tokens.policy import RetryPolicy, TokenStats
@@ -260,9 +260,8 @@ class TokenManager(Authenticator):
                 self._keep_refresh_token(
                     self._grant.refresh_token_in(response, refreshing=refreshing)
                 )
-                return self._grant.read(
-                    response, refreshing=refreshing, now_wall=self._clock.wall()
-                )
+                provider_wall = provider_now(response, self._clock.wall())
+                return self._grant.read(response, refreshing=refreshing, now_wall=provider_wall)
             except TokenEndpointError as exc:
                 if not exc.retryable or attempt == policy.attempts:
                     raise
