@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -144,3 +145,23 @@ async def test_probes_from_loopback_need_nothing_even_outside_allow_cidrs(
             assert response.status == 200, probe
     async with client.get(proxy.url + "/_proxy/connectors") as response:
         assert response.status == 403
+
+
+async def test_a_keyless_flood_is_refused_cheaply_and_never_reaches_the_token_endpoint(
+    start_proxy: StartProxy, upstream: RecordingUpstream, idp: FakeIdP
+) -> None:
+    """Row G8: 2,000 requests without a key, 100 connections at a time (each refusal closes
+    its connection): every one 403, not one token request (no amplification against the
+    provider), nothing upstream."""
+    api = oauth2_connector(upstream.url, idp.url)
+    proxy = await start_proxy({"clients": {"api_keys": [KEY]}, "connectors": {"api": api}})
+    request = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+    async def flood(count: int) -> list[int]:
+        return [status_of(await raw_request(proxy.port, request)) for _ in range(count)]
+
+    statuses = [
+        s for batch in await asyncio.gather(*(flood(20) for _ in range(100))) for s in batch
+    ]
+    assert statuses == [403] * 2_000
+    assert idp.calls == [] and upstream.requests == []

@@ -20,7 +20,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         # One burst of 50 cold requests: 0 failed, exactly 1 token request; then a renewal.
         ("token_engine.py", ["       50", "       0               1", "renewal under load"]),
         # Faults at random for seconds: the growth line is printed (figures in benchmarks/README).
-        ("soak.py", ["statuses: 200:", "growth after warm-up: RSS"]),
+        (
+            "soak.py",
+            ["statuses: 200:", "growth after warm-up: RSS", "after stop: fds +0, tasks left 0"],
+        ),
         # Without nginx or wrk it falls back to an aiohttp upstream and a built-in generator.
         ("suite.py", ["| small | 8 | direct |", "| small | 8 | tokenproxy x2 |"]),
     ],

@@ -13,8 +13,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import STATIC_TOKEN, RunningProxy, StartProxy, connector, raw_request, status_of
-from tests.fakes import RawUpstream, RecordingUpstream
+from tests.conftest import (
+    STATIC_TOKEN,
+    RunningProxy,
+    StartProxy,
+    connector,
+    oauth2_connector,
+    raw_request,
+    status_of,
+)
+from tests.fakes import FakeIdP, RawUpstream, RecordingUpstream
 
 
 async def test_request_reaches_upstream_under_base_path_with_token(
@@ -347,6 +355,15 @@ async def test_upstream_connect_timeout_is_504(
     assert proxy_status == "tokenproxy; error=connection_timeout"
 
 
+async def assert_nothing_left_behind(proxy: RunningProxy) -> None:
+    """After a failure, no upstream connection is still held and no client connection (nor
+    its handler task) lingers."""
+    session = proxy.server.runtime.connectors["api"].upstream.session
+    async with asyncio.timeout(2):
+        while session.connector._acquired or proxy.server.client_connections:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
 async def test_upstream_read_timeout_is_504(
     start_proxy: StartProxy, client: aiohttp.ClientSession
 ) -> None:
@@ -379,12 +396,16 @@ async def test_upstream_read_timeout_is_504(
             [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n"],
             id="no-last-chunk",
         ),
+        pytest.param(  # ten bytes, then silence with the connection open: a stall
+            [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"0123456789", b""],
+            id="stall",
+        ),
     ],
 )
 async def test_upstream_failing_mid_body_aborts_the_client_connection(
     start_proxy: StartProxy, response: list[bytes]
 ) -> None:
-    raw = await RawUpstream(response).start()
+    raw = await RawUpstream(response, then_close=response[-1] != b"").start()
     # aiohttp 3.14.5's C parser never reports a bad chunk-size line after the headers, even
     # once the upstream closes: only the read timeout ends that wait. Keep it short here.
     timeouts = {"read": 1}
@@ -399,6 +420,7 @@ async def test_upstream_failing_mid_body_aborts_the_client_connection(
         await raw.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
+    await assert_nothing_left_behind(proxy)
     # The client must see a broken response: a declared length not met, or no last chunk.
     if b"Content-Length: 100" in head:
         assert len(body) < 100
@@ -422,6 +444,11 @@ async def test_upstream_failing_mid_body_aborts_the_client_connection(
             id="101",
         ),
         pytest.param(b"", id="closed-without-answer"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n",
+            id="length-and-chunked",
+        ),
     ],
 )
 async def test_broken_upstream_responses_before_headers_are_502(
@@ -530,3 +557,91 @@ async def test_a_client_sending_two_authorization_headers_never_gets_either_forw
     )
     assert status_of(answer) == 200
     assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
+
+
+async def test_a_slow_reader_holds_the_upstream_back_instead_of_filling_memory(
+    api_proxy: RunningProxy, upstream: RecordingUpstream
+) -> None:
+    """Row C10: while the client reads nothing, the upstream gets to write only what socket
+    and stream buffers hold (a few MiB), not the 64 MiB answer: memory stays bounded by
+    back-pressure. Then the whole answer arrives intact."""
+    total, written = 64 * 1024 * 1024, [0]
+
+    async def stream(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = total
+        await response.prepare(request)
+        async for chunk in _chunks(total):
+            await response.write(chunk)
+            written[0] += len(chunk)
+        return response
+
+    upstream.respond = stream
+    reader, writer = await asyncio.open_connection("127.0.0.1", api_proxy.port)
+    try:
+        writer.write(b"GET /api/big HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(0.5)  # a reader that has stopped reading
+        assert written[0] < 16 * 1024 * 1024
+        received = 0
+        async with asyncio.timeout(30):
+            while chunk := await reader.read(1024 * 1024):
+                received += len(chunk)
+    finally:
+        writer.close()
+    assert received == total
+
+
+async def test_early_hints_are_dropped_and_the_final_answer_relayed(
+    start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    raw = await RawUpstream(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    ).start()
+    try:
+        proxy = await start_proxy(
+            {"connectors": {"api": connector(f"http://127.0.0.1:{raw.port}")}}
+        )
+        answer = await raw_request(
+            proxy.port, b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+    finally:
+        await raw.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nok")
+    assert b"103" not in answer and b"Link:" not in answer
+
+
+async def test_a_full_upstream_pool_is_a_bounded_wait_and_never_starves_the_token_endpoint(
+    start_proxy: StartProxy, idp: FakeIdP, client: aiohttp.ClientSession
+) -> None:
+    """Row C15: with all 100 pooled upstream connections busy, one more request waits the
+    connect timeout for a free one and gets 504; the token endpoint has its own pool."""
+    raw = await RawUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", delay=4).start()
+    api = oauth2_connector(f"http://127.0.0.1:{raw.port}", idp.url)
+    api["timeouts"] = {"connect": 0.3, "read": 10}
+    proxy = await start_proxy({"connectors": {"api": api}})
+    busy = [asyncio.create_task(client.get(f"{proxy.url}/api/{i}")) for i in range(100)]
+    try:
+        async with asyncio.timeout(5):
+            while len(raw.received) < 100:  # noqa: ASYNC110 - the raw server has no event
+                await asyncio.sleep(0.02)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with aiohttp.ClientSession() as other:  # the test client's own pool is full too
+            status, body, proxy_status = await _error_of(other, f"{proxy.url}/api/one-more")
+            async with other.post(f"{proxy.url}/_proxy/connectors/api/refresh") as response:
+                assert response.status == 200  # a token request, while the upstream pool is full
+        assert (status, body["error"], proxy_status) == (
+            504,
+            "upstream_timeout",
+            "tokenproxy; error=connection_timeout",
+        )
+        assert loop.time() - started < 2
+        assert len(idp.calls) == 2
+    finally:
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+        await raw.close()

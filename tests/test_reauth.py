@@ -135,19 +135,32 @@ async def test_a_burst_of_401s_causes_one_refresh(
     assert tokens.count(first) == 100 and len(set(tokens)) == 2
 
 
-@pytest.mark.parametrize(("reauth_on", "refreshes"), [([401], 0), ([401, 403], 1)])
+@pytest.mark.parametrize(
+    ("status", "reauth_on", "refreshes"),
+    [
+        (403, [401], 0),
+        (403, [401, 403], 1),
+        (407, [401], 0),
+        (500, [401], 0),
+        (502, [401], 0),
+        (503, [401], 0),
+    ],
+)
 async def test_only_configured_statuses_trigger_a_refresh(
     start_oauth2: StartOAuth2,
     upstream: RecordingUpstream,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
+    status: int,
     reauth_on: list[int],
     refreshes: int,
 ) -> None:
+    """Anything else (403 insufficient_scope, 407, 5xx) passes through as it came: no
+    refresh, no retry (a POST is not idempotent)."""
     proxy = await start_oauth2(reauth_on=reauth_on)
-    upstream.respond = RejectingUpstream(status=403, always=True)
+    upstream.respond = RejectingUpstream(status=status, always=True)
     async with client.post(f"{proxy.url}/api/x", data=b"payload") as response:
-        assert response.status == 403
+        assert response.status == status
     assert len(idp.calls) == 1 + refreshes
     assert len(upstream.requests) == 1 + refreshes
 

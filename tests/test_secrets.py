@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from proxy.demo.idp import DEMO_CLIENT_ID
+from proxy.secrets.envelope import KEY_ENV, MasterKeys, generate_key
 from tests.conftest import StartProxy, oauth2_connector, raw_request
 from tests.fakes import FakeClock, FakeIdP, RawUpstream, RecordingUpstream, answer
 
@@ -24,7 +26,8 @@ QUERY_TOKEN = "tok_CANARY_query_51c2"
 PASSWORD = "sec_CANARY_password_99"
 CLIENT_KEY = "sec_CANARY_clientkey_42"
 ADMIN_TOKEN = "sec_CANARY_admin_0c0c"
-CANARIES = (TOKEN, QUERY_TOKEN, PASSWORD, CLIENT_KEY, ADMIN_TOKEN, "CANARY")
+COOKIE = "sec_CANARY_client_cookie_5d"  # the client's own secrets pass, unlogged
+CANARIES = (TOKEN, QUERY_TOKEN, PASSWORD, CLIENT_KEY, ADMIN_TOKEN, COOKIE, "CANARY")
 
 
 def _closed_port() -> int:
@@ -91,6 +94,7 @@ async def test_no_secret_leaks_on_any_path(
     upstream.respond = plain
     try:
         await call("GET", f"/ok/x?token={TOKEN}", key)
+        await call("GET", "/ok/c", {**key, "Cookie": f"session={COOKIE}", "X-Api-Key": COOKIE})
         await call("POST", "/basic/x", key)
         await call("GET", f"/dead/x?q={TOKEN}", key)
         await call("GET", "/dq/x", key)
@@ -115,7 +119,9 @@ async def test_no_secret_leaks_on_any_path(
     finally:
         await truncating.close()
 
-    assert len(seen) == 13
+    assert len(seen) == 14
+    assert any(COOKIE in v for r in upstream.requests for _, v in r["headers"])
+    assert '"GET /ok/c HTTP/1.1" 200' in caplog.text  # the access line: no header in it
     # The upstreams did get the credentials: the canaries were really in play.
     sent = [v for r in upstream.requests for _, v in r["headers"]]
     assert f"Bearer {TOKEN}" in sent
@@ -140,16 +146,20 @@ async def test_no_secret_of_a_token_connector_leaks(
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
     write_config: Callable[[dict[str, Any]], Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     idp.clients[DEMO_CLIENT_ID] = CLIENT_SECRET
     idp.users["svc"] = USER_PASSWORD
     idp.overrides.update(access_token=ISSUED, refresh_token=ISSUED_REFRESH)
+    master_key = generate_key()  # the secret is configured encrypted, as in production
+    monkeypatch.setenv(KEY_ENV, master_key)
+    encrypted_secret = MasterKeys.from_environment().encrypt(CLIENT_SECRET)
     auth = {
         "grant": "password",
         "username": "svc",
         "password": USER_PASSWORD,
-        "client_secret": CLIENT_SECRET,
+        "client_secret": encrypted_secret,
     }
     config = {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
     proxy = await start_proxy(config, clock)
@@ -200,7 +210,8 @@ async def test_no_secret_of_a_token_connector_leaks(
 
     assert len(idp.calls) >= 7 and ISSUED in " ".join(map(str, upstream.requests))
     everything = "\n".join(seen) + caplog.text
-    for canary in TOKEN_CANARIES:
+    basic = base64.b64encode(f"{DEMO_CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    for canary in (*TOKEN_CANARIES, master_key, encrypted_secret, basic):
         assert canary not in everything
 
 

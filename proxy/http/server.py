@@ -116,6 +116,12 @@ class ProxyServer:
         self.addresses: list[Any] = []
         self.runtime: Runtime | None = None
         self._stack: AsyncExitStack | None = None
+        self._http: web.Server | None = None
+
+    @property
+    def client_connections(self) -> int:
+        """Client connections open now (each with its handler task)."""
+        return 0 if self._http is None else len(self._http.connections)
 
     async def start(self) -> None:
         plan = self._plan or prepare(self.settings)
@@ -133,6 +139,7 @@ class ProxyServer:
             )
             await site.start()
             self.port = runner.addresses[0][1]
+            self._http = runner.server
             stack.push_async_callback(self._warm_up(runtime))
             self.addresses = runner.addresses
             self.runtime, self._stack = runtime, stack.pop_all()  # stop() closes it all
