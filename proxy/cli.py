@@ -61,6 +61,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("name", help="connector name")
     token.add_argument("-c", "--config", help=config_help)
+    token.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ask the token endpoint for a new token (through the store's lease) even if "
+        "a valid one is stored",
+    )
 
     commands.add_parser("keygen", help="print a new master key")
     commands.add_parser(
@@ -205,6 +211,8 @@ def _cmd_token(args: argparse.Namespace) -> int:
         async with open_runtime(plan) as runtime:
             authenticator = runtime.connectors[args.name].authenticator
             try:
+                if args.fresh:
+                    await authenticator.refresh()
                 credential = await authenticator.credential()
             except ProxyError as exc:
                 print(f"{args.name}: {exc.code}: {exc.message}", file=sys.stderr)
@@ -220,6 +228,8 @@ def _cmd_token(args: argparse.Namespace) -> int:
         )
         expires = state.get("expires_in")
         source = getattr(config.auth, "token_url", None) or "the config file"
+        if state.get("source") == "store":
+            source += ", read from the token store"
         print(f"{args.name}: {where}: {prefix + ' ' if prefix else ''}{shown}")
         print(f"  expires in: {'never' if expires is None else f'{expires}s'}")
         print(f"  source: {config.auth.type} from {source}")

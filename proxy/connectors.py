@@ -21,6 +21,7 @@ from proxy.config.tls import TLSConfig
 from proxy.egress.deadlines import Deadlines
 from proxy.egress.sessions import Egress, egress_options, token_session, upstream_session
 from proxy.egress.tls import TLSConfigError, client_ssl_context
+from proxy.store.base import TokenStore
 from proxy.tokens.endpoint import send_token_request
 from proxy.tokens.model import Clock
 
@@ -110,7 +111,11 @@ class Connector:
 
 
 async def open_connector(
-    stack: AsyncExitStack, plan: ConnectorPlan, deadlines: Deadlines, clock: Clock | None = None
+    stack: AsyncExitStack,
+    plan: ConnectorPlan,
+    deadlines: Deadlines,
+    clock: Clock | None = None,
+    store: TokenStore | None = None,
 ) -> Connector:
     """Open the connector's sessions and authenticator; each is closed by ``stack``."""
     config = plan.config
@@ -131,7 +136,9 @@ async def open_connector(
         send = functools.partial(
             send_token_request, Egress(session, timeout, read, deadlines, options)
         )
-    authenticator = open_auth(plan.name, config.auth, plan.auth, send, clock, connect + read)
+    authenticator = open_auth(
+        plan.name, config.auth, plan.auth, send, clock, connect + read, store=store
+    )
     stack.push_async_callback(authenticator.close)  # before the session it uses is closed
     session = upstream_session(plan.upstream_tls)
     stack.push_async_callback(session.close)

@@ -23,6 +23,8 @@ from proxy.egress.deadlines import Deadlines
 from proxy.errors import ConfigError
 from proxy.http.routing import Match, RouteTable
 from proxy.http.target import Target
+from proxy.store.base import TokenStore
+from proxy.store.factory import open_store
 from proxy.tokens.model import Clock
 
 
@@ -30,6 +32,10 @@ from proxy.tokens.model import Clock
 class Plan:
     settings: Settings
     connectors: Mapping[str, ConnectorPlan]
+
+    @property
+    def needs_store(self) -> bool:
+        return any(c.token_tls is not None for c in self.connectors.values())
 
 
 def prepare(settings: Settings) -> Plan:
@@ -49,9 +55,15 @@ def prepare(settings: Settings) -> Plan:
 class Runtime:
     """The connectors of a running proxy and their route table."""
 
-    def __init__(self, settings: Settings, connectors: Mapping[str, Connector]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        connectors: Mapping[str, Connector],
+        store: TokenStore | None = None,
+    ) -> None:
         self.settings = settings
         self.connectors = connectors
+        self.store = store
         self._table: RouteTable[Connector] = RouteTable(
             routes=[(c.config.route, c) for c in connectors.values() if c.config.route is not None],
             hosts=[(host, c) for c in connectors.values() for host in c.config.hosts],
@@ -72,8 +84,12 @@ async def open_runtime(plan: Plan, clock: Clock | None = None) -> AsyncIterator[
     async with AsyncExitStack() as stack:
         deadlines = Deadlines()
         stack.push_async_callback(deadlines.close)  # last: after every session is closed
+        # Only token connectors keep state: no key file or directory for the others.
+        store = open_store(plan.settings) if plan.needs_store else None
+        if store is not None:
+            stack.push_async_callback(store.close)  # after every connector that uses it
         connectors = {
-            name: await open_connector(stack, connector, deadlines, clock)
+            name: await open_connector(stack, connector, deadlines, clock, store)
             for name, connector in plan.connectors.items()
         }
-        yield Runtime(plan.settings, connectors)
+        yield Runtime(plan.settings, connectors, store)

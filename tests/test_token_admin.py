@@ -136,9 +136,9 @@ async def test_admin_refresh_fetches_a_new_token(
         }
 
 
-def tokenproxy_token(path: Path, name: str) -> subprocess.CompletedProcess[str]:
+def tokenproxy_token(path: Path, name: str, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "proxy", "token", name, "-c", str(path)],
+        [sys.executable, "-m", "proxy", "token", name, "-c", str(path), *flags],
         capture_output=True,
         text=True,
         timeout=30,
@@ -165,10 +165,16 @@ async def test_token_command(
         "  expires in: 299s",
         f"  source: oauth2 from {idp.url}/token",
     ]
+    # A second run finds the token in the store: no token request.
+    result = await asyncio.to_thread(tokenproxy_token, path, "api")
+    assert result.stdout.splitlines()[2] == (
+        f"  source: oauth2 from {idp.url}/token, read from the token store"
+    )
+    assert len(idp.calls) == 1
     result = await asyncio.to_thread(tokenproxy_token, path, "static")
     assert result.stdout.splitlines()[0] == "static: Authorization: Bearer …(21 chars)"
     idp.script.append(answer(401, {"error": "invalid_client"}))
-    result = await asyncio.to_thread(tokenproxy_token, path, "api")
+    result = await asyncio.to_thread(tokenproxy_token, path, "api", "--fresh")
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "api: token_endpoint_error: the token endpoint refused the request (401 invalid_client)"

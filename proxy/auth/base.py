@@ -106,8 +106,9 @@ class Authenticator:
         """State for ``/connectors`` and ``/ready``: never a credential."""
         raise NotImplementedError
 
-    async def refresh(self) -> None:
-        """Obtain a new credential now; raises a ProxyError on failure. No-op if fixed."""
+    async def refresh(self, *, force: bool = True) -> None:
+        """Obtain a new credential now; raises a ProxyError on failure. No-op if fixed.
+        ``force=False`` accepts a valid one another process already obtained."""
         return None
 
     async def close(self) -> None:

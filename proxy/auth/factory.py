@@ -13,12 +13,15 @@ from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.models import AuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig, TokenLifecycleConfig
+from proxy.store.base import TokenStore
+from proxy.store.records import token_key
 from proxy.tokens.custom import CustomGrant
 from proxy.tokens.endpoint import TokenSender
 from proxy.tokens.grant import Grant
 from proxy.tokens.manager import TokenManager
-from proxy.tokens.model import Clock
+from proxy.tokens.model import Clock, SystemClock
 from proxy.tokens.oauth2 import OAuth2Grant
+from proxy.tokens.shared import SharedToken
 
 AuthPlan = FixedAuthenticator | Grant
 
@@ -54,10 +57,18 @@ def open_auth(
     send: TokenSender | None,
     clock: Clock | None = None,
     deadline: float | None = None,
+    *,
+    store: TokenStore | None = None,
 ) -> Authenticator:
     """The connector's authenticator; ``send`` reaches its token endpoint (required for the
-    token-issuing types), and one acquisition takes at most ``deadline`` seconds."""
+    token-issuing types), one acquisition takes at most ``deadline`` seconds, and ``store``
+    (if any) shares its token with other processes and keeps it across restarts."""
     if isinstance(plan, FixedAuthenticator):
         return plan
     assert send is not None and isinstance(config, TokenLifecycleConfig)
-    return TokenManager(name, config, plan, send, clock=clock, deadline=deadline)
+    clock = clock or SystemClock()
+    shared = None
+    if store is not None:
+        seed = plan.seed_refresh_token()
+        shared = SharedToken(store, token_key(config), name, seed, clock)
+    return TokenManager(name, config, plan, send, clock=clock, deadline=deadline, shared=shared)

@@ -7,6 +7,7 @@ errors give only line and column, validation errors are printed without their in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ from proxy.secrets.redaction import REDACTOR, secret_values
 class LoadedConfig:
     settings: Settings
     warnings: list[str]
+
+
+STATE_DIR_ENV = "TOKENPROXY_STATE_DIR"
 
 
 def format_location(location: Location) -> str:
@@ -110,6 +114,10 @@ def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Loa
     """
     raw = deep_merge(_read_yaml(path), _environment_overrides())
     raw = deep_merge(raw, overrides or {})
+    if raw.get("state_dir") is None:  # CONTRACT.md: $TOKENPROXY_STATE_DIR, else beside the file
+        raw["state_dir"] = os.environ.get(STATE_DIR_ENV) or str(
+            path.resolve().parent / ".tokenproxy"
+        )
     resolved, source_problems = resolve_tree(raw)
     problems = [f"{format_location(p.location)}: {p.message}" for p in source_problems]
     unresolved = tuple(format_location(p.location) for p in source_problems)

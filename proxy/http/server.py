@@ -173,7 +173,7 @@ class ProxyServer:
 
         async def warm(connector: Connector) -> None:
             with contextlib.suppress(ProxyError):
-                await connector.authenticator.refresh()
+                await connector.authenticator.refresh(force=False)
 
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(warm(c)) for c in runtime.connectors.values() if c.config.warmup]

@@ -43,6 +43,7 @@ from proxy.tokens.endpoint import TokenRequest, TokenSender, provider_now
 from proxy.tokens.grant import Grant, RequestContext
 from proxy.tokens.model import Clock, IssuedToken, Phase, SystemClock, Token
 from proxy.tokens.policy import RetryPolicy, TokenStats
+from proxy.tokens.shared import Obtained, SharedToken
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,12 @@ class TokenManager(Authenticator):
         clock: Clock | None = None,
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
+        shared: SharedToken | None = None,
     ) -> None:
         """``deadline``: seconds one acquisition may take in all (the connector's
-        ``connect + read``); None: no overall bound."""
+        ``connect + read``); None: no overall bound. ``shared``: the token's state in the
+        store, shared with other processes and kept across restarts; None: this process
+        only."""
         self.connector = connector
         self.config = config
         self.reauth_on = frozenset(config.reauth_on)
@@ -85,6 +89,7 @@ class TokenManager(Authenticator):
         self._retry_at = 0.0
         self._last_fetch_start = -math.inf
         self._last_forced = -math.inf
+        self._shared = shared
         self.stats = TokenStats()
 
     # -- the Authenticator protocol ------------------------------------------------------
@@ -123,6 +128,8 @@ class TokenManager(Authenticator):
             self._last_forced = now
             self._held = None
             logger.info("connector %s: upstream rejected the token; renewing it", self.connector)
+            if self._shared is not None:  # the fleet renews it once, not once per process
+                await self._shared.invalidate(held.token.value)
         try:
             return await self.credential()
         except ProxyError:
@@ -134,9 +141,10 @@ class TokenManager(Authenticator):
 
     # -- operations ----------------------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Fetch a new token now (admin, warm-up); the current one stays in use meanwhile."""
-        outcome = await asyncio.shield(self._start_fetch())
+    async def refresh(self, *, force: bool = True) -> None:
+        """Get a new token now (admin, ``token --fresh``); the current one stays in use
+        meanwhile. ``force=False`` (warm-up) takes a valid one from the store instead."""
+        outcome = await asyncio.shield(self._start_fetch(force=force))
         if isinstance(outcome, TokenEndpointError):
             raise _copy(outcome)
 
@@ -154,6 +162,7 @@ class TokenManager(Authenticator):
         return {
             "state": state,
             "expires_in": math.floor(held.token.expires_at - now) if held and alive else None,
+            "source": held.token.source if held and alive else None,
             "last_error": self.stats.last_error,
             "fetches": self.stats.fetches,
             "failures": self.stats.failures,
@@ -167,31 +176,26 @@ class TokenManager(Authenticator):
 
     # -- the single flight ---------------------------------------------------------------
 
-    def _start_fetch(self) -> asyncio.Task[Token | TokenEndpointError]:
+    def _start_fetch(self, *, force: bool = False) -> asyncio.Task[Token | TokenEndpointError]:
         if self._inflight is None:
-            self._inflight = asyncio.get_running_loop().create_task(self._fetch())
+            self._inflight = asyncio.get_running_loop().create_task(self._fetch(force))
             self._inflight.add_done_callback(self._fetch_done)
         return self._inflight
 
     def _fetch_done(self, task: asyncio.Task[Token | TokenEndpointError]) -> None:
         self._inflight = None
 
-    async def _fetch(self) -> Token | TokenEndpointError:
+    async def _fetch(self, force: bool) -> Token | TokenEndpointError:
         """Never raises: the outcome, success or failure, is shared by every waiter."""
         wait = self._last_fetch_start + self._policy.min_fetch_interval - self._clock.monotonic()
         if wait > 0:
             await self._clock.sleep(wait)
-        started = self._last_fetch_start = self._clock.monotonic()
-        # Lifetimes count from the start of the second in which the request was sent:
-        # providers count whole seconds (oidc-provider's iat is floor(now)), so up to a
-        # second of expires_in can be gone already. Never later than the provider's clock.
-        issued_at = started - self._clock.wall() % 1
-        self.stats.fetches += 1
+        self._last_fetch_start = self._clock.monotonic()
         try:
             # One deadline for the whole acquisition, retries included: a client waits at
             # most the connector's timeouts, however the provider drips its answers.
             async with asyncio.timeout(self._deadline):
-                issued = await self._obtain()
+                obtained = await self._acquire(force)
         except TokenEndpointError as exc:
             self._record_failure(exc)
             return exc
@@ -208,7 +212,31 @@ class TokenManager(Authenticator):
             error = TokenEndpointError("internal error obtaining a token")
             self._record_failure(error)
             return error
-        return self._publish(issued, issued_at)
+        return self._publish(obtained)
+
+    async def _acquire(self, force: bool) -> Obtained:
+        """From the provider, or, with a store, from the fleet (:mod:`proxy.tokens.shared`)."""
+        if self._shared is None:
+            issued, issued_at = await self._request(None)
+            return Obtained(issued, issued_at, "token endpoint", self._refresh_token)
+        return await self._shared.obtain(
+            self._request,
+            lambda: self._refresh_token,
+            margin=self.config.refresh_margin,
+            holding=self._held is not None,
+            force=force,
+        )
+
+    async def _request(self, stored_refresh_token: str | None) -> tuple[IssuedToken, float]:
+        """One token request (with retries); the token and its issue time on our clock."""
+        if stored_refresh_token is not None:
+            self._keep_refresh_token(stored_refresh_token)  # the fleet's newest wins
+        # Lifetimes count from the start of the second in which the request was sent:
+        # providers count whole seconds (oidc-provider's iat is floor(now)), so up to a
+        # second of expires_in can be gone already. Never later than the provider's clock.
+        issued_at = self._clock.monotonic() - self._clock.wall() % 1
+        self.stats.fetches += 1
+        return await self._obtain(), issued_at
 
     def _context(self) -> RequestContext:
         return RequestContext(self._last_access_token, self._refresh_token, self._clock.wall())
@@ -288,15 +316,18 @@ class TokenManager(Authenticator):
             self._refresh_token = rotated
             REDACTOR.hold(self.connector, [rotated])
 
-    def _publish(self, issued: IssuedToken, issued_at: float) -> Token:
+    def _publish(self, obtained: Obtained) -> Token:
+        issued = obtained.issued
+        if obtained.refresh_token is not None:
+            self._keep_refresh_token(obtained.refresh_token)
         REDACTOR.hold(self.connector, [t for t in (issued.access_token, self._refresh_token) if t])
         self._needs_refresh_token = False
         token = Token.issued(
             issued.access_token,
-            issued_at,
+            obtained.issued_at,
             issued.lifetime,
             self.config.refresh_margin,
-            "token endpoint",
+            obtained.source,
         )
         self._held = _Held(token, credential_for(token.value, self.config))
         self._last_access_token = token.value

@@ -1,0 +1,1 @@
+"""Token state shared by every worker and replica, and kept across restarts."""

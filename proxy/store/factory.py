@@ -1,0 +1,62 @@
+"""The token store a runtime uses, made from ``cache`` and ``state_dir``.
+
+Without ``TOKENPROXY_MASTER_KEY`` (or ``_FILE``), a key is generated once into
+``state_dir/master.key`` (mode 0600) with a warning: it keeps stored refresh tokens
+unreadable to whoever copies the store (a backup, Redis) without that file, not from
+whoever can read ``state_dir`` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from proxy.config.models import Settings
+from proxy.errors import ConfigError
+from proxy.secrets.envelope import KEY_FILE_ENV, EnvelopeError, MasterKeys, generate_key
+from proxy.store.base import TokenStore
+from proxy.store.files import FileStore
+
+logger = logging.getLogger(__name__)
+
+KEY_FILE_NAME = "master.key"
+
+
+def store_keys(directory: Path) -> MasterKeys:
+    keys = MasterKeys.from_environment()
+    if keys.current is not None:
+        return keys
+    path = directory / KEY_FILE_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass  # made earlier, or by another worker just now
+    else:
+        with os.fdopen(fd, "w") as file:
+            file.write(generate_key() + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        logger.warning(
+            "no TOKENPROXY_MASTER_KEY: generated %s (mode 0600) to encrypt the token store; "
+            "a copy of the store is unreadable without it, but anyone who can read state_dir "
+            "can read both. Set TOKENPROXY_MASTER_KEY to keep the key elsewhere",
+            path,
+        )
+    generated = MasterKeys.from_environment({KEY_FILE_ENV: str(path)}).current
+    return MasterKeys(generated, keys.old)
+
+
+def open_store(settings: Settings) -> TokenStore | None:
+    """The store, or None when no ``state_dir`` is known (settings made in code)."""
+    if settings.state_dir is None:
+        return None
+    directory = Path(settings.state_dir)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = store_keys(directory)
+        return FileStore(directory, keys)
+    except OSError as exc:
+        raise ConfigError([f"state_dir: cannot use {directory} ({exc.strerror})"]) from None
+    except EnvelopeError as exc:
+        raise ConfigError([f"state_dir: {exc}"]) from None

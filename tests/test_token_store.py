@@ -1,0 +1,155 @@
+"""The token store: state that survives restarts and is shared by every process on a
+machine (``state_dir``), against a provider that revokes a grant when a refresh token is
+used twice, as certified ones do."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.secrets.envelope import KEY_ENV, MasterKeys, generate_key
+from proxy.store.files import FileStore
+from proxy.store.records import TokenRecord
+from tests.conftest import StartProxy, WriteConfig, oauth2_connector
+from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
+from tests.test_cli import running
+from tests.test_token_admin import tokenproxy_token
+
+
+def rotating(upstream: RecordingUpstream, idp: FakeIdP, seed: str) -> dict[str, Any]:
+    auth = {"grant": "refresh_token", "refresh_token": seed}
+    return {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
+
+
+async def status(client: aiohttp.ClientSession, url: str) -> int:
+    async with client.get(f"{url}/api/x") as response:
+        return response.status
+
+
+async def test_restarts_resume_from_the_rotated_refresh_token(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    """Each start once sent the config's seed again: the provider saw a reuse and revoked
+    the grant. Now the stored, rotated refresh token wins."""
+    config = rotating(upstream, idp, idp.seed_refresh_token())
+    for _ in range(3):
+        proxy = await start_proxy(config, clock)
+        assert await status(client, proxy.url) == 200
+        await proxy.server.stop()
+        clock.advance(400)  # the access token is gone too: the next start must renew
+    assert idp.grants == ["refresh_token"] * 3
+    assert not idp.reuse_detected
+
+
+async def test_a_restart_with_a_valid_stored_token_makes_no_token_request(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    config = rotating(upstream, idp, idp.seed_refresh_token())
+    first = await start_proxy(config, clock)
+    assert await status(client, first.url) == 200
+    await first.server.stop()
+    clock.advance(100)
+    second = await start_proxy(config, clock)
+    assert await status(client, second.url) == 200
+    async with client.get(f"{second.url}/_proxy/connectors") as response:
+        described = (await response.json())["connectors"][0]
+    assert (described["source"], described["expires_in"]) == ("store", 200)
+    assert len(idp.calls) == 1
+    assert len({v for r in upstream.requests for k, v in r["headers"] if k == "Authorization"}) == 1
+
+
+async def test_a_changed_seed_wins_over_the_stored_refresh_token(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    """An operator who consents again and configures the new refresh token means it."""
+    proxy = await start_proxy(rotating(upstream, idp, idp.seed_refresh_token()), clock)
+    assert await status(client, proxy.url) == 200
+    await proxy.server.stop()
+    new_seed = idp.seed_refresh_token()
+    proxy = await start_proxy(rotating(upstream, idp, new_seed), clock)
+    assert await status(client, proxy.url) == 200
+    assert [call["form"]["refresh_token"] for call in idp.calls][1] == new_seed
+    assert not idp.reuse_detected
+
+
+async def test_the_token_command_beside_a_running_proxy_shares_the_grant(
+    start_proxy: StartProxy,
+    write_config: WriteConfig,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+) -> None:
+    config = rotating(upstream, idp, idp.seed_refresh_token())
+    proxy = await start_proxy(config)  # real clocks: two processes
+    assert await status(client, proxy.url) == 200
+    path = write_config({**config, "listen": {"host": "127.0.0.1", "port": 0}})
+    result = await asyncio.to_thread(tokenproxy_token, path, "api")
+    assert "read from the token store" in result.stdout  # the proxy's token, no request
+    result = await asyncio.to_thread(tokenproxy_token, path, "api", "--fresh")
+    assert result.returncode == 0, result.stderr  # rotated the grant, through the store
+    async with client.post(f"{proxy.url}/_proxy/connectors/api/refresh") as response:
+        assert response.status == 200  # the proxy renews with the newest refresh token
+    assert await status(client, proxy.url) == 200
+    assert idp.grants == ["refresh_token"] * 3
+    assert not idp.reuse_detected
+
+
+async def test_workers_on_one_machine_make_one_token_request(
+    write_config: WriteConfig, upstream: RecordingUpstream, idp: FakeIdP
+) -> None:
+    idp.delay = 0.3  # a cold burst arrives in both workers while the first request runs
+    path = write_config({"connectors": {"api": oauth2_connector(upstream.url, idp.url)}})
+    args = ("run", "-c", str(path), "--port", "0", "--workers", "2")
+    async with running(*args, ready=r"(listening on .*\n.*){2}") as (process, output):
+        port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", output).group(1)  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}"
+        sessions = [aiohttp.ClientSession() for _ in range(20)]  # 20 pools: both workers
+        try:
+            statuses = await asyncio.gather(*(status(sessions[i % 20], url) for i in range(200)))
+        finally:
+            for session in sessions:
+                await session.close()
+        assert statuses == [200] * 200
+        workers = {v for r in upstream.requests for k, v in r["headers"] if k == "Authorization"}
+        assert len(workers) == 1
+        process.terminate()
+        await process.wait()
+    assert len(idp.calls) == 1
+
+
+def test_the_store_is_encrypted_private_and_tamper_evident(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, generate_key())
+    store = FileStore(tmp_path / "state", MasterKeys.from_environment())
+    record = TokenRecord("k1", "seed", "tok_CANARY_stored", 1.8e9, 300, "tok_CANARY_refresh")
+    asyncio.run(store.write(record))
+    (path,) = (tmp_path / "state").glob("token-k1.json")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert b"CANARY" not in path.read_bytes()
+    assert asyncio.run(store.read("k1")) == record
+    sealed = path.read_bytes()
+    path.write_bytes(sealed[:-4] + (b"AAAA" if not sealed.endswith(b"AAAA") else b"BBBB"))
+    assert asyncio.run(store.read("k1")) is None  # tampered: a miss
+    path.write_bytes(sealed)
+    os.rename(path, path.with_name("token-k2.json"))
+    assert asyncio.run(store.read("k2")) is None  # another key's entry: a miss
