@@ -583,9 +583,30 @@ def test_a_config_written_from_the_contract_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("cache", "problem"),
+    [
+        ({"backend": "redis"}, "cache: url is required with backend redis"),
+        ({"backend": "redis", "url": "http://x"}, "cache: url must start with redis://"),
+        (
+            {"backend": "redis", "url": "redis://127.0.0.1", "tls": {"ca_file": "ca.pem"}},
+            "cache: tls needs a rediss:// url",
+        ),
+        (
+            {"backend": "redis", "url": "rediss://h", "tls": {"cert_file": "c.pem"}},
+            "cache.tls: give cert_file and key_file together",
+        ),
+    ],
+)
+def test_cache_settings_are_checked(
+    write_config: WriteConfig, cache: dict[str, Any], problem: str
+) -> None:
+    (found,) = problems_of(write_config({"cache": cache}))
+    assert found.startswith(problem), found
+
+
+@pytest.mark.parametrize(
     ("config", "problem"),
     [
-        ({"cache": {"backend": "redis"}}, "cache.backend: the redis backend is not available"),
         (base_config(per_client={"b": {}}), "connectors.crm.per_client: not available in this"),
         ({"tls_intercept": {"ca_cert_file": "x"}}, "tls_intercept: not available in this"),
         (base_config(retries={"attempts": 2}), "connectors.crm.retries: not available in this"),

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ByteSize, Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic import (
+    BeforeValidator,
+    ByteSize,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
@@ -96,19 +104,50 @@ class ClientsConfig(StrictModel):
         return list(self.api_keys.values())
 
 
+class RedisTLSConfig(StrictModel):
+    """TLS to Redis (``rediss://``): a custom CA, and a client certificate if it wants one."""
+
+    ca_file: str | None = Field(None, description="CA bundle (PEM) that signed Redis's certificate")
+    cert_file: str | None = Field(None, description="client certificate (PEM)")
+    key_file: str | None = Field(None, description="client private key (PEM)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> RedisTLSConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("give cert_file and key_file together")
+        return self
+
+
 class CacheConfig(StrictModel):
-    """Where tokens are kept. ``memory``: in each process."""
+    """Where token state is shared. ``memory``: by the processes of one machine, durable in
+    ``state_dir``; ``redis``: by every replica, with ``state_dir`` as the local fallback."""
 
     backend: Literal["memory", "redis"] = "memory"
-    url: SecretStr | None = Field(None, description="redis://[user:password@]host:port/db")
+    url: SecretStr | None = Field(
+        None, description="redis://[user:password@]host:port/db, or rediss:// for TLS"
+    )
     key_prefix: str = Field("tokenproxy:", description="prefix of every key in Redis")
+    tls: RedisTLSConfig | None = None
+    lease_ttl: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="seconds a replica that died while fetching blocks the others (renewed "
+        "every third of it while the holder lives)",
+    )
 
-    @field_validator("backend")
-    @classmethod
-    def _available(cls, value: str) -> str:
-        if value == "redis":
-            raise ValueError("the redis backend is not available in this version; use memory")
-        return value
+    @model_validator(mode="after")
+    def _redis_needs_a_url(self) -> CacheConfig:
+        if self.backend != "redis":
+            return self
+        if self.url is None:
+            raise ValueError("url is required with backend redis")
+        scheme = self.url.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss"):
+            raise ValueError("url must start with redis:// or rediss://")
+        if self.tls is not None and scheme != "rediss":
+            raise ValueError("tls needs a rediss:// url")
+        return self
 
 
 class ServerConfig(StrictModel):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from proxy.config.models import Settings
 from proxy.errors import ConfigError
-from proxy.secrets.envelope import KEY_FILE_ENV, EnvelopeError, MasterKeys, generate_key
+from proxy.secrets.envelope import KEY_ENV, KEY_FILE_ENV, EnvelopeError, MasterKeys, generate_key
 from proxy.store.base import TokenStore
 from proxy.store.files import FileStore
 
@@ -52,11 +52,35 @@ def open_store(settings: Settings) -> TokenStore | None:
     if settings.state_dir is None:
         return None
     directory = Path(settings.state_dir)
+    cache = settings.cache
     try:
+        if cache.backend == "redis" and MasterKeys.from_environment().current is None:
+            # A key generated per machine would leave each replica unable to read the rest.
+            raise ConfigError(
+                [
+                    "cache.backend: redis shares sealed tokens between replicas: set "
+                    f"{KEY_ENV} (or {KEY_FILE_ENV}) to the same master key on every replica"
+                ]
+            )
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         keys = store_keys(directory)
-        return FileStore(directory, keys)
+        local = FileStore(directory, keys)
     except OSError as exc:
         raise ConfigError([f"state_dir: cannot use {directory} ({exc.strerror})"]) from None
     except EnvelopeError as exc:
         raise ConfigError([f"state_dir: {exc}"]) from None
+    if cache.backend == "memory" or cache.url is None:
+        return local
+    from proxy.store.redis import RedisStore  # the redis package: only when used
+
+    tls = cache.tls
+    options = {}
+    if tls is not None:
+        options = {
+            "ssl_ca_certs": tls.ca_file,
+            "ssl_certfile": tls.cert_file,
+            "ssl_keyfile": tls.key_file,
+        }
+    return RedisStore.connect(
+        cache.url.get_secret_value(), cache.key_prefix, keys, local, cache.lease_ttl, **options
+    )

@@ -163,6 +163,7 @@ class TokenManager(Authenticator):
             "state": state,
             "expires_in": math.floor(held.token.expires_at - now) if held and alive else None,
             "source": held.token.source if held and alive else None,
+            "store": self._shared.store.health() if self._shared is not None else None,
             "last_error": self.stats.last_error,
             "fetches": self.stats.fetches,
             "failures": self.stats.failures,

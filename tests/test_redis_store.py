@@ -1,0 +1,348 @@
+"""The redis backend against the real Redis server: one token request per lifetime for a
+fleet, leases that outlive slow providers and dead holders, outages that lose nothing.
+
+Replicas are ProxyServers with state directories of their own (separate machines), in this
+process on one fake clock, or real ``tokenproxy run`` processes where a process must die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from proxy.secrets.envelope import KEY_ENV, generate_key
+from tests.conftest import RunningProxy, StartProxy, WriteConfig, oauth2_connector
+from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
+from tests.test_cli import running
+
+REDIS_URL = os.environ.get("TOKENPROXY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(autouse=True)
+def _fleet_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, generate_key())  # every replica of a fleet shares one
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The shared Redis server, or a skip (a failure under CI, where .ci/run starts one)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no Redis at {REDIS_URL}: .ci/run should have started one")
+        pytest.skip(f"no Redis at {REDIS_URL} (set TOKENPROXY_TEST_REDIS_URL, or run .ci/run)")
+    yield REDIS_URL
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are removed afterwards."""
+    value = f"tokenproxy-test:{uuid.uuid4().hex[:12]}:"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{value}*"):
+        client.delete(key)
+    client.close()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, to stop, freeze and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("redis-server is not installed: .ci/run needs it")
+            pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        for _ in range(100):  # up to 5 s
+            with contextlib.suppress(redis.RedisError):
+                if client.ping():
+                    return
+            subprocess.run(["sleep", "0.05"], check=True)
+        pytest.fail("the private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def replica(
+    tmp_path: Path, name: str, url: str, prefix: str, connectors: dict[str, Any], **cache: Any
+) -> dict[str, Any]:
+    """The config of one replica: its own state_dir, the shared Redis."""
+    return {
+        "state_dir": str(tmp_path / name),
+        "cache": {"backend": "redis", "url": url, "key_prefix": prefix, **cache},
+        "connectors": connectors,
+    }
+
+
+async def get(client: aiohttp.ClientSession, proxy: RunningProxy, path: str = "/api/x") -> int:
+    async with client.get(proxy.url + path) as response:
+        await response.read()
+        return response.status
+
+
+async def describe(client: aiohttp.ClientSession, proxy: RunningProxy) -> dict[str, Any]:
+    async with client.get(f"{proxy.url}/_proxy/connectors") as response:
+        return (await response.json())["connectors"][0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def fleet(
+    start_proxy: StartProxy,
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+) -> AsyncIterator[Any]:
+    """``await fleet(n, **auth)``: n replicas of one oauth2 connector sharing Redis."""
+
+    async def start(count: int, **auth: Any) -> list[RunningProxy]:
+        connectors = {"api": oauth2_connector(upstream.url, idp.url, **auth)}
+        return [
+            await start_proxy(replica(tmp_path, f"r{i}", redis_url, prefix, connectors), clock)
+            for i in range(count)
+        ]
+
+    yield start
+
+
+async def test_a_cold_burst_on_two_replicas_makes_one_token_request(
+    fleet: Any, idp: FakeIdP, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    a, b = await fleet(2)
+    idp.delay = 0.3
+    statuses = await asyncio.gather(*(get(client, (a, b)[i % 2]) for i in range(400)))
+    assert statuses == [200] * 400
+    assert len(idp.calls) == 1
+    assert len({dict(r["headers"])["Authorization"] for r in upstream.requests}) == 1
+    assert [(await describe(client, p))["source"] for p in (a, b)].count("store") >= 1
+
+
+async def test_a_renewal_under_load_is_one_request_for_the_fleet_and_nobody_waits(
+    fleet: Any, idp: FakeIdP, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    a, b = await fleet(2)
+    assert await get(client, a) == 200 and await get(client, b) == 200
+    assert len(idp.calls) == 1
+    for _ in range(3):  # three lifetimes: 300 s tokens, renewable from 240 s
+        clock.advance(250)
+        idp.delay = 0.5
+        statuses = await asyncio.gather(*(get(client, (a, b)[i % 2]) for i in range(200)))
+        assert statuses == [200] * 200  # all served by the held token while one renews
+        idp.delay = 0
+        async with asyncio.timeout(5):
+            while idp.active or (await describe(client, b))["expires_in"] < 250:
+                await asyncio.sleep(0.05)
+                await get(client, b)  # b learns of a's renewal from the store
+    assert len(idp.calls) == 4  # one per lifetime, for both replicas
+
+
+async def test_rotation_never_runs_twice_in_the_fleet(
+    fleet: Any, idp: FakeIdP, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    replicas = await fleet(3, grant="refresh_token", refresh_token=idp.seed_refresh_token())
+    for _ in range(4):
+        statuses = await asyncio.gather(*(get(client, replicas[i % 3]) for i in range(150)))
+        assert statuses == [200] * 150
+        clock.advance(400)  # expired everywhere: every replica wants to renew at once
+    assert idp.grants == ["refresh_token"] * 4
+    assert not idp.reuse_detected
+
+
+async def test_a_provider_slower_than_the_lease_never_lets_a_second_replica_in(
+    start_proxy: StartProxy,
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+) -> None:
+    api = oauth2_connector(upstream.url, idp.url)
+    api["timeouts"] = {"read": 5}
+    a, b = [
+        await start_proxy(replica(tmp_path, n, redis_url, prefix, {"api": api}, lease_ttl=0.3))
+        for n in ("a", "b")
+    ]
+    idp.delay = 1.2  # four lease lifetimes
+    assert await asyncio.gather(get(client, a), get(client, b)) == [200, 200]
+    assert len(idp.calls) == 1
+
+
+async def test_a_replica_killed_mid_fetch_hands_over_to_another(
+    start_proxy: StartProxy,
+    write_config: WriteConfig,
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+) -> None:
+    api = oauth2_connector(upstream.url, idp.url)
+    api["timeouts"] = {"read": 10}
+    dying = replica(tmp_path, "dying", redis_url, prefix, {"api": api}, lease_ttl=0.5)
+    path = write_config({**dying, "listen": {"host": "127.0.0.1", "port": 0}})
+    idp.delay = 30  # the first token request never ends: its replica dies holding the lease
+    async with running("run", "-c", str(path), ready=r"listening on http://\S+:(\d+)") as (
+        process,
+        output,
+    ):
+        port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", output).group(1)  # type: ignore[union-attr]
+        stuck = asyncio.create_task(client.get(f"http://127.0.0.1:{port}/api/x"))
+        async with asyncio.timeout(5):
+            while not idp.calls:  # noqa: ASYNC110 - the provider has no event
+                await asyncio.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        stuck.cancel()
+        await asyncio.gather(stuck, return_exceptions=True)
+    idp.delay = 0
+    survivor = await start_proxy(replica(tmp_path, "survivor", redis_url, prefix, {"api": api}))
+    assert await get(client, survivor) == 200  # waited for the lease to lapse, then fetched
+    assert len(idp.calls) == 2
+
+
+async def test_a_burst_of_401s_across_the_fleet_renews_once(
+    fleet: Any, idp: FakeIdP, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    a, b = await fleet(2)
+    assert await get(client, a) == 200 and await get(client, b) == 200
+    rejected = dict(upstream.last["headers"])["Authorization"]
+
+    async def respond(request: Any) -> Any:
+        from aiohttp import web
+
+        if request.headers.get("Authorization") == rejected:
+            return web.Response(status=401)
+        return web.Response(text="ok")
+
+    upstream.respond = respond
+    statuses = await asyncio.gather(*(get(client, (a, b)[i % 2]) for i in range(100)))
+    assert statuses == [200] * 100
+    assert len(idp.calls) == 2  # the first token, and one renewal for everyone
+
+
+async def test_tokens_in_redis_are_encrypted_and_namespaced(
+    fleet: Any, idp: FakeIdP, client: aiohttp.ClientSession, redis_url: str, prefix: str
+) -> None:
+    idp.overrides.update(access_token="tok_CANARY_in_redis")
+    (a,) = await fleet(
+        1, grant="refresh_token", refresh_token=idp.seed_refresh_token("u", "rt_CANARY_x")
+    )
+    assert await get(client, a) == 200
+    raw = redis.Redis.from_url(redis_url)
+    keys = [key.decode() for key in raw.scan_iter(match=f"{prefix}*")]
+    assert keys and all(re.fullmatch(rf"{re.escape(prefix)}token:[0-9a-f]{{32}}", k) for k in keys)
+    for key in keys:
+        assert b"CANARY" not in b"".join(raw.hgetall(key).values())
+    raw.close()
+
+
+async def test_a_tampered_entry_is_a_miss(
+    fleet: Any,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    redis_url: str,
+    prefix: str,
+    clock: FakeClock,
+) -> None:
+    (a,) = await fleet(1)
+    assert await get(client, a) == 200
+    raw = redis.Redis.from_url(redis_url)
+    (key,) = list(raw.scan_iter(match=f"{prefix}token:*"))
+    sealed = raw.hget(key, "data")
+    raw.hset(key, "data", sealed[:-6] + b"AAAAAA")  # type: ignore[index,operator]
+    raw.close()
+    (b,) = await fleet(1)  # a replica starting now finds only the tampered entry
+    assert await get(client, b) == 200
+    assert len(idp.calls) == 2
+
+
+async def test_redis_down_keeps_serving_and_loses_nothing(
+    start_proxy: StartProxy,
+    tmp_path: Path,
+    private_redis: PrivateRedis,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auth = {"grant": "refresh_token", "refresh_token": idp.seed_refresh_token()}
+    connectors = {"api": oauth2_connector(upstream.url, idp.url, **auth)}
+    config = replica(tmp_path, "a", private_redis.url, "tp:", connectors)
+    proxy = await start_proxy(config, clock)
+    assert await get(client, proxy) == 200
+    private_redis.stop()
+    clock.advance(400)  # renew while Redis is gone: the rotated token must not be lost
+    for _ in range(20):
+        assert await get(client, proxy) == 200
+    assert (await describe(client, proxy))["store"] == "degraded"
+    assert caplog.text.count("Redis is unreachable") == 1  # one warning, not one per request
+    private_redis.start()  # empty: it kept nothing
+    await asyncio.sleep(1.3)  # past the back-off
+    clock.advance(400)
+    assert await get(client, proxy) == 200  # renews with the token rotated during the outage
+    assert (await describe(client, proxy))["store"] == "ok"
+    assert idp.grants == ["refresh_token"] * 3
+    assert not idp.reuse_detected
+    raw = redis.Redis(port=private_redis.port)
+    assert list(raw.scan_iter(match="tp:token:*"))  # written to Redis once it was back
+    raw.close()
