@@ -24,7 +24,7 @@ from proxy.errors import ConfigError
 from proxy.http.routing import Match, RouteTable
 from proxy.http.target import Target
 from proxy.store.base import TokenStore
-from proxy.store.factory import open_store
+from proxy.store.factory import open_store, store_problems
 from proxy.tokens.model import Clock
 
 
@@ -47,6 +47,7 @@ def prepare(settings: Settings) -> Plan:
         problems.extend(found)
         if plan is not None:
             plans[name] = plan
+    problems.extend(store_problems(settings))
     if problems:
         raise ConfigError(problems)
     return Plan(settings, plans)

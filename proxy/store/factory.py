@@ -47,6 +47,23 @@ def store_keys(directory: Path) -> MasterKeys:
     return MasterKeys(generated, keys.old)
 
 
+def store_problems(settings: Settings) -> list[str]:
+    """What keeps the configured store from working, found before anything opens."""
+    if settings.cache.backend != "redis":
+        return []
+    try:
+        current = MasterKeys.from_environment().current
+    except EnvelopeError as exc:
+        return [f"cache.backend: {exc}"]
+    if current is None:
+        # A key generated per machine would leave each replica unable to read the others'.
+        return [
+            "cache.backend: redis shares sealed tokens between replicas: set "
+            f"{KEY_ENV} (or {KEY_FILE_ENV}) to the same master key on every replica"
+        ]
+    return []
+
+
 def open_store(settings: Settings) -> TokenStore | None:
     """The store, or None when no ``state_dir`` is known (settings made in code)."""
     if settings.state_dir is None:
@@ -54,14 +71,6 @@ def open_store(settings: Settings) -> TokenStore | None:
     directory = Path(settings.state_dir)
     cache = settings.cache
     try:
-        if cache.backend == "redis" and MasterKeys.from_environment().current is None:
-            # A key generated per machine would leave each replica unable to read the rest.
-            raise ConfigError(
-                [
-                    "cache.backend: redis shares sealed tokens between replicas: set "
-                    f"{KEY_ENV} (or {KEY_FILE_ENV}) to the same master key on every replica"
-                ]
-            )
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         keys = store_keys(directory)
         local = FileStore(directory, keys)
