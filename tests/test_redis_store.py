@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+import yaml
 
 from proxy.secrets.envelope import KEY_ENV, generate_key
 from tests.conftest import RunningProxy, StartProxy, WriteConfig, oauth2_connector
@@ -346,3 +347,58 @@ async def test_redis_down_keeps_serving_and_loses_nothing(
     raw = redis.Redis(port=private_redis.port)
     assert list(raw.scan_iter(match="tp:token:*"))  # written to Redis once it was back
     raw.close()
+
+
+@pytest.mark.parametrize("workers", [("1", "1"), ("1", "2")], ids=["two-processes", "plus-workers"])
+async def test_real_processes_sharing_redis_make_one_token_request(
+    write_config: WriteConfig,
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    workers: tuple[str, str],
+) -> None:
+    """``tokenproxy run`` twice (the second with ``--workers 2`` in one case), cold, 200
+    concurrent requests to each: one token request in all."""
+    idp.delay = 0.3
+    connectors = {"api": oauth2_connector(upstream.url, idp.url)}
+    ports: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for name, count in zip(("a", "b"), workers, strict=True):
+            config = replica(tmp_path, name, redis_url, prefix, connectors)
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            args = ("run", "-c", str(path), "--port", "0", "--workers", count)
+            ready = rf"(listening on .*\n.*){{{count}}}"
+            process, output = await stack.enter_async_context(running(*args, ready=ready))
+            drain = asyncio.create_task(process.stdout.read())  # type: ignore[union-attr]
+            stack.push_async_callback(terminate, process, drain)
+            ports.append(re.search(r"listening on http://127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
+        sessions = [aiohttp.ClientSession() for _ in range(20)]  # many pools: every worker
+        try:
+            statuses = await asyncio.gather(
+                *(
+                    get_url(sessions[i % 20], f"http://127.0.0.1:{ports[i % 2]}/api/x")
+                    for i in range(400)
+                )
+            )
+        finally:
+            for session in sessions:
+                await session.close()
+    assert statuses == [200] * 400
+    assert len(idp.calls) == 1
+
+
+async def terminate(process: asyncio.subprocess.Process, drain: asyncio.Task[bytes]) -> None:
+    """SIGTERM, as an orchestrator stops it: the parent stops its workers too."""
+    process.terminate()
+    async with asyncio.timeout(20):
+        await process.wait()
+        await drain  # its output was drained all along: a full pipe would stall its logging
+
+
+async def get_url(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url) as response:
+        await response.read()
+        return response.status
