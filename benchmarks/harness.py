@@ -50,14 +50,16 @@ def child_process(target: Callable[..., None], *args: object, port: int) -> Iter
 
 @contextlib.contextmanager
 def tokenproxy(
-    port: int, connectors_yaml: str, *, workers: int = 1
+    port: int, connectors_yaml: str, *, workers: int = 1, extra_yaml: str = ""
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``tokenproxy run`` with the given ``connectors:`` block, access log off, until done."""
+    """``tokenproxy run`` with the given ``connectors:`` block (and top-level ``extra_yaml``,
+    such as a ``cache:`` block), access log off, state in a temporary directory, until done."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: {port}}}\n"
             "server: {access_log: false}\n"
+            f"{extra_yaml}"
             f"connectors:\n{connectors_yaml}"
         )
         command = [sys.executable, "-m", "proxy", "run", "-c", str(config)]
