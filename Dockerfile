@@ -20,8 +20,12 @@ RUN pip install -r /tmp/requirements.txt
 COPY README.md ./
 COPY proxy ./proxy
 COPY config ./config
-RUN pip install --no-deps . && useradd --system --uid 10001 --no-create-home tokenproxy
+RUN pip install --no-deps . && useradd --system --uid 10001 --no-create-home tokenproxy \
+    && install -d -o 10001 -m 0700 /var/lib/tokenproxy
 
+# The token store (rotated refresh tokens, shared tokens): keep it across restarts.
+ENV TOKENPROXY_STATE_DIR=/var/lib/tokenproxy
+VOLUME /var/lib/tokenproxy
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \

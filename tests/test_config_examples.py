@@ -8,6 +8,7 @@ import pytest
 
 from proxy.config.loader import load_settings
 from proxy.runtime import prepare
+from proxy.secrets.envelope import KEY_ENV, generate_key
 from tests.test_tls import mtls_material
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -19,10 +20,11 @@ def test_there_are_examples() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _mtls_material(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _example_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real files for the mTLS example's ${ERP_*} variables."""
     for name, value in mtls_material(tmp_path).items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv(KEY_ENV, generate_key())  # the redis example needs the fleet's key
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(CONFIG_DIR)) for p in EXAMPLES])
