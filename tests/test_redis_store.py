@@ -104,8 +104,17 @@ class PrivateRedis:
             subprocess.run(["sleep", "0.05"], check=True)
         pytest.fail("the private redis-server did not start")
 
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
             self.process.kill()
             self.process.wait(5)
             self.process = None
@@ -316,7 +325,9 @@ async def test_a_tampered_entry_is_a_miss(
     assert len(idp.calls) == 2
 
 
+@pytest.mark.parametrize("outage", ["killed", "frozen"])
 async def test_redis_down_keeps_serving_and_loses_nothing(
+    outage: str,
     start_proxy: StartProxy,
     tmp_path: Path,
     private_redis: PrivateRedis,
@@ -331,13 +342,19 @@ async def test_redis_down_keeps_serving_and_loses_nothing(
     config = replica(tmp_path, "a", private_redis.url, "tp:", connectors)
     proxy = await start_proxy(config, clock)
     assert await get(client, proxy) == 200
-    private_redis.stop()
+    if outage == "killed":
+        private_redis.stop()  # connections refused
+    else:
+        private_redis.freeze()  # a blackhole: connections hang, no reset
     clock.advance(400)  # renew while Redis is gone: the rotated token must not be lost
     for _ in range(20):
         assert await get(client, proxy) == 200
     assert (await describe(client, proxy))["store"] == "degraded"
     assert caplog.text.count("Redis is unreachable") == 1  # one warning, not one per request
-    private_redis.start()  # empty: it kept nothing
+    if outage == "killed":
+        private_redis.start()  # empty: it kept nothing
+    else:
+        private_redis.thaw()
     await asyncio.sleep(1.3)  # past the back-off
     clock.advance(400)
     assert await get(client, proxy) == 200  # renews with the token rotated during the outage

@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.secrets.envelope import KEY_ENV, MasterKeys, generate_key
 from proxy.store.files import FileStore
-from proxy.store.records import TokenRecord
+from proxy.store.records import TokenRecord, token_key
 from tests.conftest import StartProxy, WriteConfig, oauth2_connector
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 from tests.test_cli import running
@@ -153,3 +154,30 @@ def test_the_store_is_encrypted_private_and_tamper_evident(
     path.write_bytes(sealed)
     os.rename(path, path.with_name("token-k2.json"))
     assert asyncio.run(store.read("k2")) is None  # another key's entry: a miss
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        ({"scopes": ["read", "write"]}, False),
+        ({"audience": "https://other"}, False),
+        ({"client_id": "someone-else"}, False),
+        ({"token_url": "https://idp.example/other"}, False),
+        ({"grant": "password", "username": "u", "password": "p"}, False),
+        ({"client_secret": "a-new-secret"}, True),
+        ({"refresh_margin": 5, "reauth_on": [401, 403], "header": "X-Token"}, True),
+    ],
+)
+def test_a_token_is_keyed_by_what_defines_it(change: dict[str, Any], same: bool) -> None:
+    """Row E4: a changed scope, audience, client or endpoint is another token, never a stale
+    one served under the old settings; how a token is sent, or a rotated secret, is not."""
+    base = {
+        "type": "oauth2",
+        "grant": "client_credentials",
+        "token_url": "https://idp.example/t",
+        "client_id": "c",
+        "client_secret": "s",
+        "scopes": ["read"],
+    }
+    key = token_key(OAuth2AuthConfig.model_validate(base))
+    assert (token_key(OAuth2AuthConfig.model_validate({**base, **change})) == key) is same

@@ -28,23 +28,33 @@ def store_keys(directory: Path) -> MasterKeys:
     if keys.current is not None:
         return keys
     path = directory / KEY_FILE_NAME
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass  # made earlier, or by another worker just now
-    else:
-        with os.fdopen(fd, "w") as file:
-            file.write(generate_key() + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        logger.warning(
-            "no TOKENPROXY_MASTER_KEY: generated %s (mode 0600) to encrypt the token store; "
-            "a copy of the store is unreadable without it, but anyone who can read state_dir "
-            "can read both. Set TOKENPROXY_MASTER_KEY to keep the key elsewhere",
-            path,
-        )
+    if not path.exists():
+        _generate_key_file(path)
     generated = MasterKeys.from_environment({KEY_FILE_ENV: str(path)}).current
     return MasterKeys(generated, keys.old)
+
+
+def _generate_key_file(path: Path) -> None:
+    # Written whole under another name, then linked into place: a worker starting at the
+    # same moment sees no key file or a complete one, never an empty one.
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(generate_key() + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        return  # another worker made it just now
+    finally:
+        draft.unlink()
+    logger.warning(
+        "no TOKENPROXY_MASTER_KEY: generated %s (mode 0600) to encrypt the token store; "
+        "a copy of the store is unreadable without it, but anyone who can read state_dir "
+        "can read both. Set TOKENPROXY_MASTER_KEY to keep the key elsewhere",
+        path,
+    )
 
 
 def store_problems(settings: Settings) -> list[str]:
