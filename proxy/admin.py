@@ -79,6 +79,7 @@ class AdminApi:
         self.prefix = config.prefix
         self._token = None if config.token is None else config.token.get_secret_value().encode()
         self._connectors = runtime.connectors
+        self._store = runtime.store
         self._endpoints: dict[str, Endpoint] = {
             "/health": self._health,
             "/ready": self._ready,
@@ -126,11 +127,19 @@ class AdminApi:
             for c in connectors
             if c.config.warmup and c.authenticator.phase() is Phase.EXPIRED
         ]
+        store = self._describe_store()
         if waiting:
             return json_response(
-                {"status": "not_ready", "waiting_for": waiting, "connectors": states}, status=503
+                {"status": "not_ready", "waiting_for": waiting, "connectors": states, **store},
+                status=503,
             )
-        return json_response({"status": "ready", "connectors": states})
+        # A degraded store does not make the proxy unready: it serves from its local copies.
+        return json_response({"status": "ready", "connectors": states, **store})
+
+    def _describe_store(self) -> dict[str, Any]:
+        if self._store is None:
+            return {}
+        return {"store": {"backend": self._store.backend, "health": self._store.health()}}
 
     async def _refresh(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
         connector = self._connectors.get(name)
@@ -142,5 +151,8 @@ class AdminApi:
 
     async def _list_connectors(self) -> web.StreamResponse:
         return json_response(
-            {"connectors": [describe_connector(c) for c in self._connectors.values()]}
+            {
+                "connectors": [describe_connector(c) for c in self._connectors.values()],
+                **self._describe_store(),
+            }
         )

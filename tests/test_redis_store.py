@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+import trustme
 import yaml
 
 from proxy.secrets.envelope import KEY_ENV, generate_key
@@ -31,6 +32,7 @@ from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 from tests.test_cli import running
 
 REDIS_URL = os.environ.get("TOKENPROXY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_PASSWORD = "sec_CANARY_redis_password"
 
 
 @pytest.fixture(autouse=True)
@@ -66,12 +68,28 @@ def prefix(redis_url: str) -> Iterator[str]:
 class PrivateRedis:
     """A redis-server of this test's own on a free port, to stop, freeze and start again."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: dict[str, str] | None = None) -> None:
+        """``tls``: PEM paths ``cert``, ``key``, ``ca``: TLS only, client certificates from
+        that CA required, and an ACL user ``tokenproxy`` with a password."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.options = ["--port", str(self.port)]
+        self.client_options: dict[str, Any] = {}
+        if tls is not None:
+            self.url = f"rediss://tokenproxy:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
+            self.options = [
+                "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls["cert"],
+                "--tls-key-file", tls["key"], "--tls-ca-cert-file", tls["ca"],
+                "--tls-auth-clients", "yes", "--user", "default", "off",
+                "--user", "tokenproxy", "on", f">{REDIS_PASSWORD}", "~*", "&*", "+@all",
+            ]  # fmt: skip
+            self.client_options = {
+                "ssl": True, "ssl_ca_certs": tls["ca"], "ssl_certfile": tls["cert"],
+                "ssl_keyfile": tls["key"], "username": "tokenproxy", "password": REDIS_PASSWORD,
+            }  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -80,23 +98,14 @@ class PrivateRedis:
             if os.environ.get("CI") == "true":
                 pytest.fail("redis-server is not installed: .ci/run needs it")
             pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+        common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
+            [binary, *self.options, *common, "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_connect_timeout=0.2, **self.client_options
+        )
         for _ in range(100):  # up to 5 s
             with contextlib.suppress(redis.RedisError):
                 if client.ping():
@@ -419,3 +428,61 @@ async def get_url(session: aiohttp.ClientSession, url: str) -> int:
     async with session.get(url) as response:
         await response.read()
         return response.status
+
+
+async def test_redis_over_tls_with_a_client_certificate_and_an_acl_user(
+    start_proxy: StartProxy,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    pems = {"cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem", "ca": tmp_path / "ca.pem"}
+    leaf.cert_chain_pems[0].write_to_path(pems["cert"])
+    leaf.private_key_pem.write_to_path(pems["key"])
+    ca.cert_pem.write_to_path(pems["ca"])
+    server = PrivateRedis(tmp_path, tls={k: str(v) for k, v in pems.items()})
+    server.start()
+    try:
+        tls = {
+            "ca_file": str(pems["ca"]),
+            "cert_file": str(pems["cert"]),
+            "key_file": str(pems["key"]),
+        }
+        connectors = {"api": oauth2_connector(upstream.url, idp.url)}
+        a, b = [
+            await start_proxy(replica(tmp_path, n, server.url, "tp:", connectors, tls=tls))
+            for n in ("a", "b")
+        ]
+        assert await get(client, a) == 200 and await get(client, b) == 200
+        assert len(idp.calls) == 1  # shared over TLS
+        described = await describe(client, b)
+        assert (described["source"], described["store"]) == ("store", "ok")
+        async with client.get(f"{b.url}/_proxy/connectors") as response:
+            listing = await response.text()
+    finally:
+        server.stop()
+    assert "CANARY" not in caplog.text + listing  # the ACL password never shows
+
+
+async def test_redis_down_at_start_serves_degraded(
+    start_proxy: StartProxy,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nobody = PrivateRedis(tmp_path)  # a free port, never started
+    connectors = {"api": oauth2_connector(upstream.url, idp.url)}
+    proxy = await start_proxy(replica(tmp_path, "a", nobody.url, "tp:", connectors))
+    for _ in range(10):
+        assert await get(client, proxy) == 200
+    async with client.get(f"{proxy.url}/_proxy/ready") as response:
+        assert response.status == 200
+        assert (await response.json())["store"] == {"backend": "redis", "health": "degraded"}
+    assert len(idp.calls) == 1
+    assert caplog.text.count("Redis is unreachable") == 1

@@ -41,7 +41,11 @@ async def test_ready_waits_for_warmup_connectors(
 
     await eventually(is_ready)
     status, body = await ready(client, proxy.url)
-    assert body == {"status": "ready", "connectors": {"api": "valid", "lazy": "none"}}
+    assert body == {
+        "status": "ready",
+        "connectors": {"api": "valid", "lazy": "none"},
+        "store": {"backend": "memory", "health": "ok"},
+    }
     assert len(idp.calls) == 1  # the lazy connector fetches on first use only
 
 

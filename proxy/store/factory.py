@@ -92,14 +92,14 @@ def open_store(settings: Settings) -> TokenStore | None:
         return local
     from proxy.store.redis import RedisStore  # the redis package: only when used
 
-    tls = cache.tls
-    options = {}
-    if tls is not None:
-        options = {
-            "ssl_ca_certs": tls.ca_file,
-            "ssl_certfile": tls.cert_file,
-            "ssl_keyfile": tls.key_file,
+    url = cache.url.get_secret_value()
+    options: dict[str, object] = {}
+    if url.lower().startswith("rediss://"):
+        options = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}  # never unverified
+    if cache.tls is not None:
+        options |= {
+            "ssl_ca_certs": cache.tls.ca_file,
+            "ssl_certfile": cache.tls.cert_file,
+            "ssl_keyfile": cache.tls.key_file,
         }
-    return RedisStore.connect(
-        cache.url.get_secret_value(), cache.key_prefix, keys, local, cache.lease_ttl, **options
-    )
+    return RedisStore.connect(url, cache.key_prefix, keys, local, cache.lease_ttl, **options)
