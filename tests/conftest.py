@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import redis
 import yaml
 from pytest_aiohttp import AiohttpRawServer
 
@@ -214,6 +217,34 @@ async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5
 
 def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1])
+
+
+REDIS_URL = os.environ.get("TOKENPROXY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The shared Redis server, or a skip (a failure under CI, where .ci/run starts one)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no Redis at {REDIS_URL}: .ci/run should have started one")
+        pytest.skip(f"no Redis at {REDIS_URL} (set TOKENPROXY_TEST_REDIS_URL, or run .ci/run)")
+    yield REDIS_URL
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are removed afterwards."""
+    value = f"tokenproxy-test:{uuid.uuid4().hex[:12]}:"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{value}*"):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from yarl import URL
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.config.paths import JsonPath
+from proxy.secrets.envelope import KEY_ENV, generate_key
 from tests.conftest import StartProxy
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 
@@ -106,8 +107,18 @@ async def test_example_end_to_end(
     client: aiohttp.ClientSession,
     clock: FakeClock,
     example: dict[str, Any],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = pointed_at(example, idp.url, upstream.url)
+    config.pop("state_dir", None)  # this test's own, beside its config file
+    if config.get("cache", {}).get("backend") == "redis":
+        # The test Redis, a prefix of this test's own, and the fleet's shared master key.
+        config["cache"] |= {
+            "url": request.getfixturevalue("redis_url"),
+            "key_prefix": request.getfixturevalue("prefix"),
+        }
+        monkeypatch.setenv(KEY_ENV, generate_key())
     proxy = await start_proxy(config, clock)
     settings = proxy.server.settings
     ((name, connector),) = settings.connectors.items()

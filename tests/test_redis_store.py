@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,38 +30,12 @@ from tests.conftest import RunningProxy, StartProxy, WriteConfig, oauth2_connect
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 from tests.test_cli import running
 
-REDIS_URL = os.environ.get("TOKENPROXY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REDIS_PASSWORD = "sec_CANARY_redis_password"
 
 
 @pytest.fixture(autouse=True)
 def _fleet_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, generate_key())  # every replica of a fleet shares one
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The shared Redis server, or a skip (a failure under CI, where .ci/run starts one)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no Redis at {REDIS_URL}: .ci/run should have started one")
-        pytest.skip(f"no Redis at {REDIS_URL} (set TOKENPROXY_TEST_REDIS_URL, or run .ci/run)")
-    yield REDIS_URL
-    client.close()
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are removed afterwards."""
-    value = f"tokenproxy-test:{uuid.uuid4().hex[:12]}:"
-    yield value
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{value}*"):
-        client.delete(key)
-    client.close()
 
 
 class PrivateRedis:
