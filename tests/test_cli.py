@@ -112,9 +112,13 @@ def test_run_refuses_an_invalid_config_with_exit_2(
 
 @asynccontextmanager
 async def running(
-    *args: str, ready: str, env: dict[str, str] | None = None
+    *args: str, ready: str, env: dict[str, str] | None = None, drain: bool = False
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """Start ``python -m proxy ARGS``; yield once a line matching ``ready`` was printed."""
+    """Start ``python -m proxy ARGS``; yield once a line matching ``ready`` was printed.
+
+    ``drain``: read (and drop) the rest of its output meanwhile, so heavy traffic cannot fill
+    the pipe and stall its logging; at the end, SIGTERM it (its workers too) and wait.
+    """
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -132,7 +136,18 @@ async def running(
                 line = await process.stdout.readline()
                 assert line, f"exited before it was ready:\n{output}"
                 output += line.decode()
-        yield process, output
+        if not drain:
+            yield process, output
+            return
+        dropping = asyncio.create_task(process.stdout.read())
+        try:
+            yield process, output
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            async with asyncio.timeout(20):
+                await process.wait()
+                await dropping
     finally:
         if process.returncode is None:
             process.kill()

@@ -370,9 +370,7 @@ async def test_real_processes_sharing_redis_make_one_token_request(
             path.write_text(yaml.safe_dump(config))
             args = ("run", "-c", str(path), "--port", "0", "--workers", count)
             ready = rf"(listening on .*\n.*){{{count}}}"
-            process, output = await stack.enter_async_context(running(*args, ready=ready))
-            drain = asyncio.create_task(process.stdout.read())  # type: ignore[union-attr]
-            stack.push_async_callback(terminate, process, drain)
+            _, output = await stack.enter_async_context(running(*args, ready=ready, drain=True))
             ports.append(re.search(r"listening on http://127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
         sessions = [aiohttp.ClientSession() for _ in range(20)]  # many pools: every worker
         try:
@@ -387,14 +385,6 @@ async def test_real_processes_sharing_redis_make_one_token_request(
                 await session.close()
     assert statuses == [200] * 400
     assert len(idp.calls) == 1
-
-
-async def terminate(process: asyncio.subprocess.Process, drain: asyncio.Task[bytes]) -> None:
-    """SIGTERM, as an orchestrator stops it: the parent stops its workers too."""
-    process.terminate()
-    async with asyncio.timeout(20):
-        await process.wait()
-        await drain  # its output was drained all along: a full pipe would stall its logging
 
 
 async def get_url(session: aiohttp.ClientSession, url: str) -> int:
