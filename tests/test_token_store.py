@@ -196,3 +196,29 @@ def test_a_token_is_keyed_by_what_defines_it(change: dict[str, Any], same: bool)
     }
     key = token_key(OAuth2AuthConfig.model_validate(base))
     assert (token_key(OAuth2AuthConfig.model_validate({**base, **change})) == key) is same
+
+
+async def test_a_used_seed_is_never_sent_again_after_the_grant_is_lost(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    """The grant is revoked (a person withdrew consent): the connector needs a new seed.
+    A restart must not resend the config's seed, which was rotated away long ago."""
+    seed = idp.seed_refresh_token()
+    config = rotating(upstream, idp, seed)
+    proxy = await start_proxy(config, clock)
+    assert await status(client, proxy.url) == 200
+    for family in idp.families.values():
+        family.revoked = True
+    clock.advance(400)
+    assert await status(client, proxy.url) == 502
+    await proxy.server.stop()
+    proxy = await start_proxy(config, clock)
+    assert await status(client, proxy.url) == 502
+    async with client.get(f"{proxy.url}/_proxy/connectors") as response:
+        assert (await response.json())["connectors"][0]["state"] == "needs_refresh_token"
+    sent = [call["form"].get("refresh_token") for call in idp.calls]
+    assert sent.count(seed) == 1

@@ -39,6 +39,7 @@ from proxy.errors import (
     TokenUnavailableError,
 )
 from proxy.secrets.redaction import REDACTOR
+from proxy.store.records import TokenRecord
 from proxy.tokens.endpoint import TokenRequest, TokenSender, provider_now
 from proxy.tokens.grant import Grant, RequestContext
 from proxy.tokens.model import Clock, IssuedToken, Phase, SystemClock, Token
@@ -228,10 +229,15 @@ class TokenManager(Authenticator):
             force=force,
         )
 
-    async def _request(self, stored_refresh_token: str | None) -> tuple[IssuedToken, float]:
-        """One token request (with retries); the token and its issue time on our clock."""
-        if stored_refresh_token is not None:
-            self._keep_refresh_token(stored_refresh_token)  # the fleet's newest wins
+    async def _request(self, stored: TokenRecord | None) -> tuple[IssuedToken, float]:
+        """One token request (with retries); the token and its issue time on our clock.
+        ``stored``: the store's record, whose refresh token (or lack of one) wins over ours:
+        it is the fleet's newest, and a seed it grew from was used already."""
+        if stored is not None:
+            if stored.refresh_token is not None:
+                self._keep_refresh_token(stored.refresh_token)
+            else:
+                self._refresh_token = None
         # Lifetimes count from the start of the second in which the request was sent:
         # providers count whole seconds (oidc-provider's iat is floor(now)), so up to a
         # second of expires_in can be gone already. Never later than the provider's clock.

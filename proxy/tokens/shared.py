@@ -89,7 +89,7 @@ class SharedToken:
 
     async def obtain(
         self,
-        fetch: Callable[[str | None], Awaitable[tuple[IssuedToken, float]]],
+        fetch: Callable[[TokenRecord | None], Awaitable[tuple[IssuedToken, float]]],
         refresh_token: Callable[[], str | None],
         *,
         margin: float,
@@ -98,8 +98,9 @@ class SharedToken:
     ) -> Obtained:
         """Adopt a token another process published, or fetch one under the lease.
 
-        ``fetch(refresh_token)`` asks the provider (with the stored refresh token, if any)
-        and returns the token and its local issue time; ``refresh_token()`` is the one held
+        ``fetch(record)`` asks the provider, with the record's refresh token when there is a
+        record (even none: a seed already used must not be sent again), and returns the
+        token and its local issue time; ``refresh_token()`` is the one held
         once it returned or failed (rotated, dropped), which is then persisted. ``force``:
         the token stored now is not taken (an operator's refresh); a newer one still is.
         """
@@ -119,7 +120,7 @@ class SharedToken:
                 return adopted
             stored = record.refresh_token if record is not None else None
             try:
-                issued, issued_at = await fetch(stored)
+                issued, issued_at = await fetch(record)
             except BaseException:
                 held = refresh_token()
                 if held != stored:  # rotated or dropped by a failing answer: keep that
