@@ -37,7 +37,7 @@ CLIENT_INPUT := tests/test_server.py tests/test_body.py tests/test_origin.py tes
 
 test: lint $(OIDC)/node_modules/.installed
 	AIOHTTP_NO_EXTENSIONS=1 $(BIN)/pytest -q $(CLIENT_INPUT)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(OIDC)/node_modules
