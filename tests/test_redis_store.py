@@ -449,3 +449,30 @@ async def test_redis_down_at_start_serves_degraded(
         assert (await response.json())["store"] == {"backend": "redis", "health": "degraded"}
     assert len(idp.calls) == 1
     assert caplog.text.count("Redis is unreachable") == 1
+
+
+async def test_what_was_kept_locally_never_overwrites_newer_state_in_redis(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """A replica cut off from Redis while another rotated the refresh token must not put
+    its older record back when Redis returns: the other replica's is newer."""
+    from proxy.secrets.envelope import MasterKeys
+    from proxy.store.files import FileStore
+    from proxy.store.records import TokenRecord
+    from proxy.store.redis import RedisStore
+
+    keys = MasterKeys.from_environment()
+    store = RedisStore.connect(redis_url, prefix, keys, FileStore(tmp_path / "a", keys), 10)
+    older = TokenRecord("k", "s", None, 0, 0, "rt-older", written_wall=100.0)
+    newer = TokenRecord("k", "s", None, 0, 0, "rt-newer", written_wall=200.0)
+    try:
+        await store._local.write(older)  # written while Redis was unreachable
+        store._pending.add("k")
+        other = RedisStore.connect(redis_url, prefix, keys, FileStore(tmp_path / "b", keys), 10)
+        await other.write(newer)
+        await other.close()
+        assert await store.read("k") == newer  # a call that succeeds copies pending records
+        assert not store._pending
+        assert await store.read("k") == newer
+    finally:
+        await store.close()

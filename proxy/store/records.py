@@ -71,6 +71,8 @@ class TokenRecord:
     issued_wall: float = 0.0
     lifetime: float = 0.0
     refresh_token: str | None = field(default=None, repr=False)
+    written_wall: float = 0.0
+    """When it was written (wall clock): of two records, the later one is the newer state."""
 
     @property
     def fingerprint(self) -> str | None:

@@ -99,6 +99,7 @@ class RedisStore:
         self._down_until = 0.0
         self._retry_delay = _RETRY_FIRST
         self._pending: set[str] = set()  # keys written locally while Redis was down
+        self._flushing = False
 
     @classmethod
     def connect(
@@ -156,10 +157,28 @@ class RedisStore:
         if self._retry_delay != _RETRY_FIRST:
             logger.warning("token store: Redis is reachable again")
             self._retry_delay = _RETRY_FIRST
+        if self._flushing:
+            return  # the copy below makes calls of its own
+        self._flushing = True
+        try:
+            await self._flush_pending()
+        finally:
+            self._flushing = False
+
+    async def _flush_pending(self) -> None:
         while self._pending:
             key = self._pending.pop()
             record = await self._local.read(key)
-            if record is not None and not await self._put(record):
+            if record is None:
+                continue
+            sealed = await self.call(self.redis.hget(self._name("token", key), "data"), False)
+            if sealed is False:
+                self._pending.add(key)
+                return
+            shared = TokenRecord.unseal(sealed, key, self._keys) if sealed else None
+            if shared is not None and shared.written_wall >= record.written_wall:
+                continue  # another replica wrote newer state meanwhile: never regress it
+            if not await self._put(record):
                 self._pending.add(key)
                 return
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.store.base import Lease, TokenStore
 from proxy.store.records import TokenRecord, fingerprint, seed_hash
@@ -125,7 +125,8 @@ class SharedToken:
                 held = refresh_token()
                 if held != stored:  # rotated or dropped by a failing answer: keep that
                     base = record or TokenRecord(self.key, self._seed_hash)
-                    await self.store.write(_with_refresh_token(base, held))
+                    now = self._clock.wall()
+                    await self.store.write(replace(base, refresh_token=held, written_wall=now))
                 raise
             age = self._clock.monotonic() - issued_at
             await self.store.write(
@@ -136,6 +137,7 @@ class SharedToken:
                     self._clock.wall() - age,
                     issued.lifetime,
                     refresh_token(),
+                    written_wall=self._clock.wall(),
                 )
             )
             return Obtained(issued, issued_at, "token endpoint", refresh_token())
@@ -156,14 +158,3 @@ class SharedToken:
     async def invalidate(self, token: str) -> None:
         self.rejected.add(fingerprint(token))
         await self.store.invalidate(self.key, fingerprint(token))
-
-
-def _with_refresh_token(record: TokenRecord, refresh_token: str | None) -> TokenRecord:
-    return TokenRecord(
-        record.key,
-        record.seed_hash,
-        record.access_token,
-        record.issued_wall,
-        record.lifetime,
-        refresh_token,
-    )
