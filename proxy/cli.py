@@ -68,6 +68,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "a valid one is stored",
     )
 
+    authorize = commands.add_parser(
+        "authorize", help="run a connector's interactive grant once (device_code)"
+    )
+    authorize.add_argument("name", help="connector name")
+    authorize.add_argument("-c", "--config", help=config_help)
+
     commands.add_parser("keygen", help="print a new master key")
     commands.add_parser(
         "encrypt", help="read one secret on stdin, print it as enc:v1:... (master key from env)"
@@ -238,6 +244,46 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(acquire())
 
 
+def _cmd_authorize(args: argparse.Namespace) -> int:
+    from proxy.runtime import open_runtime
+
+    configure_logging("warning")
+    path = _config_path(args.config)
+    loaded = _load(path)
+    if isinstance(loaded, ConfigError):
+        _print_problems(path, loaded)
+        return 1
+    config = loaded.settings.connectors.get(args.name)
+    if config is None or not getattr(config.auth, "interactive", False):
+        what = "no connector" if config is None else "no interactive grant in connector"
+        print(
+            f"tokenproxy: {what} {args.name!r} (authorize runs grant: device_code)",
+            file=sys.stderr,
+        )
+        return 1
+    plan = _build(loaded.settings.model_copy(update={"connectors": {args.name: config}}))
+    if isinstance(plan, ConfigError):
+        _print_problems(path, plan)
+        return 1
+
+    async def run() -> int:
+        from proxy.tokens.manager import TokenManager
+
+        async with open_runtime(plan) as runtime:
+            manager = runtime.connectors[args.name].authenticator
+            assert isinstance(manager, TokenManager)
+            try:
+                await manager.authorize(lambda line: print(line, flush=True))
+            except ProxyError as exc:
+                print(f"{args.name}: {exc.code}: {exc.message}", file=sys.stderr)
+                return 1
+            where = "the token store" if runtime.store is not None else "memory only"
+            print(f"{args.name}: authorized; the refresh token is kept in {where}")
+            return 0
+
+    return asyncio.run(run())
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     print(generate_key())
     return 0
@@ -297,6 +343,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "check": _cmd_check,
     "token": _cmd_token,
+    "authorize": _cmd_authorize,
     "keygen": _cmd_keygen,
     "encrypt": _cmd_encrypt,
     "rekey": _cmd_rekey,

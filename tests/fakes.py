@@ -18,7 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.demo.echo import describe_request, echo
 from proxy.demo.idp import DEMO_USERNAME, DemoIdentityProvider, OAuthError, RefreshFamily
 from proxy.tokens.endpoint import TokenRequest, TokenResponse
-from proxy.tokens.oauth2 import ASSERTION_TYPE
+from proxy.tokens.oauth2 import ASSERTION_TYPE, DEVICE_GRANT
 
 Responder = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -118,6 +118,10 @@ class FakeIdP(DemoIdentityProvider):
         self.active = self.max_active = 0
         self.reuse_detected = False
         self.issued: set[str] = set()  # every access token handed out
+        self.devices: dict[str, str | None] = {}  # device code -> approving subject, or None
+        self.device_codes: dict[str, str] = {}  # user code -> device code
+        self.device_answers: list[str] = []  # errors for the next device-code polls
+        self.device_interval, self.device_expires_in = 0.1, 60
         self.url = ""  # set once the server listens
         self.clock: FakeClock | None = None  # when set, answers carry its time as ``Date``
 
@@ -182,6 +186,42 @@ class FakeIdP(DemoIdentityProvider):
                 raise OAuthError("invalid_client", 401)
             return client_id
         return super().authenticate_client(request, form)
+
+    def grant(self, request: web.BaseRequest, form: dict[str, str]) -> dict[str, Any]:
+        """Also RFC 8628: ``POST /device`` starts a device authorization; the token endpoint
+        answers its device code ``authorization_pending`` until :meth:`approve` (or an
+        answer queued in ``device_answers``, such as ``slow_down``)."""
+        if request.path == "/device":
+            self.authenticate_client(request, form)
+            device_code, user_code = secrets.token_urlsafe(16), secrets.token_hex(4).upper()
+            self.devices[device_code] = None
+            self.device_codes[user_code] = device_code
+            return {
+                "device_code": device_code,
+                "user_code": user_code,
+                "verification_uri": f"{self.url}/activate",
+                "verification_uri_complete": f"{self.url}/activate?user_code={user_code}",
+                "expires_in": self.device_expires_in,
+                "interval": self.device_interval,
+            }
+        if form.get("grant_type") == DEVICE_GRANT:
+            self.authenticate_client(request, form)
+            code = form.get("device_code", "")
+            if code not in self.devices:
+                raise OAuthError("invalid_grant", description="unknown device code")
+            if self.device_answers:
+                raise OAuthError(self.device_answers.pop(0))
+            decision = self.devices[code]
+            if decision is None:
+                raise OAuthError("authorization_pending")
+            del self.devices[code]  # a device code is good for one token
+            if decision == "denied":
+                raise OAuthError("access_denied")
+            return self.issue(decision, with_refresh=True)
+        return super().grant(request, form)
+
+    def approve(self, user_code: str, subject: str = DEMO_USERNAME, *, deny: bool = False) -> None:
+        self.devices[self.device_codes[user_code]] = "denied" if deny else subject
 
     def seed_refresh_token(self, subject: str = DEMO_USERNAME, value: str | None = None) -> str:
         """A fresh refresh token, as an authorization-code bootstrap would have produced."""

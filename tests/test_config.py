@@ -411,8 +411,8 @@ def oauth2(**fields: Any) -> dict[str, Any]:
         ),
         (
             oauth2(grant="authorization_code"),
-            "connectors.crm.auth.grant: Input should be 'client_credentials', 'password' or "
-            "'refresh_token'",
+            "connectors.crm.auth.grant: grant 'authorization_code' is not available in this "
+            "version of tokenproxy",
         ),
         (
             oauth2(token_url="http://idp.example.com/token"),

@@ -52,6 +52,11 @@ def json_object(value: Any) -> Any:
 class TokenLifecycleConfig(InjectedAuthConfig):
     """How tokens from an identity provider are cached, renewed and re-acquired."""
 
+    @property
+    def interactive(self) -> bool:
+        """True when a person authorizes once (``tokenproxy authorize``)."""
+        return False
+
     refresh_margin: float = Field(
         60, ge=0, description="seconds before expiry when a token is no longer handed out"
     )
@@ -79,13 +84,21 @@ class TokenLifecycleConfig(InjectedAuthConfig):
         return value
 
 
+PLANNED_GRANTS = frozenset({"authorization_code", "jwt_bearer", "token_exchange"})
+"""Grants of the contract that later versions bring."""
+
+
 class OAuth2AuthConfig(TokenLifecycleConfig):
-    """OAuth2 token endpoint (RFC 6749): client credentials, password or refresh-token grant."""
+    """OAuth2 token endpoint (RFC 6749): client credentials, password or refresh-token grant,
+    or a device authorization (RFC 8628) that ``tokenproxy authorize`` runs once."""
 
     type: Literal["oauth2"]
-    grant: Literal["client_credentials", "password", "refresh_token"]
+    grant: Literal["client_credentials", "password", "refresh_token", "device_code"]
     token_url: str
     refresh_url: str | None = Field(None, description="default: token_url")
+    device_authorization_url: str | None = Field(
+        None, description="RFC 8628 device authorization endpoint (grant device_code)"
+    )
     client_id: str | None = None
     client_secret: SecretStr | None = None
     client_auth: Literal[
@@ -118,9 +131,16 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
 
     _token_url = field_validator("token_url")(token_endpoint_url)
 
-    @field_validator("refresh_url")
+    @field_validator("grant", mode="before")
     @classmethod
-    def _refresh_url(cls, value: str | None) -> str | None:
+    def _planned_grant(cls, value: Any) -> Any:
+        if value in PLANNED_GRANTS:
+            raise ValueError(f"grant {value!r} is not available in this version of tokenproxy")
+        return value
+
+    @field_validator("refresh_url", "device_authorization_url")
+    @classmethod
+    def _other_endpoint_url(cls, value: str | None) -> str | None:
         return None if value is None else token_endpoint_url(value)
 
     @field_validator("extra_params", "headers", mode="before")
@@ -142,6 +162,7 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
             "client_credentials": ("client_id",),
             "password": ("username", "password"),
             "refresh_token": ("refresh_token",),
+            "device_code": ("client_id", "device_authorization_url"),
         }[self.grant]
         needed += {
             "client_secret_basic": ("client_id", "client_secret"),
@@ -158,6 +179,11 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
                 + ", ".join(missing)
             )
         return self
+
+    @property
+    def interactive(self) -> bool:
+        """Authorized once by a person (``tokenproxy authorize``), then by refresh tokens."""
+        return self.grant == "device_code"
 
     @property
     def scope(self) -> str | None:

@@ -149,6 +149,27 @@ class TokenManager(Authenticator):
         if isinstance(outcome, TokenEndpointError):
             raise _copy(outcome)
 
+    async def authorize(self, say: Callable[[str], None]) -> None:
+        """Run the connector's interactive grant once (RFC 8628 device authorization) and
+        install what it yields; raises TokenEndpointError."""
+        from proxy.tokens.device import authorize_device
+        from proxy.tokens.oauth2 import OAuth2Grant
+
+        grant = self._grant
+        if not (isinstance(grant, OAuth2Grant) and self.config.interactive):
+            raise TokenEndpointError("this connector has no interactive grant to run")
+        authorized = await authorize_device(grant, self._send, self._clock, say)
+        await self.install(authorized.issued, authorized.refresh_token, authorized.issued_at)
+
+    async def install(self, issued: IssuedToken, refresh_token: str | None, at: float) -> None:
+        """Take a token an interactive authorization obtained: persisted first (with the
+        store), then used."""
+        if refresh_token is not None:
+            self._keep_refresh_token(refresh_token)
+        if self._shared is not None:
+            await self._shared.save(issued, at, self._refresh_token)
+        self._publish(Obtained(issued, at, "token endpoint", self._refresh_token))
+
     def describe(self) -> dict[str, Any]:
         now = self._clock.monotonic()
         held = self._held
@@ -268,7 +289,12 @@ class TokenManager(Authenticator):
         if not grant.has_primary_grant:
             self._needs_refresh_token = True
             raise TokenEndpointError(
-                "no valid refresh token: this connector needs a new refresh token",
+                "no valid refresh token: this connector needs a new refresh token"
+                + (
+                    f" (run `tokenproxy authorize {self.connector}`)"
+                    if self.config.interactive
+                    else ""
+                ),
                 oauth_error="invalid_grant",
             )
 
@@ -352,6 +378,10 @@ class TokenManager(Authenticator):
         policy = self._policy
         delay = min(policy.backoff_max, policy.backoff_base * 2 ** (self._failures - 1))
         delay *= random.uniform(1.0, 1.2)
+        if self._needs_refresh_token and self._shared is not None:
+            # No provider was asked: look at the store again soon, where `tokenproxy
+            # authorize` (or another process) puts the new refresh token.
+            delay = policy.min_fetch_interval
         if exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, policy.backoff_max))
         self._retry_at = self._clock.monotonic() + delay

@@ -42,6 +42,7 @@ _WIRE_GRANT = {
 
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 def basic_client_credentials(client_id: str, client_secret: str) -> str:
@@ -63,8 +64,23 @@ class OAuth2Grant:
 
     @property
     def has_primary_grant(self) -> bool:
-        """False when only a refresh token can get a token (the ``refresh_token`` grant)."""
-        return self.config.grant != "refresh_token"
+        """False when only a refresh token can get a token: the ``refresh_token`` grant, and
+        ``device_code``, whose one interactive authorization ``tokenproxy authorize`` runs."""
+        return self.config.grant not in ("refresh_token", "device_code")
+
+    def device_authorization_request(self, current: RequestContext) -> TokenRequest:
+        """RFC 8628 §3.1: ask for a device code and a user code."""
+        config = self.config
+        assert config.device_authorization_url is not None
+        form = {"scope": config.scope} if config.scope else {}
+        if config.audience:
+            form["audience"] = config.audience
+        return self._request(config.device_authorization_url, form, current, replayable=True)
+
+    def device_token_request(self, device_code: str, current: RequestContext) -> TokenRequest:
+        """RFC 8628 §3.4: poll the token endpoint with the device code."""
+        form = {"grant_type": DEVICE_GRANT, "device_code": device_code}
+        return self._request(self.config.token_url, form, current, replayable=True)
 
     @property
     def keeps_refresh_tokens(self) -> bool:

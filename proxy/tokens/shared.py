@@ -128,21 +128,26 @@ class SharedToken:
                     now = self._clock.wall()
                     await self.store.write(replace(base, refresh_token=held, written_wall=now))
                 raise
-            age = self._clock.monotonic() - issued_at
-            await self.store.write(
-                TokenRecord(
-                    self.key,
-                    self._seed_hash,
-                    issued.access_token,
-                    self._clock.wall() - age,
-                    issued.lifetime,
-                    refresh_token(),
-                    written_wall=self._clock.wall(),
-                )
-            )
+            await self.save(issued, issued_at, refresh_token())
             return Obtained(issued, issued_at, "token endpoint", refresh_token())
         finally:
             await lease.release()
+
+    async def save(self, issued: IssuedToken, issued_at: float, refresh_token: str | None) -> None:
+        """Write a token obtained here (``issued_at`` on our monotonic clock), durably."""
+        age = self._clock.monotonic() - issued_at
+        now = self._clock.wall()
+        await self.store.write(
+            TokenRecord(
+                self.key,
+                self._seed_hash,
+                issued.access_token,
+                now - age,
+                issued.lifetime,
+                refresh_token,
+                written_wall=now,
+            )
+        )
 
     async def _lead(self, margin: float, holding: bool) -> Lease | Obtained:
         """Wait until this process holds the lease, or another has published a token."""
