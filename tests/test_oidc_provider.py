@@ -171,3 +171,68 @@ async def test_client_credentials_with_every_client_authentication(
     assert resource.verdicts == [True] * 15  # no token handed out after it expired
     assert 2 <= described["fetches"] <= 5  # about one per usable second, not one per request
     assert described["failures"] == 0
+
+
+async def test_device_authorization_then_refresh_tokens_against_the_certified_provider(
+    start_provider: StartProvider,
+    start_proxy: StartProxy,
+    aiohttp_raw_server: AiohttpRawServer,
+) -> None:
+    """RFC 8628 as oidc-provider implements it (no interval given: we wait the default 5 s),
+    then refresh-token renewals, and a restart that resumes from the store."""
+    from tests.fakes import RecordingUpstream
+
+    device_grant = "urn:ietf:params:oauth:grant-type:device_code"
+    client = {
+        "client_id": "device-client",
+        "client_secret": SECRET,
+        "grant_types": [device_grant, "refresh_token"],
+        "response_types": [],
+        "redirect_uris": [],
+        "token_endpoint_auth_method": "client_secret_basic",
+    }
+    issuer = await start_provider([client], 600)
+    upstream = RecordingUpstream()
+    upstream.url = str((await aiohttp_raw_server(upstream, access_log=None)).make_url(""))
+    auth = {
+        "type": "oauth2",
+        "grant": "device_code",
+        "device_authorization_url": f"{issuer}/device/auth",
+        "token_url": f"{issuer}/token",
+        "client_id": "device-client",
+        "client_secret": SECRET,
+        "scopes": ["openid", "offline_access"],
+    }
+    config = {"connectors": {"api": {"route": "/api", "upstream": upstream.url, "auth": auth}}}
+    proxy = await start_proxy(config)
+    manager = proxy.server.runtime.connectors["api"].authenticator  # type: ignore[union-attr]
+    approvals: list[asyncio.Task[None]] = []
+
+    async def approve(user_code: str) -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{issuer}/test/approve", params={"user_code": user_code}) as response,
+        ):
+            assert response.status == 200, await response.text()
+
+    def say(line: str) -> None:
+        if "enter the code " in line:
+            approvals.append(asyncio.create_task(approve(line.rsplit(" ", 1)[-1])))
+
+    async with asyncio.timeout(20):
+        await manager.authorize(say)  # type: ignore[attr-defined]
+    await asyncio.gather(*approvals)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):  # the device's token, then one from a refresh-token grant
+            async with session.get(f"{proxy.url}/api/x") as response:
+                assert response.status == 200
+            async with session.post(f"{proxy.url}/_proxy/connectors/api/refresh") as response:
+                assert response.status == 200, await response.text()
+        await proxy.server.stop()
+        restarted = await start_proxy(config)
+        async with session.post(f"{restarted.url}/_proxy/connectors/api/refresh") as response:
+            assert response.status == 200, await response.text()  # the stored refresh token
+        async with session.get(f"{restarted.url}/api/x") as response:
+            assert response.status == 200
+    tokens = {dict(r["headers"])["Authorization"] for r in upstream.requests}
+    assert len(tokens) == 3

@@ -11,20 +11,40 @@ const { port } = server.address();
 
 const provider = new Provider(`http://127.0.0.1:${port}`, {
   clients,
-  scopes: ['api:read'],
+  scopes: ['api:read', 'openid', 'offline_access'],
   features: {
     clientCredentials: { enabled: true },
+    deviceFlow: { enabled: true },
     introspection: { enabled: true },
     devInteractions: { enabled: false },
   },
-  ttl: { ClientCredentials: ttl },
+  ttl: { ClientCredentials: ttl, AccessToken: ttl },
   clientAuthMethods: [
     'client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt', 'none',
   ],
 });
 provider.proxy = false;
 // http:// issuer on loopback only: the provider refuses plain http for clients otherwise.
-server.on('request', provider.callback());
+const callback = provider.callback();
+// Test-only: approve a device's user code as the person at the verification page would (the
+// page's own forms need a browser session); the token endpoint then issues as usual.
+server.on('request', async (req, res) => {
+  const url = new URL(req.url, 'http://127.0.0.1');
+  if (url.pathname !== '/test/approve') return callback(req, res);
+  // Stored as the verification page stores it: upper case, without separators.
+  const userCode = url.searchParams.get('user_code').toUpperCase().replace(/[^A-Z0-9]/g, '');
+  const code = await provider.DeviceCode.findByUserCode(userCode);
+  if (!code) { res.statusCode = 404; return res.end('no such user code'); }
+  const scope = code.params.scope ?? 'openid';
+  const grant = new provider.Grant({ accountId: 'device-user', clientId: code.clientId });
+  grant.addOIDCScope(scope);
+  Object.assign(code, {
+    accountId: 'device-user', authTime: Math.floor(Date.now() / 1000),
+    grantId: await grant.save(), scope,
+  });
+  await code.save();
+  res.end('approved');
+});
 process.stdout.write(`listening on ${port}\n`);
 process.stdin.resume();
 process.stdin.on('end', () => process.exit(0));
