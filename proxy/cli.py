@@ -233,7 +233,10 @@ def _cmd_token(args: argparse.Namespace) -> int:
             mask(credential.value.removeprefix(f"{prefix} ")) if prefix else mask(credential.value)
         )
         expires = state.get("expires_in")
-        source = getattr(config.auth, "token_url", None) or "the config file"
+        auth = config.auth
+        source = (
+            getattr(auth, "token_url", None) or getattr(auth, "issuer", None) or "the config file"
+        )
         if state.get("source") == "store":
             source += ", read from the token store"
         print(f"{args.name}: {where}: {prefix + ' ' if prefix else ''}{shown}")

@@ -122,10 +122,14 @@ class FakeIdP(DemoIdentityProvider):
         self.device_codes: dict[str, str] = {}  # user code -> device code
         self.device_answers: list[str] = []  # errors for the next device-code polls
         self.device_interval, self.device_expires_in = 0.1, 60
+        self.metadata: dict[str, dict[str, Any]] = {}  # well-known path -> metadata served
         self.url = ""  # set once the server listens
         self.clock: FakeClock | None = None  # when set, answers carry its time as ``Date``
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET" and request.path in self.metadata:
+            self.calls.append({"method": "GET", "path": request.path, "form": {}, "headers": {}})
+            return web.json_response(self.metadata[request.path])
         is_json = request.content_type == "application/json"
         form = {} if is_json else {k: str(v) for k, v in (await request.post()).items()}
         self.calls.append(

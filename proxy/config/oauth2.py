@@ -94,7 +94,10 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
 
     type: Literal["oauth2"]
     grant: Literal["client_credentials", "password", "refresh_token", "device_code"]
-    token_url: str
+    issuer: str | None = Field(
+        None, description="discovery (RFC 8414 / OpenID): fills the endpoints not configured"
+    )
+    token_url: str | None = None
     refresh_url: str | None = Field(None, description="default: token_url")
     device_authorization_url: str | None = Field(
         None, description="RFC 8628 device authorization endpoint (grant device_code)"
@@ -129,7 +132,10 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
     )
     token_field: Literal["access_token", "id_token"] = "access_token"
 
-    _token_url = field_validator("token_url")(token_endpoint_url)
+    @field_validator("token_url", "issuer")
+    @classmethod
+    def _endpoint_or_issuer(cls, value: str | None) -> str | None:
+        return None if value is None else token_endpoint_url(value)
 
     @field_validator("grant", mode="before")
     @classmethod
@@ -164,6 +170,10 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
             "refresh_token": ("refresh_token",),
             "device_code": ("client_id", "device_authorization_url"),
         }[self.grant]
+        if self.issuer is not None:  # discovery fills the endpoints
+            needed = tuple(n for n in needed if n not in ("device_authorization_url",))
+        elif self.token_url is None:
+            needed += ("token_url",)
         needed += {
             "client_secret_basic": ("client_id", "client_secret"),
             "client_secret_post": ("client_id", "client_secret"),

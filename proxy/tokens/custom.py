@@ -22,6 +22,7 @@ from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import (
     TokenRequest,
     TokenResponse,
+    TokenSender,
     check_status,
     json_object_or_none,
     read_json_object,
@@ -76,6 +77,9 @@ class CustomGrant:
             ) & {"refresh_token", "access_token"}
 
     has_primary_grant = True
+
+    async def prepare(self, send: TokenSender) -> None:
+        """Nothing to discover: a custom request names its URL."""
 
     def seed_refresh_token(self) -> str | None:
         return None

@@ -74,6 +74,7 @@ async def authorize_device(
     grant: OAuth2Grant, send: TokenSender, clock: Clock, say: Callable[[str], None]
 ) -> Authorized:
     """Run the flow; ``say`` shows the person what to do and what we wait for."""
+    await grant.prepare(send)
     context = RequestContext(now_wall=clock.wall())
     code = DeviceCode.read(json_payload(await send(grant.device_authorization_request(context))))
     say(f"Open {code.verification_uri} and enter the code {code.user_code}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.errors import TokenEndpointError
-from proxy.tokens.endpoint import TokenRequest, TokenResponse
+from proxy.tokens.endpoint import TokenRequest, TokenResponse, TokenSender
 from proxy.tokens.model import IssuedToken
 
 
@@ -35,6 +35,10 @@ class Grant(Protocol):
         ...
 
     def seed_refresh_token(self) -> str | None: ...
+
+    async def prepare(self, send: TokenSender) -> None:
+        """Whatever I/O must come before the first request (provider discovery); cached."""
+        ...
 
     def primary_request(self, current: RequestContext) -> TokenRequest: ...
 

@@ -271,6 +271,7 @@ class TokenManager(Authenticator):
 
     async def _obtain(self) -> IssuedToken:
         grant = self._grant
+        await grant.prepare(self._send)
         renewal = grant.refresh_request(self._context())
         if renewal is not None:
             try:

@@ -19,7 +19,13 @@ from urllib.parse import quote_plus
 
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import TokenEndpointError
-from proxy.tokens.endpoint import TokenRequest, TokenResponse, json_object_or_none, json_payload
+from proxy.tokens.endpoint import (
+    TokenRequest,
+    TokenResponse,
+    TokenSender,
+    json_object_or_none,
+    json_payload,
+)
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.model import (
     IssuedToken,
@@ -33,6 +39,7 @@ from proxy.tokens.model import (
 
 if TYPE_CHECKING:
     from proxy.tokens.assertions import SigningKey
+    from proxy.tokens.discovery import ProviderMetadata
 
 _WIRE_GRANT = {
     "client_credentials": "client_credentials",
@@ -43,6 +50,26 @@ _WIRE_GRANT = {
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+# Our preference among what a provider supports, given the material configured.
+_CLIENT_AUTH_PREFERENCE = (
+    ("client_secret_basic", "client_secret"),
+    ("client_secret_post", "client_secret"),
+    ("private_key_jwt", "private_key"),
+    ("client_secret_jwt", "client_secret"),
+)
+
+
+def _supported_client_auth(
+    config: OAuth2AuthConfig, metadata: ProviderMetadata, fallback: str
+) -> str:
+    for method, material in _CLIENT_AUTH_PREFERENCE:
+        if method in metadata.client_auth_methods and getattr(config, material) is not None:
+            return method
+    if "none" in metadata.client_auth_methods and config.client_secret is None:
+        return "none"
+    return fallback
 
 
 def basic_client_credentials(client_id: str, client_secret: str) -> str:
@@ -60,7 +87,38 @@ class OAuth2Grant:
         self.config = config
         self.connector = connector
         self._signing_key = signing_key
-        self.refresh_url = config.refresh_url or config.token_url
+        self._metadata: ProviderMetadata | None = None
+        self.client_auth: str = config.client_auth
+
+    async def prepare(self, send: TokenSender) -> None:
+        """Discover the provider once, if the connector names an ``issuer``."""
+        config = self.config
+        if config.issuer is None or self._metadata is not None:
+            return
+        from proxy.tokens.discovery import discover
+
+        self._metadata = await discover(config.issuer, send)
+        if "client_auth" not in config.model_fields_set:
+            self.client_auth = _supported_client_auth(config, self._metadata, self.client_auth)
+
+    def _endpoint(self, name: str) -> str:
+        """A configured endpoint, else the discovered one."""
+        value = getattr(self.config, name)
+        if value is None and self._metadata is not None:
+            value = self._metadata.endpoints.get(name)
+        if value is None:
+            raise TokenEndpointError(
+                f"the provider's metadata has no {name.removesuffix('_url')} endpoint"
+            )
+        return str(value)
+
+    @property
+    def token_url(self) -> str:
+        return self._endpoint("token_url")
+
+    @property
+    def refresh_url(self) -> str:
+        return self.config.refresh_url or self.token_url
 
     @property
     def has_primary_grant(self) -> bool:
@@ -71,16 +129,16 @@ class OAuth2Grant:
     def device_authorization_request(self, current: RequestContext) -> TokenRequest:
         """RFC 8628 §3.1: ask for a device code and a user code."""
         config = self.config
-        assert config.device_authorization_url is not None
         form = {"scope": config.scope} if config.scope else {}
         if config.audience:
             form["audience"] = config.audience
-        return self._request(config.device_authorization_url, form, current, replayable=True)
+        url = self._endpoint("device_authorization_url")
+        return self._request(url, form, current, replayable=True)
 
     def device_token_request(self, device_code: str, current: RequestContext) -> TokenRequest:
         """RFC 8628 §3.4: poll the token endpoint with the device code."""
         form = {"grant_type": DEVICE_GRANT, "device_code": device_code}
-        return self._request(self.config.token_url, form, current, replayable=True)
+        return self._request(self.token_url, form, current, replayable=True)
 
     @property
     def keeps_refresh_tokens(self) -> bool:
@@ -100,7 +158,7 @@ class OAuth2Grant:
         config = self.config
         client_id = config.client_id or ""
         secret = config.client_secret.get_secret_value() if config.client_secret else ""
-        method = config.client_auth
+        method = self.client_auth
         if method == "client_secret_basic":
             return {}, {"Authorization": basic_client_credentials(client_id, secret)}
         form = {"client_id": client_id} if client_id else {}
@@ -138,7 +196,7 @@ class OAuth2Grant:
             form["scope"] = config.scope
         if config.audience:
             form["audience"] = config.audience
-        return self._request(config.token_url, form, current, replayable=True)
+        return self._request(self.token_url, form, current, replayable=True)
 
     def refresh_request(self, current: RequestContext) -> TokenRequest | None:
         if current.refresh_token is None:
