@@ -110,6 +110,10 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
+def api(upstream: RecordingUpstream, idp: FakeIdP) -> dict[str, Any]:
+    return oauth2_connector(upstream.url, idp.url)
+
+
 def replica(
     tmp_path: Path, name: str, url: str, prefix: str, connectors: dict[str, Any], **cache: Any
 ) -> dict[str, Any]:
@@ -289,6 +293,9 @@ async def test_tokens_in_redis_are_encrypted_and_namespaced(
 
 async def test_a_tampered_entry_is_a_miss(
     fleet: Any,
+    start_proxy: StartProxy,
+    tmp_path: Path,
+    upstream: RecordingUpstream,
     idp: FakeIdP,
     client: aiohttp.ClientSession,
     redis_url: str,
@@ -302,8 +309,14 @@ async def test_a_tampered_entry_is_a_miss(
     sealed = raw.hget(key, "data")
     raw.hset(key, "data", sealed[:-6] + b"AAAAAA")  # type: ignore[index,operator]
     raw.close()
-    (b,) = await fleet(1)  # a replica starting now finds only the tampered entry
+    # Another machine (a state_dir of its own) finds only the tampered entry: a miss.
+    other = replica(tmp_path, "other-machine", redis_url, prefix, {"api": api(upstream, idp)})
+    b = await start_proxy(other, clock)
     assert await get(client, b) == 200
+    assert len(idp.calls) == 2
+    # This machine's own copy is intact, and newer than nothing: it still serves from it.
+    (c,) = await fleet(1)
+    assert await get(client, c) == 200
     assert len(idp.calls) == 2
 
 
@@ -451,28 +464,33 @@ async def test_redis_down_at_start_serves_degraded(
     assert caplog.text.count("Redis is unreachable") == 1
 
 
-async def test_what_was_kept_locally_never_overwrites_newer_state_in_redis(
+async def test_the_newer_of_the_local_and_the_shared_record_wins(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    """A replica cut off from Redis while another rotated the refresh token must not put
-    its older record back when Redis returns: the other replica's is newer."""
+    """A rotation written on this machine while Redis was away is newer than Redis's record:
+    it is read, and copied over. A local record older than Redis's never replaces it."""
     from proxy.secrets.envelope import MasterKeys
     from proxy.store.files import FileStore
     from proxy.store.records import TokenRecord
     from proxy.store.redis import RedisStore
 
     keys = MasterKeys.from_environment()
-    store = RedisStore.connect(redis_url, prefix, keys, FileStore(tmp_path / "a", keys), 10)
+    here = RedisStore.connect(redis_url, prefix, keys, FileStore(tmp_path / "a", keys), 10)
+    there = RedisStore.connect(redis_url, prefix, keys, FileStore(tmp_path / "b", keys), 10)
     older = TokenRecord("k", "s", None, 0, 0, "rt-older", written_wall=100.0)
     newer = TokenRecord("k", "s", None, 0, 0, "rt-newer", written_wall=200.0)
+    newest = TokenRecord("k", "s", None, 0, 0, "rt-newest", written_wall=300.0)
     try:
-        await store._local.write(older)  # written while Redis was unreachable
-        store._pending.add("k")
-        other = RedisStore.connect(redis_url, prefix, keys, FileStore(tmp_path / "b", keys), 10)
-        await other.write(newer)
-        await other.close()
-        assert await store.read("k") == newer  # a call that succeeds copies pending records
-        assert not store._pending
-        assert await store.read("k") == newer
+        await here._local.write(older)  # kept here while Redis was unreachable...
+        await there.write(newer)  # ...while another replica rotated
+        assert await here.read("k") == newer
+        assert await there.read("k") == newer  # the older copy was not put back
+        await here._local.write(newest)  # a rotation here whose Redis write failed
+        assert await there.read("k") == newer
+        assert await here.read("k") == newest  # read here: newer, so copied to Redis
+        assert await there.read("k") == newest
+        await there.write(older)  # a write never replaces a newer record
+        assert await here.read("k") == newest
     finally:
-        await store.close()
+        await here.close()
+        await there.close()

@@ -180,6 +180,8 @@ def test_the_store_is_encrypted_private_and_tamper_evident(
         ({"token_url": "https://idp.example/other"}, False),
         ({"grant": "password", "username": "u", "password": "p"}, False),
         ({"client_secret": "a-new-secret"}, True),
+        ({"extra_params": {"resource": "https://tenant-b"}}, False),
+        ({"headers": {"X-Tenant": "b"}}, False),
         ({"refresh_margin": 5, "reauth_on": [401, 403], "header": "X-Token"}, True),
     ],
 )
@@ -194,8 +196,11 @@ def test_a_token_is_keyed_by_what_defines_it(change: dict[str, Any], same: bool)
         "client_secret": "s",
         "scopes": ["read"],
     }
-    key = token_key(OAuth2AuthConfig.model_validate(base))
-    assert (token_key(OAuth2AuthConfig.model_validate({**base, **change})) == key) is same
+    keys = MasterKeys(bytes(32))
+    key = token_key("api", OAuth2AuthConfig.model_validate(base), keys)
+    changed = OAuth2AuthConfig.model_validate({**base, **change})
+    assert (token_key("api", changed, keys) == key) is same
+    assert token_key("other", changed, keys) != token_key("api", changed, keys)
 
 
 async def test_a_used_seed_is_never_sent_again_after_the_grant_is_lost(
@@ -222,3 +227,32 @@ async def test_a_used_seed_is_never_sent_again_after_the_grant_is_lost(
         assert (await response.json())["connectors"][0]["state"] == "needs_refresh_token"
     sent = [call["form"].get("refresh_token") for call in idp.calls]
     assert sent.count(seed) == 1
+
+
+async def test_a_store_that_cannot_be_written_holds_the_token_back_and_loses_nothing(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk during a rotation: the new token is not handed out unpersisted, and
+    the rotated refresh token is neither lost nor stepped back from once the disk recovers."""
+    proxy = await start_proxy(rotating(upstream, idp, idp.seed_refresh_token()), clock)
+    assert await status(client, proxy.url) == 200
+    write = FileStore._write
+
+    def full(self: FileStore, record: TokenRecord) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FileStore, "_write", full)
+    clock.advance(400)
+    async with client.get(f"{proxy.url}/api/x") as response:
+        assert response.status == 502
+        assert (await response.json())["message"] == "the token store cannot be written"
+    monkeypatch.setattr(FileStore, "_write", write)
+    clock.advance(2)  # past the back-off
+    assert await status(client, proxy.url) == 200
+    assert idp.grants == ["refresh_token"] * 2  # the rotated token was used, not replayed
+    assert not idp.reuse_detected

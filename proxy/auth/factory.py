@@ -70,5 +70,5 @@ def open_auth(
     shared = None
     if store is not None:
         seed = plan.seed_refresh_token()
-        shared = SharedToken(store, token_key(config), name, seed, clock)
+        shared = SharedToken(store, token_key(name, config, store.keys), name, seed, clock)
     return TokenManager(name, config, plan, send, clock=clock, deadline=deadline, shared=shared)

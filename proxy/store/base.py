@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from proxy.secrets.envelope import MasterKeys
 from proxy.store.records import TokenRecord
 
 
@@ -22,6 +23,8 @@ class Lease(Protocol):
 class TokenStore(Protocol):
     backend: str
     """``memory`` (this machine, durable in ``state_dir``) or ``redis`` (the fleet)."""
+    keys: MasterKeys
+    """Seal records and name them (:func:`~proxy.store.records.token_key`)."""
 
     async def read(self, key: str) -> TokenRecord | None:
         """The record, or None for a missing or unusable one. Never raises for the backend

@@ -9,9 +9,13 @@ never blocks the others. Every file is created mode 0600.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from proxy.secrets.envelope import MasterKeys
@@ -34,7 +38,7 @@ class FileStore:
 
     def __init__(self, directory: Path, keys: MasterKeys) -> None:
         self.directory = directory
-        self._keys = keys
+        self.keys = keys
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _path(self, key: str, suffix: str) -> Path:
@@ -45,15 +49,31 @@ class FileStore:
             sealed = self._path(key, ".json").read_bytes()
         except FileNotFoundError:
             return None
-        return TokenRecord.unseal(sealed, key, self._keys)
+        return TokenRecord.unseal(sealed, key, self.keys)
+
+    @contextlib.contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """Writers of one key take turns (a short flock, apart from the lease): a
+        read-modify-write such as :meth:`invalidate` never puts back an older record over a
+        rotation written meanwhile."""
+        fd = os.open(self._path(key, ".write"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     async def write(self, record: TokenRecord) -> None:
+        with self._writing(record.key):
+            self._write(record)
+
+    def _write(self, record: TokenRecord) -> None:
         # Small and local: done inline, so nothing can run between the write and its use.
         target = self._path(record.key, ".json")
         temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, record.seal(self._keys).encode())
+            os.write(fd, record.seal(self.keys).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -65,9 +85,10 @@ class FileStore:
             os.close(directory)
 
     async def invalidate(self, key: str, fingerprint: str) -> None:
-        record = await self.read(key)
-        if record is not None and record.fingerprint == fingerprint:
-            await self.write(record.without_access_token())
+        with self._writing(key):
+            record = await self.read(key)
+            if record is not None and record.fingerprint == fingerprint:
+                self._write(replace(record.without_access_token(), written_wall=time.time()))
 
     async def try_lease(self, key: str) -> FileLease | None:
         fd = os.open(self._path(key, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)

@@ -10,11 +10,13 @@ reads as a miss, never as a token.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.secrets.envelope import EnvelopeError, MasterKeys
@@ -40,17 +42,35 @@ _NOT_DEFINING = frozenset(
 )
 
 
-def token_key(auth: TokenLifecycleConfig) -> str:
-    """A name for the token ``auth`` defines: a hash of its token URL, client, grant, scopes,
-    audience, subject and request shape. Secret fields dump masked, so the key never helps
-    to guess one; two connectors with the same settings share one token."""
+# Credentials say who asks, not which token: rotating a client secret must not orphan the
+# refresh token a person once granted. Every other secret (extra_params, token-endpoint
+# headers, a custom request's subject) can change which token comes back, so it counts.
+_CREDENTIALS = frozenset({"client_secret", "password", "refresh_token", "private_key"})
+
+
+def _revealed(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {str(k): _revealed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_revealed(v) for v in value]
+    return value
+
+
+def token_key(connector: str, auth: TokenLifecycleConfig, keys: MasterKeys) -> str:
+    """A name for the token ``auth`` defines for ``connector``: its token URL, client,
+    grant, scopes, audience, subject and request shape, secrets included, so two connectors
+    or two settings never share a token. Keyed with the master key (HMAC-SHA-256), so the
+    name never helps to guess a secret."""
     defining = {
-        name: value
-        for name, value in auth.model_dump(mode="json").items()
-        if name not in _NOT_DEFINING
+        name: _revealed(value)
+        for name, value in auth.model_dump().items()
+        if name not in _NOT_DEFINING and name not in _CREDENTIALS
     }
-    digest = hashlib.sha256(orjson.dumps(defining, option=orjson.OPT_SORT_KEYS))
-    return digest.hexdigest()[:32]
+    material = orjson.dumps([connector, defining], option=orjson.OPT_SORT_KEYS, default=str)
+    assert keys.current is not None, "the store always has a master key"
+    return hmac.new(keys.current, material, hashlib.sha256).hexdigest()[:32]
 
 
 def fingerprint(token: str) -> str:

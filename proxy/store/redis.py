@@ -10,7 +10,8 @@
   be reached (short socket timeouts, no client retries), the local store answers, with its
   own lease for a local single flight; one warning per outage; Redis is tried again after a
   back-off (0.5 s, doubling to 10 s, jittered, so a fleet does not reconnect at once);
-  records written meanwhile are copied to Redis once it is back. Nothing is lost.
+  a record written meanwhile is newer than Redis's, so the next read takes it and copies it
+  over (a write never replaces a newer record: compared in Lua). Nothing is lost.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import random
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -38,8 +40,21 @@ SOCKET_TIMEOUT = 0.5
 _RETRY_FIRST, _RETRY_MAX = 0.5, 10.0
 _DOWN = (RedisError, OSError, TimeoutError)
 
+_PUT = """
+local newest = tonumber(redis.call('HGET', KEYS[1], 'written') or '-1')
+if newest > tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'fp', ARGV[2], 'written', ARGV[3])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+else
+  redis.call('PERSIST', KEYS[1])
+end
+return 1
+"""
 _INVALIDATE = """
-if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'data') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'data', ARGV[2], 'fp', '')
   return 1
 end
@@ -94,12 +109,10 @@ class RedisStore:
         self.redis = redis
         self.lease_ms = max(1, int(lease_seconds * 1000))
         self._prefix = prefix
-        self._keys = keys
+        self.keys = keys
         self._local = local
         self._down_until = 0.0
         self._retry_delay = _RETRY_FIRST
-        self._pending: set[str] = set()  # keys written locally while Redis was down
-        self._flushing = False
 
     @classmethod
     def connect(
@@ -139,7 +152,7 @@ class RedisStore:
         except _DOWN as exc:
             self._went_down(exc)
             return fallback
-        await self._came_back()
+        self._came_back()
         return result
 
     def _went_down(self, exc: BaseException) -> None:
@@ -153,34 +166,10 @@ class RedisStore:
         self._down_until = loop.time() + self._retry_delay * random.uniform(0.8, 1.2)
         self._retry_delay = min(_RETRY_MAX, self._retry_delay * 2)
 
-    async def _came_back(self) -> None:
+    def _came_back(self) -> None:
         if self._retry_delay != _RETRY_FIRST:
             logger.warning("token store: Redis is reachable again")
             self._retry_delay = _RETRY_FIRST
-        if self._flushing:
-            return  # the copy below makes calls of its own
-        self._flushing = True
-        try:
-            await self._flush_pending()
-        finally:
-            self._flushing = False
-
-    async def _flush_pending(self) -> None:
-        while self._pending:
-            key = self._pending.pop()
-            record = await self._local.read(key)
-            if record is None:
-                continue
-            sealed = await self.call(self.redis.hget(self._name("token", key), "data"), False)
-            if sealed is False:
-                self._pending.add(key)
-                return
-            shared = TokenRecord.unseal(sealed, key, self._keys) if sealed else None
-            if shared is not None and shared.written_wall >= record.written_wall:
-                continue  # another replica wrote newer state meanwhile: never regress it
-            if not await self._put(record):
-                self._pending.add(key)
-                return
 
     def health(self) -> str:
         return "ok" if self.up else "degraded"
@@ -188,38 +177,44 @@ class RedisStore:
     # -- the store --------------------------------------------------------------------------
 
     async def read(self, key: str) -> TokenRecord | None:
+        """The newer of Redis's record and this machine's: a rotation written here while
+        Redis was away (or before a write to it failed) wins over the older state there, and
+        is copied to Redis now; an entry Redis lost or cannot unseal never hides ours."""
+        local = await self._local.read(key)
         sealed = await self.call(self.redis.hget(self._name("token", key), "data"), False)
         if sealed is False:
-            return await self._local.read(key)
-        if sealed is None:
-            # Redis lost it (restarted empty, evicted): what this machine kept still counts.
-            return await self._local.read(key)
-        return TokenRecord.unseal(sealed, key, self._keys)
+            return local
+        shared = TokenRecord.unseal(sealed, key, self.keys) if sealed is not None else None
+        if local is not None and (shared is None or local.written_wall > shared.written_wall):
+            await self._put(local)
+            return local
+        return shared
 
     async def write(self, record: TokenRecord) -> None:
         await self._local.write(record)  # durable here first, whatever Redis does
-        if not await self._put(record):
-            self._pending.add(record.key)
+        await self._put(record)  # if Redis is away, the next read copies it over
 
     async def _put(self, record: TokenRecord) -> bool:
-        name = self._name("token", record.key)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(name, mapping={"data": record.seal(self._keys), "fp": record.fingerprint or ""})
+        """Set the record unless Redis holds a newer one (atomic, in Lua)."""
+        ttl_ms = 0  # a record with a refresh token never expires
         if record.refresh_token is None and record.access_token is not None:
-            remaining = record.expires_wall() - time.time()
-            pipe.pexpire(name, max(1, int(remaining * 1000)))
-        else:
-            pipe.persist(name)
-        return await self.call(pipe.execute(), None) is not None
+            ttl_ms = max(1, int((record.expires_wall() - time.time()) * 1000))
+        name = self._name("token", record.key)
+        sealed, written = record.seal(self.keys), repr(record.written_wall)
+        put = self.redis.eval(_PUT, 1, name, sealed, record.fingerprint or "", written, ttl_ms)
+        return await self.call(put, None) is not None
 
     async def invalidate(self, key: str, fingerprint: str) -> None:
         await self._local.invalidate(key, fingerprint)
-        record = await self.read(key)
-        if record is None:
+        name = self._name("token", key)
+        sealed = await self.call(self.redis.hget(name, "data"), None)
+        record = TokenRecord.unseal(sealed, key, self.keys) if sealed else None
+        if record is None or record.fingerprint != fingerprint:
             return
-        emptied = record.without_access_token().seal(self._keys)
+        emptied = replace(record.without_access_token(), written_wall=time.time())
+        # Only if the record is still the very one read: a rotation written meanwhile stays.
         await self.call(
-            self.redis.eval(_INVALIDATE, 1, self._name("token", key), fingerprint, emptied), None
+            self.redis.eval(_INVALIDATE, 1, name, sealed, emptied.seal(self.keys)), None
         )
 
     async def try_lease(self, key: str) -> Lease | None:

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from proxy.errors import TokenEndpointError
 from proxy.store.base import Lease, TokenStore
 from proxy.store.records import TokenRecord, fingerprint, seed_hash
 from proxy.tokens.model import Clock, IssuedToken, Phase, Token
@@ -55,6 +56,8 @@ class SharedToken:
         self._clock = clock
         self.rejected: set[str] = set()
         """Fingerprints of tokens an upstream rejected: never adopted again."""
+        self._unsaved: TokenRecord | None = None
+        """Newer state the store refused; written before anything else is done."""
 
     async def read(self) -> TokenRecord | None:
         record = await self.store.read(self.key)
@@ -104,6 +107,8 @@ class SharedToken:
         once it returned or failed (rotated, dropped), which is then persisted. ``force``:
         the token stored now is not taken (an operator's refresh); a newer one still is.
         """
+        if self._unsaved is not None:  # never step back to the state before it
+            await self._persist(self._unsaved)
         record = await self.read()
         if force and record is not None and record.access_token is not None:
             self.rejected.add(fingerprint(record.access_token))
@@ -126,7 +131,7 @@ class SharedToken:
                 if held != stored:  # rotated or dropped by a failing answer: keep that
                     base = record or TokenRecord(self.key, self._seed_hash)
                     now = self._clock.wall()
-                    await self.store.write(replace(base, refresh_token=held, written_wall=now))
+                    await self._persist(replace(base, refresh_token=held, written_wall=now))
                 raise
             await self.save(issued, issued_at, refresh_token())
             return Obtained(issued, issued_at, "token endpoint", refresh_token())
@@ -137,7 +142,7 @@ class SharedToken:
         """Write a token obtained here (``issued_at`` on our monotonic clock), durably."""
         age = self._clock.monotonic() - issued_at
         now = self._clock.wall()
-        await self.store.write(
+        await self._persist(
             TokenRecord(
                 self.key,
                 self._seed_hash,
@@ -148,6 +153,22 @@ class SharedToken:
                 written_wall=now,
             )
         )
+
+    async def _persist(self, record: TokenRecord) -> None:
+        """Write ``record``, or keep it to write first next time and fail: a token is not
+        handed out before its state is durable, and state never steps back."""
+        try:
+            await self.store.write(record)
+        except OSError as exc:
+            self._unsaved = record
+            logger.error(
+                "connector %s: cannot write the token store (%s); the new token is held back "
+                "until it can be written",
+                self.connector,
+                exc.strerror or type(exc).__name__,
+            )
+            raise TokenEndpointError("the token store cannot be written") from None
+        self._unsaved = None
 
     async def _lead(self, margin: float, holding: bool) -> Lease | Obtained:
         """Wait until this process holds the lease, or another has published a token."""
