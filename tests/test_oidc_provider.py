@@ -179,7 +179,8 @@ async def test_device_authorization_then_refresh_tokens_against_the_certified_pr
     aiohttp_raw_server: AiohttpRawServer,
 ) -> None:
     """RFC 8628 as oidc-provider implements it (no interval given: we wait the default 5 s),
-    then refresh-token renewals, and a restart that resumes from the store."""
+    its endpoints found by discovery, then refresh-token renewals, and a restart that
+    resumes from the store."""
     from tests.fakes import RecordingUpstream
 
     device_grant = "urn:ietf:params:oauth:grant-type:device_code"
@@ -197,8 +198,7 @@ async def test_device_authorization_then_refresh_tokens_against_the_certified_pr
     auth = {
         "type": "oauth2",
         "grant": "device_code",
-        "device_authorization_url": f"{issuer}/device/auth",
-        "token_url": f"{issuer}/token",
+        "issuer": issuer,  # discovery finds the device and token endpoints
         "client_id": "device-client",
         "client_secret": SECRET,
         "scopes": ["openid", "offline_access"],
