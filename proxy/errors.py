@@ -183,6 +183,16 @@ class TokenEndpointTimeoutError(TokenEndpointError, TimeoutError):
     proxy_status = "http_response_timeout"
 
 
+class AuthorizationNeededError(TokenEndpointError):
+    """A connector whose grant a person must authorize once has no refresh token (yet, or
+    since the provider revoked it): the operator is told how, the provider is not asked."""
+
+    status = 503
+    code = "token_unavailable"
+    proxy_status = "destination_unavailable"
+    details = "connector not authorized"
+
+
 class TokenUnavailableError(ProxyError):
     """The token endpoint is in back-off after failures: answered at once, never queued."""
 

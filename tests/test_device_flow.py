@@ -64,7 +64,9 @@ async def test_authorize_once_then_serve_and_renew_from_the_store(
 ) -> None:
     proxy = await start_proxy(device_connector(upstream, idp), clock)
     code, message = await status(client, proxy)
-    assert code == 502 and "run `tokenproxy authorize api`" in message
+    assert code == 503 and "not authorized: run `tokenproxy authorize api`" in message
+    async with client.get(f"{proxy.url}/_proxy/connectors") as response:
+        assert (await response.json())["connectors"][0]["state"] == "needs_authorization"
     idp.device_answers = ["authorization_pending", "slow_down"]
     lines: list[str] = []
     started = clock.monotonic()
@@ -106,7 +108,7 @@ async def test_a_denied_or_expired_authorization_changes_nothing(
     say = approving(idp, lines, deny=True) if outcome == "denied" else lines.append
     with pytest.raises(Exception, match=message):
         await manager_of(proxy).authorize(say)
-    assert (await status(client, proxy))[0] == 502
+    assert (await status(client, proxy))[0] == 503
     assert "refresh_token" not in idp.grants
 
 
@@ -119,7 +121,7 @@ async def test_the_authorize_command_beside_a_running_proxy(
 ) -> None:
     config = device_connector(upstream, idp)
     proxy = await start_proxy(config)  # the real clock: two processes share the store
-    assert (await status(client, proxy))[0] == 502
+    assert (await status(client, proxy))[0] == 503
     path = write_config({**config, "listen": {"host": "127.0.0.1", "port": 0}})
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "authorize", "api", "-c", str(path),

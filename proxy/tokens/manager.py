@@ -33,6 +33,7 @@ from typing import Any
 from proxy.auth.base import Authenticator, Credential, credential_for
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.errors import (
+    AuthorizationNeededError,
     ProxyError,
     TokenEndpointError,
     TokenEndpointTimeoutError,
@@ -175,7 +176,7 @@ class TokenManager(Authenticator):
         held = self._held
         phase = self.phase()
         if self._needs_refresh_token:
-            state = "needs_refresh_token"
+            state = "needs_authorization" if self.config.interactive else "needs_refresh_token"
         elif now < self._retry_at or (held is None and self.stats.last_error):
             state = "failing"
         else:
@@ -289,13 +290,14 @@ class TokenManager(Authenticator):
                 )
         if not grant.has_primary_grant:
             self._needs_refresh_token = True
+            if self.config.interactive:
+                raise AuthorizationNeededError(
+                    f"this connector is not authorized: run `tokenproxy authorize "
+                    f"{self.connector}`",
+                    oauth_error="invalid_grant",
+                )
             raise TokenEndpointError(
-                "no valid refresh token: this connector needs a new refresh token"
-                + (
-                    f" (run `tokenproxy authorize {self.connector}`)"
-                    if self.config.interactive
-                    else ""
-                ),
+                "no valid refresh token: this connector needs a new refresh token",
                 oauth_error="invalid_grant",
             )
 
@@ -396,10 +398,14 @@ class TokenManager(Authenticator):
 
     def _unavailable(self, now: float) -> TokenUnavailableError:
         retry_after = max(1, math.ceil(self._retry_at - now))
+        if self._needs_refresh_token and self.config.interactive:
+            reason = (
+                f"this connector is not authorized: run `tokenproxy authorize {self.connector}`"
+            )
+        else:
+            reason = f"the token endpoint is failing (last error: {self.stats.last_error})"
         return TokenUnavailableError(
-            f"the token endpoint is failing (last error: {self.stats.last_error}); "
-            f"next try in {retry_after}s",
-            retry_after=retry_after,
+            f"{reason}; next try in {retry_after}s", retry_after=retry_after
         )
 
 
