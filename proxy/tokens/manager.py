@@ -168,7 +168,7 @@ class TokenManager(Authenticator):
         if refresh_token is not None:
             self._keep_refresh_token(refresh_token)
         if self._shared is not None:
-            await self._shared.save(issued, at, self._refresh_token)
+            await self._shared.install(issued, at, self._refresh_token, self._deadline or 30.0)
         self._publish(Obtained(issued, at, "token endpoint", self._refresh_token))
 
     def describe(self) -> dict[str, Any]:

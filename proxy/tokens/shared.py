@@ -154,6 +154,19 @@ class SharedToken:
             )
         )
 
+    async def install(
+        self, issued: IssuedToken, issued_at: float, refresh_token: str | None, wait: float
+    ) -> None:
+        """Save what an interactive authorization obtained, under the lease, so a renewal
+        under way in another process cannot write its older state over it afterwards."""
+        async with asyncio.timeout(wait):
+            while (lease := await self.store.try_lease(self.key)) is None:  # noqa: ASYNC110 - another process holds it
+                await asyncio.sleep(POLL_INTERVAL)
+        try:
+            await self.save(issued, issued_at, refresh_token)
+        finally:
+            await lease.release()
+
     async def _persist(self, record: TokenRecord) -> None:
         """Write ``record``, or keep it to write first next time and fail: a token is not
         handed out before its state is durable, and state never steps back."""
