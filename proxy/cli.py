@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
 from proxy.config.loader import LoadedConfig, load_settings
-from proxy.config.models import Settings
+from proxy.config.models import ConnectorConfig, Settings
 from proxy.errors import ConfigError, ProxyError
 from proxy.logs import configure_logging
 from proxy.secrets.envelope import EnvelopeError, MasterKeys, generate_key, key_id
@@ -193,10 +193,9 @@ def mask(value: str) -> str:
     return f"{shown}…({len(value)} chars)"
 
 
-def _cmd_token(args: argparse.Namespace) -> int:
-    from proxy.runtime import open_runtime
-
-    configure_logging("error")  # the command prints the outcome itself
+def _one_connector(args: argparse.Namespace) -> tuple[ConnectorConfig, Plan] | int:
+    """Connector ``args.name`` of ``args.config`` and a plan with it alone; or the exit
+    status, once the problems are printed."""
     path = _config_path(args.config)
     loaded = _load(path)
     if isinstance(loaded, ConfigError):
@@ -207,11 +206,21 @@ def _cmd_token(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(loaded.settings.connectors)) or "none"
         print(f"tokenproxy: no connector {args.name!r} (connectors: {known})", file=sys.stderr)
         return 1
-
     plan = _build(loaded.settings.model_copy(update={"connectors": {args.name: config}}))
     if isinstance(plan, ConfigError):
         _print_problems(path, plan)
         return 1
+    return config, plan
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from proxy.runtime import open_runtime
+
+    configure_logging("error")  # the command prints the outcome itself
+    built = _one_connector(args)
+    if isinstance(built, int):
+        return built
+    config, plan = built
 
     async def acquire() -> int:
         async with open_runtime(plan) as runtime:
@@ -251,22 +260,16 @@ def _cmd_authorize(args: argparse.Namespace) -> int:
     from proxy.runtime import open_runtime
 
     configure_logging("warning")
-    path = _config_path(args.config)
-    loaded = _load(path)
-    if isinstance(loaded, ConfigError):
-        _print_problems(path, loaded)
-        return 1
-    config = loaded.settings.connectors.get(args.name)
-    if config is None or not getattr(config.auth, "interactive", False):
-        what = "no connector" if config is None else "no interactive grant in connector"
+    built = _one_connector(args)
+    if isinstance(built, int):
+        return built
+    config, plan = built
+    if not getattr(config.auth, "interactive", False):
         print(
-            f"tokenproxy: {what} {args.name!r} (authorize runs grant: device_code)",
+            f"tokenproxy: connector {args.name!r} has no interactive grant "
+            "(authorize runs grant: device_code)",
             file=sys.stderr,
         )
-        return 1
-    plan = _build(loaded.settings.model_copy(update={"connectors": {args.name: config}}))
-    if isinstance(plan, ConfigError):
-        _print_problems(path, plan)
         return 1
 
     async def run() -> int:

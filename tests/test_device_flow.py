@@ -150,3 +150,20 @@ def test_device_code_needs_its_endpoint(write_config: WriteConfig, tmp_path: Pat
     }
     (problem,) = problems_of(write_config(config))
     assert problem.endswith("needs client_id, client_secret, device_authorization_url")
+
+
+@pytest.mark.parametrize("name", ["api", "nope"])
+def test_authorize_refuses_what_has_nothing_to_authorize(
+    write_config: WriteConfig, upstream: RecordingUpstream, idp: FakeIdP, name: str
+) -> None:
+    from tests.test_cli import tokenproxy
+
+    path = write_config({"connectors": {"api": oauth2_connector(upstream.url, idp.url)}})
+    result = tokenproxy("authorize", name, "-c", str(path))
+    assert result.returncode == 1
+    expected = {
+        "api": "tokenproxy: connector 'api' has no interactive grant",
+        "nope": "tokenproxy: no connector 'nope' (connectors: api)",
+    }[name]
+    assert result.stderr.startswith(expected), result.stderr
+    assert idp.calls == []
