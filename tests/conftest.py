@@ -215,6 +215,28 @@ async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5
             await asyncio.sleep(0.02)
 
 
+async def status_and_message(
+    client: aiohttp.ClientSession, proxy: RunningProxy | str, path: str = "/api/x"
+) -> tuple[int, str]:
+    """GET ``path`` from a proxy (or a base URL): the status and the JSON error's message."""
+    base = proxy if isinstance(proxy, str) else proxy.url
+    async with client.get(base + path) as response:
+        body = await response.json() if response.content_type == "application/json" else {}
+        return response.status, body.get("message", "")
+
+
+async def http_status(
+    client: aiohttp.ClientSession, proxy: RunningProxy | str, path: str = "/api/x"
+) -> int:
+    return (await status_and_message(client, proxy, path))[0]
+
+
+async def connector_status(client: aiohttp.ClientSession, proxy: RunningProxy) -> dict[str, Any]:
+    """The first connector's entry in ``/_proxy/connectors``."""
+    async with client.get(f"{proxy.url}/_proxy/connectors") as response:
+        return (await response.json())["connectors"][0]  # type: ignore[no-any-return]
+
+
 def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1])
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import RunningProxy, StartProxy, warm
+from tests.conftest import RunningProxy, StartProxy, status_and_message, warm
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 from tests.test_token_cache import jwt
 
@@ -44,12 +44,6 @@ def start_custom(
         return await start_proxy({"connectors": {"api": connector}}, clock)
 
     return start
-
-
-async def status_and_error(client: aiohttp.ClientSession, proxy: RunningProxy) -> tuple[int, str]:
-    async with client.get(f"{proxy.url}/api/x") as response:
-        body = await response.json() if response.content_type == "application/json" else {}
-        return response.status, body.get("message", "")
 
 
 async def expires_in(client: aiohttp.ClientSession, proxy: RunningProxy) -> int | None:
@@ -180,7 +174,7 @@ async def test_unusable_answers(
 ) -> None:
     idp.script.append(answer(200, answer_body, headers))
     proxy = await start_custom({"url": "/t"}, access_token_path="data.auth.token")
-    assert await status_and_error(client, proxy) == (502, message)
+    assert await status_and_message(client, proxy) == (502, message)
 
 
 async def test_missing_token_header_is_an_error(
@@ -188,7 +182,7 @@ async def test_missing_token_header_is_an_error(
 ) -> None:
     idp.script.append(answer(200, {"access_token": "in-body-only"}))
     proxy = await start_custom({"url": "/t"}, token_header="X-Subject-Token")
-    assert await status_and_error(client, proxy) == (
+    assert await status_and_message(client, proxy) == (
         502,
         "the token endpoint's answer has no usable token header",
     )
@@ -284,13 +278,13 @@ async def test_sub_second_lifetimes_are_never_stretched_and_never_storm(
     idp.script.extend([answer(200, {"access_token": f"t{i}", "ms": value}) for i in range(6)])
     proxy = await start_custom({"url": "/t"}, expires_path="ms", expires_type="milliseconds")
     for _ in range(3):
-        assert (await status_and_error(client, proxy))[0] == 200
+        assert (await status_and_message(client, proxy))[0] == 200
         clock.advance(1)
     assert upstream.header_values("Authorization", 0) != upstream.header_values("Authorization")
     assert len(idp.calls) == 3
     started = clock.monotonic()
     for _ in range(3):  # no time between requests: a zero lifetime is fetched at most 1/s
-        assert (await status_and_error(client, proxy))[0] == 200
+        assert (await status_and_message(client, proxy))[0] == 200
     assert clock.monotonic() - started >= (2 if value == 0 else 0)
 
 
@@ -313,7 +307,7 @@ async def test_unreadable_expiry(
 ) -> None:
     idp.script.append(answer(200, {"access_token": "t", "exp": value}))
     proxy = await start_custom({"url": "/t"}, expires_path="exp", expires_type=expires_type)
-    assert await status_and_error(client, proxy) == (502, message)
+    assert await status_and_message(client, proxy) == (502, message)
 
 
 async def test_an_expiry_in_the_past_is_used_once_and_never_storms(
@@ -328,7 +322,7 @@ async def test_an_expiry_in_the_past_is_used_once_and_never_storms(
     proxy = await start_custom({"url": "/t"}, expires_path="exp", expires_type="datetime")
     started = clock.monotonic()
     for _ in range(3):
-        assert (await status_and_error(client, proxy))[0] == 200
+        assert (await status_and_message(client, proxy))[0] == 200
     assert len(idp.calls) == 3  # never cached...
     assert clock.monotonic() - started >= 2  # ...and fetched at most once a second
 

@@ -13,7 +13,14 @@ import aiohttp
 import pytest
 
 from proxy.tokens.manager import TokenManager
-from tests.conftest import RunningProxy, StartProxy, WriteConfig, eventually, oauth2_connector
+from tests.conftest import (
+    RunningProxy,
+    StartProxy,
+    WriteConfig,
+    eventually,
+    oauth2_connector,
+    status_and_message,
+)
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 
 
@@ -49,12 +56,6 @@ def approving(idp: FakeIdP, lines: list[str], *, deny: bool = False) -> Any:
     return say
 
 
-async def status(client: aiohttp.ClientSession, proxy: RunningProxy) -> tuple[int, str]:
-    async with client.get(f"{proxy.url}/api/x") as response:
-        body = await response.json() if response.content_type == "application/json" else {}
-        return response.status, body.get("message", "")
-
-
 async def test_authorize_once_then_serve_and_renew_from_the_store(
     start_proxy: StartProxy,
     upstream: RecordingUpstream,
@@ -63,7 +64,7 @@ async def test_authorize_once_then_serve_and_renew_from_the_store(
     clock: FakeClock,
 ) -> None:
     proxy = await start_proxy(device_connector(upstream, idp), clock)
-    code, message = await status(client, proxy)
+    code, message = await status_and_message(client, proxy)
     assert code == 503 and "not authorized: run `tokenproxy authorize api`" in message
     async with client.get(f"{proxy.url}/_proxy/connectors") as response:
         assert (await response.json())["connectors"][0]["state"] == "needs_authorization"
@@ -78,14 +79,16 @@ async def test_authorize_once_then_serve_and_renew_from_the_store(
     assert (
         device_call["path"] == "/device" and device_call["form"]["scope"] == "offline_access read"
     )
-    assert (await status(client, proxy))[0] == 200
+    assert (await status_and_message(client, proxy))[0] == 200
     clock.advance(400)  # expired: renewed with the refresh token the device flow brought
-    assert (await status(client, proxy))[0] == 200
+    assert (await status_and_message(client, proxy))[0] == 200
     assert idp.grants[-1] == "refresh_token" and not idp.reuse_detected
     await proxy.server.stop()
     clock.advance(400)
     restarted = await start_proxy(device_connector(upstream, idp), clock)
-    assert (await status(client, restarted))[0] == 200  # the store kept the newest refresh token
+    assert (await status_and_message(client, restarted))[
+        0
+    ] == 200  # the store kept the newest refresh token
     assert not idp.reuse_detected
 
 
@@ -108,7 +111,7 @@ async def test_a_denied_or_expired_authorization_changes_nothing(
     say = approving(idp, lines, deny=True) if outcome == "denied" else lines.append
     with pytest.raises(Exception, match=message):
         await manager_of(proxy).authorize(say)
-    assert (await status(client, proxy))[0] == 503
+    assert (await status_and_message(client, proxy))[0] == 503
     assert "refresh_token" not in idp.grants
 
 
@@ -121,7 +124,7 @@ async def test_the_authorize_command_beside_a_running_proxy(
 ) -> None:
     config = device_connector(upstream, idp)
     proxy = await start_proxy(config)  # the real clock: two processes share the store
-    assert (await status(client, proxy))[0] == 503
+    assert (await status_and_message(client, proxy))[0] == 503
     path = write_config({**config, "listen": {"host": "127.0.0.1", "port": 0}})
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "authorize", "api", "-c", str(path),
@@ -136,7 +139,7 @@ async def test_the_authorize_command_beside_a_running_proxy(
     assert "api: authorized; the refresh token is kept in the token store" in rest
 
     async def serving() -> bool:
-        return (await status(client, proxy))[0] == 200
+        return (await status_and_message(client, proxy))[0] == 200
 
     await eventually(serving, within=5)  # the proxy finds it in the store within a second
 

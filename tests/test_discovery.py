@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import StartProxy, oauth2_connector
+from tests.conftest import StartProxy, oauth2_connector, status_and_message
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 
 
@@ -27,12 +27,6 @@ def metadata(idp: FakeIdP, **fields: Any) -> dict[str, Any]:
     }
 
 
-async def call(client: aiohttp.ClientSession, url: str) -> tuple[int, str]:
-    async with client.get(f"{url}/api/x") as response:
-        body = await response.json() if response.content_type == "application/json" else {}
-        return response.status, body.get("message", "")
-
-
 @pytest.mark.parametrize(
     "well_known", ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"]
 )
@@ -46,9 +40,9 @@ async def test_the_issuer_fills_the_token_endpoint_and_a_supported_client_auth(
 ) -> None:
     idp.metadata[well_known] = metadata(idp)
     proxy = await start_proxy(issuer_only(upstream, idp), clock)
-    assert (await call(client, proxy.url))[0] == 200
+    assert (await status_and_message(client, proxy.url))[0] == 200
     clock.advance(400)
-    assert (await call(client, proxy.url))[0] == 200
+    assert (await status_and_message(client, proxy.url))[0] == 200
     token_calls = [c for c in idp.calls if c["method"] == "POST"]
     assert [c["path"] for c in token_calls] == ["/discovered/token"] * 2
     assert "client_secret" in token_calls[0]["form"]  # the method the provider supports
@@ -67,7 +61,7 @@ async def test_explicit_fields_win_over_discovered_ones(
     config = issuer_only(upstream, idp, client_auth="client_secret_basic")
     config["connectors"]["api"]["auth"]["token_url"] = f"{idp.url}/token"
     proxy = await start_proxy(config, clock)
-    assert (await call(client, proxy.url))[0] == 200
+    assert (await status_and_message(client, proxy.url))[0] == 200
     (token_call,) = [c for c in idp.calls if c["method"] == "POST"]
     assert token_call["path"] == "/token" and "Authorization" in token_call["headers"]
 
@@ -93,6 +87,6 @@ async def test_untrustworthy_or_missing_metadata_is_refused(
     if served is not None:
         idp.metadata["/.well-known/openid-configuration"] = metadata(idp, **served)
     proxy = await start_proxy(issuer_only(upstream, idp), clock)
-    status, text = await call(client, proxy.url)
+    status, text = await status_and_message(client, proxy.url)
     assert status == 502 and message in text
     assert upstream.requests == []

@@ -26,7 +26,14 @@ import trustme
 import yaml
 
 from proxy.secrets.envelope import KEY_ENV, generate_key
-from tests.conftest import RunningProxy, StartProxy, WriteConfig, oauth2_connector
+from tests.conftest import (
+    RunningProxy,
+    StartProxy,
+    WriteConfig,
+    connector_status,
+    http_status,
+    oauth2_connector,
+)
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 from tests.test_cli import running
 
@@ -125,17 +132,6 @@ def replica(
     }
 
 
-async def get(client: aiohttp.ClientSession, proxy: RunningProxy, path: str = "/api/x") -> int:
-    async with client.get(proxy.url + path) as response:
-        await response.read()
-        return response.status
-
-
-async def describe(client: aiohttp.ClientSession, proxy: RunningProxy) -> dict[str, Any]:
-    async with client.get(f"{proxy.url}/_proxy/connectors") as response:
-        return (await response.json())["connectors"][0]  # type: ignore[no-any-return]
-
-
 @pytest.fixture
 async def fleet(
     start_proxy: StartProxy,
@@ -163,29 +159,29 @@ async def test_a_cold_burst_on_two_replicas_makes_one_token_request(
 ) -> None:
     a, b = await fleet(2)
     idp.delay = 0.3
-    statuses = await asyncio.gather(*(get(client, (a, b)[i % 2]) for i in range(400)))
+    statuses = await asyncio.gather(*(http_status(client, (a, b)[i % 2]) for i in range(400)))
     assert statuses == [200] * 400
     assert len(idp.calls) == 1
     assert len({dict(r["headers"])["Authorization"] for r in upstream.requests}) == 1
-    assert [(await describe(client, p))["source"] for p in (a, b)].count("store") >= 1
+    assert [(await connector_status(client, p))["source"] for p in (a, b)].count("store") >= 1
 
 
 async def test_a_renewal_under_load_is_one_request_for_the_fleet_and_nobody_waits(
     fleet: Any, idp: FakeIdP, client: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
     a, b = await fleet(2)
-    assert await get(client, a) == 200 and await get(client, b) == 200
+    assert await http_status(client, a) == 200 and await http_status(client, b) == 200
     assert len(idp.calls) == 1
     for _ in range(3):  # three lifetimes: 300 s tokens, renewable from 240 s
         clock.advance(250)
         idp.delay = 0.5
-        statuses = await asyncio.gather(*(get(client, (a, b)[i % 2]) for i in range(200)))
+        statuses = await asyncio.gather(*(http_status(client, (a, b)[i % 2]) for i in range(200)))
         assert statuses == [200] * 200  # all served by the held token while one renews
         idp.delay = 0
         async with asyncio.timeout(5):
-            while idp.active or (await describe(client, b))["expires_in"] < 250:
+            while idp.active or (await connector_status(client, b))["expires_in"] < 250:
                 await asyncio.sleep(0.05)
-                await get(client, b)  # b learns of a's renewal from the store
+                await http_status(client, b)  # b learns of a's renewal from the store
     assert len(idp.calls) == 4  # one per lifetime, for both replicas
 
 
@@ -194,7 +190,7 @@ async def test_rotation_never_runs_twice_in_the_fleet(
 ) -> None:
     replicas = await fleet(3, grant="refresh_token", refresh_token=idp.seed_refresh_token())
     for _ in range(4):
-        statuses = await asyncio.gather(*(get(client, replicas[i % 3]) for i in range(150)))
+        statuses = await asyncio.gather(*(http_status(client, replicas[i % 3]) for i in range(150)))
         assert statuses == [200] * 150
         clock.advance(400)  # expired everywhere: every replica wants to renew at once
     assert idp.grants == ["refresh_token"] * 4
@@ -217,7 +213,7 @@ async def test_a_provider_slower_than_the_lease_never_lets_a_second_replica_in(
         for n in ("a", "b")
     ]
     idp.delay = 1.2  # four lease lifetimes
-    assert await asyncio.gather(get(client, a), get(client, b)) == [200, 200]
+    assert await asyncio.gather(http_status(client, a), http_status(client, b)) == [200, 200]
     assert len(idp.calls) == 1
 
 
@@ -251,7 +247,7 @@ async def test_a_replica_killed_mid_fetch_hands_over_to_another(
         await asyncio.gather(stuck, return_exceptions=True)
     idp.delay = 0
     survivor = await start_proxy(replica(tmp_path, "survivor", redis_url, prefix, {"api": api}))
-    assert await get(client, survivor) == 200  # waited for the lease to lapse, then fetched
+    assert await http_status(client, survivor) == 200  # waited for the lease to lapse, then fetched
     assert len(idp.calls) == 2
 
 
@@ -259,7 +255,7 @@ async def test_a_burst_of_401s_across_the_fleet_renews_once(
     fleet: Any, idp: FakeIdP, upstream: RecordingUpstream, client: aiohttp.ClientSession
 ) -> None:
     a, b = await fleet(2)
-    assert await get(client, a) == 200 and await get(client, b) == 200
+    assert await http_status(client, a) == 200 and await http_status(client, b) == 200
     rejected = dict(upstream.last["headers"])["Authorization"]
 
     async def respond(request: Any) -> Any:
@@ -270,7 +266,7 @@ async def test_a_burst_of_401s_across_the_fleet_renews_once(
         return web.Response(text="ok")
 
     upstream.respond = respond
-    statuses = await asyncio.gather(*(get(client, (a, b)[i % 2]) for i in range(100)))
+    statuses = await asyncio.gather(*(http_status(client, (a, b)[i % 2]) for i in range(100)))
     assert statuses == [200] * 100
     assert len(idp.calls) == 2  # the first token, and one renewal for everyone
 
@@ -282,7 +278,7 @@ async def test_tokens_in_redis_are_encrypted_and_namespaced(
     (a,) = await fleet(
         1, grant="refresh_token", refresh_token=idp.seed_refresh_token("u", "rt_CANARY_x")
     )
-    assert await get(client, a) == 200
+    assert await http_status(client, a) == 200
     raw = redis.Redis.from_url(redis_url)
     keys = [key.decode() for key in raw.scan_iter(match=f"{prefix}*")]
     assert keys and all(re.fullmatch(rf"{re.escape(prefix)}token:[0-9a-f]{{32}}", k) for k in keys)
@@ -303,7 +299,7 @@ async def test_a_tampered_entry_is_a_miss(
     clock: FakeClock,
 ) -> None:
     (a,) = await fleet(1)
-    assert await get(client, a) == 200
+    assert await http_status(client, a) == 200
     raw = redis.Redis.from_url(redis_url)
     (key,) = list(raw.scan_iter(match=f"{prefix}token:*"))
     sealed = raw.hget(key, "data")
@@ -312,11 +308,11 @@ async def test_a_tampered_entry_is_a_miss(
     # Another machine (a state_dir of its own) finds only the tampered entry: a miss.
     other = replica(tmp_path, "other-machine", redis_url, prefix, {"api": api(upstream, idp)})
     b = await start_proxy(other, clock)
-    assert await get(client, b) == 200
+    assert await http_status(client, b) == 200
     assert len(idp.calls) == 2
     # This machine's own copy is intact, and newer than nothing: it still serves from it.
     (c,) = await fleet(1)
-    assert await get(client, c) == 200
+    assert await http_status(client, c) == 200
     assert len(idp.calls) == 2
 
 
@@ -336,15 +332,15 @@ async def test_redis_down_keeps_serving_and_loses_nothing(
     connectors = {"api": oauth2_connector(upstream.url, idp.url, **auth)}
     config = replica(tmp_path, "a", private_redis.url, "tp:", connectors)
     proxy = await start_proxy(config, clock)
-    assert await get(client, proxy) == 200
+    assert await http_status(client, proxy) == 200
     if outage == "killed":
         private_redis.stop()  # connections refused
     else:
         private_redis.freeze()  # a blackhole: connections hang, no reset
     clock.advance(400)  # renew while Redis is gone: the rotated token must not be lost
     for _ in range(20):
-        assert await get(client, proxy) == 200
-    assert (await describe(client, proxy))["store"] == "degraded"
+        assert await http_status(client, proxy) == 200
+    assert (await connector_status(client, proxy))["store"] == "degraded"
     assert caplog.text.count("Redis is unreachable") == 1  # one warning, not one per request
     if outage == "killed":
         private_redis.start()  # empty: it kept nothing
@@ -352,8 +348,10 @@ async def test_redis_down_keeps_serving_and_loses_nothing(
         private_redis.thaw()
     await asyncio.sleep(1.3)  # past the back-off
     clock.advance(400)
-    assert await get(client, proxy) == 200  # renews with the token rotated during the outage
-    assert (await describe(client, proxy))["store"] == "ok"
+    assert (
+        await http_status(client, proxy) == 200
+    )  # renews with the token rotated during the outage
+    assert (await connector_status(client, proxy))["store"] == "ok"
     assert idp.grants == ["refresh_token"] * 3
     assert not idp.reuse_detected
     raw = redis.Redis(port=private_redis.port)
@@ -389,7 +387,7 @@ async def test_real_processes_sharing_redis_make_one_token_request(
         try:
             statuses = await asyncio.gather(
                 *(
-                    get_url(sessions[i % 20], f"http://127.0.0.1:{ports[i % 2]}/api/x")
+                    http_status(sessions[i % 20], f"http://127.0.0.1:{ports[i % 2]}")
                     for i in range(400)
                 )
             )
@@ -398,12 +396,6 @@ async def test_real_processes_sharing_redis_make_one_token_request(
                 await session.close()
     assert statuses == [200] * 400
     assert len(idp.calls) == 1
-
-
-async def get_url(session: aiohttp.ClientSession, url: str) -> int:
-    async with session.get(url) as response:
-        await response.read()
-        return response.status
 
 
 async def test_redis_over_tls_with_a_client_certificate_and_an_acl_user(
@@ -433,9 +425,9 @@ async def test_redis_over_tls_with_a_client_certificate_and_an_acl_user(
             await start_proxy(replica(tmp_path, n, server.url, "tp:", connectors, tls=tls))
             for n in ("a", "b")
         ]
-        assert await get(client, a) == 200 and await get(client, b) == 200
+        assert await http_status(client, a) == 200 and await http_status(client, b) == 200
         assert len(idp.calls) == 1  # shared over TLS
-        described = await describe(client, b)
+        described = await connector_status(client, b)
         assert (described["source"], described["store"]) == ("store", "ok")
         async with client.get(f"{b.url}/_proxy/connectors") as response:
             listing = await response.text()
@@ -456,7 +448,7 @@ async def test_redis_down_at_start_serves_degraded(
     connectors = {"api": oauth2_connector(upstream.url, idp.url)}
     proxy = await start_proxy(replica(tmp_path, "a", nobody.url, "tp:", connectors))
     for _ in range(10):
-        assert await get(client, proxy) == 200
+        assert await http_status(client, proxy) == 200
     async with client.get(f"{proxy.url}/_proxy/ready") as response:
         assert response.status == 200
         assert (await response.json())["store"] == {"backend": "redis", "health": "degraded"}

@@ -18,7 +18,7 @@ from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.secrets.envelope import KEY_ENV, MasterKeys, generate_key
 from proxy.store.files import FileStore
 from proxy.store.records import TokenRecord, token_key
-from tests.conftest import StartProxy, WriteConfig, oauth2_connector
+from tests.conftest import StartProxy, WriteConfig, http_status, oauth2_connector
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 from tests.test_cli import running
 from tests.test_token_admin import tokenproxy_token
@@ -27,11 +27,6 @@ from tests.test_token_admin import tokenproxy_token
 def rotating(upstream: RecordingUpstream, idp: FakeIdP, seed: str) -> dict[str, Any]:
     auth = {"grant": "refresh_token", "refresh_token": seed}
     return {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
-
-
-async def status(client: aiohttp.ClientSession, url: str) -> int:
-    async with client.get(f"{url}/api/x") as response:
-        return response.status
 
 
 async def test_restarts_resume_from_the_rotated_refresh_token(
@@ -46,7 +41,7 @@ async def test_restarts_resume_from_the_rotated_refresh_token(
     config = rotating(upstream, idp, idp.seed_refresh_token())
     for _ in range(3):
         proxy = await start_proxy(config, clock)
-        assert await status(client, proxy.url) == 200
+        assert await http_status(client, proxy.url) == 200
         await proxy.server.stop()
         clock.advance(400)  # the access token is gone too: the next start must renew
     assert idp.grants == ["refresh_token"] * 3
@@ -62,11 +57,11 @@ async def test_a_restart_with_a_valid_stored_token_makes_no_token_request(
 ) -> None:
     config = rotating(upstream, idp, idp.seed_refresh_token())
     first = await start_proxy(config, clock)
-    assert await status(client, first.url) == 200
+    assert await http_status(client, first.url) == 200
     await first.server.stop()
     clock.advance(100)
     second = await start_proxy(config, clock)
-    assert await status(client, second.url) == 200
+    assert await http_status(client, second.url) == 200
     async with client.get(f"{second.url}/_proxy/connectors") as response:
         described = (await response.json())["connectors"][0]
     assert (described["source"], described["expires_in"]) == ("store", 200)
@@ -83,11 +78,11 @@ async def test_a_changed_seed_wins_over_the_stored_refresh_token(
 ) -> None:
     """An operator who consents again and configures the new refresh token means it."""
     proxy = await start_proxy(rotating(upstream, idp, idp.seed_refresh_token()), clock)
-    assert await status(client, proxy.url) == 200
+    assert await http_status(client, proxy.url) == 200
     await proxy.server.stop()
     new_seed = idp.seed_refresh_token()
     proxy = await start_proxy(rotating(upstream, idp, new_seed), clock)
-    assert await status(client, proxy.url) == 200
+    assert await http_status(client, proxy.url) == 200
     assert [call["form"]["refresh_token"] for call in idp.calls][1] == new_seed
     assert not idp.reuse_detected
 
@@ -101,7 +96,7 @@ async def test_the_token_command_beside_a_running_proxy_shares_the_grant(
 ) -> None:
     config = rotating(upstream, idp, idp.seed_refresh_token())
     proxy = await start_proxy(config)  # real clocks: two processes
-    assert await status(client, proxy.url) == 200
+    assert await http_status(client, proxy.url) == 200
     path = write_config({**config, "listen": {"host": "127.0.0.1", "port": 0}})
     result = await asyncio.to_thread(tokenproxy_token, path, "api")
     assert "read from the token store" in result.stdout  # the proxy's token, no request
@@ -109,7 +104,7 @@ async def test_the_token_command_beside_a_running_proxy_shares_the_grant(
     assert result.returncode == 0, result.stderr  # rotated the grant, through the store
     async with client.post(f"{proxy.url}/_proxy/connectors/api/refresh") as response:
         assert response.status == 200  # the proxy renews with the newest refresh token
-    assert await status(client, proxy.url) == 200
+    assert await http_status(client, proxy.url) == 200
     assert idp.grants == ["refresh_token"] * 3
     assert not idp.reuse_detected
 
@@ -126,7 +121,9 @@ async def test_workers_on_one_machine_make_one_token_request(
         url = f"http://127.0.0.1:{port}"
         sessions = [aiohttp.ClientSession() for _ in range(20)]  # 20 pools: both workers
         try:
-            statuses = await asyncio.gather(*(status(sessions[i % 20], url) for i in range(200)))
+            statuses = await asyncio.gather(
+                *(http_status(sessions[i % 20], url) for i in range(200))
+            )
             assert statuses == [200] * 200
             tokens = {v for r in upstream.requests for k, v in r["headers"] if k == "Authorization"}
             assert len(tokens) == 1
@@ -140,7 +137,7 @@ async def test_workers_on_one_machine_make_one_token_request(
 
             async def steady(session: aiohttp.ClientSession) -> None:
                 while loop.time() < end:
-                    assert await status(session, url) == 200
+                    assert await http_status(session, url) == 200
                     await asyncio.sleep(0.02)
 
             before = len(idp.calls)
@@ -215,14 +212,14 @@ async def test_a_used_seed_is_never_sent_again_after_the_grant_is_lost(
     seed = idp.seed_refresh_token()
     config = rotating(upstream, idp, seed)
     proxy = await start_proxy(config, clock)
-    assert await status(client, proxy.url) == 200
+    assert await http_status(client, proxy.url) == 200
     for family in idp.families.values():
         family.revoked = True
     clock.advance(400)
-    assert await status(client, proxy.url) == 502
+    assert await http_status(client, proxy.url) == 502
     await proxy.server.stop()
     proxy = await start_proxy(config, clock)
-    assert await status(client, proxy.url) == 502
+    assert await http_status(client, proxy.url) == 502
     async with client.get(f"{proxy.url}/_proxy/connectors") as response:
         assert (await response.json())["connectors"][0]["state"] == "needs_refresh_token"
     sent = [call["form"].get("refresh_token") for call in idp.calls]
@@ -240,7 +237,7 @@ async def test_a_store_that_cannot_be_written_holds_the_token_back_and_loses_not
     """A full disk during a rotation: the new token is not handed out unpersisted, and
     the rotated refresh token is neither lost nor stepped back from once the disk recovers."""
     proxy = await start_proxy(rotating(upstream, idp, idp.seed_refresh_token()), clock)
-    assert await status(client, proxy.url) == 200
+    assert await http_status(client, proxy.url) == 200
     write = FileStore._write
 
     def full(self: FileStore, record: TokenRecord) -> None:
@@ -253,6 +250,6 @@ async def test_a_store_that_cannot_be_written_holds_the_token_back_and_loses_not
         assert (await response.json())["message"] == "the token store cannot be written"
     monkeypatch.setattr(FileStore, "_write", write)
     clock.advance(2)  # past the back-off
-    assert await status(client, proxy.url) == 200
+    assert await http_status(client, proxy.url) == 200
     assert idp.grants == ["refresh_token"] * 2  # the rotated token was used, not replayed
     assert not idp.reuse_detected
