@@ -618,3 +618,26 @@ def test_documented_keys_of_later_versions_say_so(
 ) -> None:
     (found,) = problems_of(write_config(config))
     assert found.startswith(problem)
+
+
+def test_the_contracts_redis_cache_and_device_grant_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract's other `cache` form, and `grant: device_code` with `issuer` only."""
+    from proxy.secrets.envelope import KEY_ENV, generate_key
+
+    monkeypatch.setenv(KEY_ENV, generate_key())
+    text = CONTRACT_EXAMPLE.replace(
+        "cache:  {backend: memory}",
+        'cache:  {backend: redis, url: redis://127.0.0.1:6379/0, key_prefix: "tokenproxy:"}',
+    )
+    text = text.replace(
+        "      grant: client_credentials\n      token_url: https://idp.example.com/oauth/token\n",
+        "      grant: device_code\n      issuer: https://idp.example.com\n",
+    )
+    path = tmp_path / "contract.yaml"
+    path.write_text(text)
+    settings = check_config(path).settings
+    assert settings.cache.backend == "redis" and settings.cache.key_prefix == "tokenproxy:"
+    auth = settings.connectors["crm"].auth
+    assert (auth.grant, auth.issuer) == ("device_code", "https://idp.example.com")  # type: ignore[union-attr]
