@@ -1,4 +1,5 @@
-"""Admin endpoints under ``admin.prefix``: health, readiness and connector status.
+"""Admin endpoints under ``admin.prefix``: health, readiness, connector status, and the
+browser authorization of ``authorization_code`` connectors (:mod:`proxy.consent.web`).
 
 Nothing here ever shows a secret: ``/connectors`` describes where a credential goes and of
 which type, never its value. When ``admin.token`` is set, every admin request other than
@@ -23,6 +24,7 @@ from yarl import URL
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.models import AdminConfig
 from proxy.connectors import Connector
+from proxy.consent.web import CONSENT_PATH, ConsentEndpoints
 from proxy.egress.tls import describe_tls
 from proxy.errors import (
     AdminUnauthorizedError,
@@ -80,6 +82,7 @@ class AdminApi:
         self._token = None if config.token is None else config.token.get_secret_value().encode()
         self._connectors = runtime.connectors
         self._store = runtime.store
+        self._consent = ConsentEndpoints(runtime)
         self._endpoints: dict[str, Endpoint] = {
             "/health": self._health,
             "/ready": self._ready,
@@ -90,6 +93,18 @@ class AdminApi:
         """``/health`` or ``/ready`` (any query): what orchestrators poll."""
         path = raw_path.partition("?")[0]
         return path in (self.prefix + "/health", self.prefix + "/ready")
+
+    def is_consent(self, raw_path: str) -> bool:
+        """A browser's authorization (start, callback): from loopback, always served."""
+        path = raw_path.partition("?")[0]
+        return path.startswith(self.prefix) and bool(
+            CONSENT_PATH.fullmatch(path[len(self.prefix) :])
+        )
+
+    def is_callback(self, path: str) -> bool:
+        """The provider sends the browser here from its own site: a cross-site request by
+        design, guarded by the sealed cookie and the state instead."""
+        return self.is_consent(path) and path.endswith("/callback")
 
     def owns(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
@@ -102,6 +117,10 @@ class AdminApi:
             if refresh is None or request.method != hdrs.METH_POST:
                 raise MethodNotAllowedError(f"{request.method} is not supported here")
             return await self._refresh(request, refresh.group(1))
+        consent = CONSENT_PATH.fullmatch(subpath)
+        if consent is not None:
+            request[connector_key] = consent.group(1)
+            return await self._consent.handle(request, consent.group(1), consent.group(2))
         endpoint = self._endpoints.get(subpath)
         if endpoint is None:
             raise RouteNotFoundError("no such admin endpoint")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import logging
 import os
@@ -69,7 +70,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     authorize = commands.add_parser(
-        "authorize", help="run a connector's interactive grant once (device_code)"
+        "authorize",
+        help="run a connector's interactive grant once (authorization_code, device_code)",
     )
     authorize.add_argument("name", help="connector name")
     authorize.add_argument("-c", "--config", help=config_help)
@@ -267,24 +269,38 @@ def _cmd_authorize(args: argparse.Namespace) -> int:
     if not getattr(config.auth, "interactive", False):
         print(
             f"tokenproxy: connector {args.name!r} has no interactive grant "
-            "(authorize runs grant: device_code)",
+            "(authorize runs grant: authorization_code or device_code)",
             file=sys.stderr,
         )
         return 1
 
+    def say(line: str) -> None:
+        print(line, flush=True)
+
     async def run() -> int:
+        from proxy.consent.terminal import authorize_in_terminal
+        from proxy.tokens.device import authorize_device
         from proxy.tokens.manager import TokenManager
 
+        by_browser = getattr(config.auth, "grant", None) == "authorization_code"
+        flow = authorize_in_terminal if by_browser else authorize_device
         async with open_runtime(plan) as runtime:
             manager = runtime.connectors[args.name].authenticator
             assert isinstance(manager, TokenManager)
             try:
-                await manager.authorize(lambda line: print(line, flush=True))
+                authorized = await manager.authorize(functools.partial(flow, say=say))
             except ProxyError as exc:
                 print(f"{args.name}: {exc.code}: {exc.message}", file=sys.stderr)
                 return 1
             where = "the token store" if runtime.store is not None else "memory only"
-            print(f"{args.name}: authorized; the refresh token is kept in {where}")
+            who = f" as {authorized.account}" if authorized.account else ""
+            if authorized.refresh_token is None:
+                print(
+                    f"{args.name}: authorized{who}, but the provider gave no refresh token: "
+                    "authorize again when the access token expires (ask for offline access)"
+                )
+            else:
+                print(f"{args.name}: authorized{who}; the refresh token is kept in {where}")
             return 0
 
     return asyncio.run(run())

@@ -9,6 +9,7 @@ import functools
 import ssl
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from yarl import URL
@@ -18,10 +19,12 @@ from proxy.auth.factory import AuthPlan, open_auth, plan_auth
 from proxy.config.models import ConnectorConfig, ServerConfig
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.config.tls import TLSConfig
+from proxy.consent.links import ConsentSite
 from proxy.egress.deadlines import Deadlines
 from proxy.egress.sessions import Egress, egress_options, token_session, upstream_session
 from proxy.egress.tls import TLSConfigError, client_ssl_context
 from proxy.store.base import TokenStore
+from proxy.store.files import FileStore
 from proxy.tokens.endpoint import send_token_request
 from proxy.tokens.model import Clock
 
@@ -41,7 +44,7 @@ class ConnectorPlan:
 
 
 def plan_connector(
-    name: str, config: ConnectorConfig, server: ServerConfig
+    name: str, config: ConnectorConfig, server: ServerConfig, site: ConsentSite | None = None
 ) -> tuple[ConnectorPlan | None, list[str]]:
     """The connector's plan, or None and every problem of its material as ``path: message``."""
     where = f"connectors.{name}"
@@ -68,7 +71,7 @@ def plan_connector(
             auth_tls or config.tls, f"{where}.auth.tls" if auth_tls else f"{where}.tls"
         )
     try:
-        auth = plan_auth(name, config.auth, where)
+        auth = plan_auth(name, config.auth, where, site)
     except ValueError as exc:
         problems.append(str(exc))
     if problems:
@@ -136,6 +139,9 @@ async def open_connector(
         send = functools.partial(
             send_token_request, Egress(session, timeout, read, deadlines, options)
         )
+    token_store = getattr(config.auth, "token_store", None)
+    if token_store is not None and store is not None:  # this connector's own file
+        store = FileStore.single(Path(token_store), store.keys)
     authenticator = open_auth(
         plan.name, config.auth, plan.auth, send, clock, connect + read, store=store
     )

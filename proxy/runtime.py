@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from proxy.config.models import Settings
 from proxy.connectors import Connector, ConnectorPlan, open_connector, plan_connector
+from proxy.consent.links import ConsentSite
 from proxy.egress.deadlines import Deadlines
 from proxy.errors import ConfigError
 from proxy.http.routing import Match, RouteTable
@@ -32,6 +33,8 @@ from proxy.tokens.model import Clock
 class Plan:
     settings: Settings
     connectors: Mapping[str, ConnectorPlan]
+    site: ConsentSite
+    """Where browsers reach this proxy's consent endpoints (told the bound port)."""
 
     @property
     def needs_store(self) -> bool:
@@ -42,15 +45,16 @@ def prepare(settings: Settings) -> Plan:
     """Phase 1; raises ``ConfigError`` listing every problem at once."""
     plans: dict[str, ConnectorPlan] = {}
     problems: list[str] = []
+    site = ConsentSite(settings)
     for name, config in settings.connectors.items():
-        plan, found = plan_connector(name, config, settings.server)
+        plan, found = plan_connector(name, config, settings.server, site)
         problems.extend(found)
         if plan is not None:
             plans[name] = plan
     problems.extend(store_problems(settings))
     if problems:
         raise ConfigError(problems)
-    return Plan(settings, plans)
+    return Plan(settings, plans, site)
 
 
 class Runtime:
@@ -61,10 +65,12 @@ class Runtime:
         settings: Settings,
         connectors: Mapping[str, Connector],
         store: TokenStore | None = None,
+        site: ConsentSite | None = None,
     ) -> None:
         self.settings = settings
         self.connectors = connectors
         self.store = store
+        self.site = site or ConsentSite(settings)
         self._table: RouteTable[Connector] = RouteTable(
             routes=[(c.config.route, c) for c in connectors.values() if c.config.route is not None],
             hosts=[(host, c) for c in connectors.values() for host in c.config.hosts],
@@ -93,4 +99,4 @@ async def open_runtime(plan: Plan, clock: Clock | None = None) -> AsyncIterator[
             name: await open_connector(stack, connector, deadlines, clock, store)
             for name, connector in plan.connectors.items()
         }
-        yield Runtime(plan.settings, connectors, store)
+        yield Runtime(plan.settings, connectors, store, plan.site)

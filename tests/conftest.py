@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import uuid
@@ -274,3 +275,10 @@ def _proxy_log_filters() -> None:
     # What `tokenproxy run` installs; tests see the logs production would write.
     install_filters()
     logging.getLogger().setLevel(logging.DEBUG)
+
+
+def device_flow(say: Callable[[str], None]) -> Any:
+    """The device authorization flow, telling ``say`` what a person would read."""
+    from proxy.tokens.device import authorize_device
+
+    return functools.partial(authorize_device, say=say)

@@ -411,8 +411,50 @@ def oauth2(**fields: Any) -> dict[str, Any]:
         ),
         (
             oauth2(grant="authorization_code"),
-            "connectors.crm.auth.grant: grant 'authorization_code' is not available in this "
-            "version of tokenproxy",
+            "connectors.crm.auth: grant 'authorization_code' with client_auth "
+            "'client_secret_basic' needs authorization_url",
+        ),
+        (
+            oauth2(grant="authorization_code", authorization_url="http://idp.example.com/a"),
+            "connectors.crm.auth.authorization_url: must use https:// (plain http:// only to a "
+            "loopback address)",
+        ),
+        (
+            oauth2(
+                grant="authorization_code",
+                authorization_url="https://idp.example.com/a",
+                redirect_uri="ftp://x/cb",
+            ),
+            "connectors.crm.auth.redirect_uri: must be an absolute http:// or https:// URL",
+        ),
+        (
+            oauth2(
+                grant="authorization_code",
+                authorization_url="https://idp.example.com/a",
+                auth_params={"state": "fixed", "prompt": "consent"},
+            ),
+            "connectors.crm.auth.auth_params: must not set state: the flow sets them",
+        ),
+        (
+            oauth2(
+                grant="authorization_code",
+                authorization_url="https://idp.example.com/a",
+                auth_params_map={"redirect_uri": "to"},
+            ),
+            "connectors.crm.auth.auth_params_map: must not set redirect_uri: the flow sets them",
+        ),
+        (
+            oauth2(
+                grant="authorization_code",
+                authorization_url="https://idp.example.com/a",
+                userinfo_fields=["account..email"],
+            ),
+            "connectors.crm.auth.userinfo_fields.0: cannot read the path 'account..email' at "
+            "character 8",
+        ),
+        (
+            oauth2(auth_params={"prompt": "consent"}, pkce=False),
+            "connectors.crm.auth: auth_params, pkce: not used by grant 'client_credentials'",
         ),
         (
             oauth2(token_url="http://idp.example.com/token"),

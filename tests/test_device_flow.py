@@ -17,6 +17,7 @@ from tests.conftest import (
     RunningProxy,
     StartProxy,
     WriteConfig,
+    device_flow,
     eventually,
     oauth2_connector,
     status_and_message,
@@ -71,7 +72,7 @@ async def test_authorize_once_then_serve_and_renew_from_the_store(
     idp.device_answers = ["authorization_pending", "slow_down"]
     lines: list[str] = []
     started = clock.monotonic()
-    await manager_of(proxy).authorize(approving(idp, lines))
+    await manager_of(proxy).authorize(device_flow(approving(idp, lines)))
     assert lines[0].startswith(f"Open {idp.url}/activate and enter the code ")
     assert any("every 5.1 s" in line for line in lines)  # slow_down: 5 s more, for good
     assert clock.monotonic() - started == pytest.approx(0.1 + 0.1 + 5.1)  # three polls
@@ -110,7 +111,7 @@ async def test_a_denied_or_expired_authorization_changes_nothing(
     lines: list[str] = []
     say = approving(idp, lines, deny=True) if outcome == "denied" else lines.append
     with pytest.raises(Exception, match=message):
-        await manager_of(proxy).authorize(say)
+        await manager_of(proxy).authorize(device_flow(say))
     assert (await status_and_message(client, proxy))[0] == 503
     assert "refresh_token" not in idp.grants
 

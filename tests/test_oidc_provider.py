@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpRawServer
 
 from proxy.tokens.oauth2 import basic_client_credentials
-from tests.conftest import StartProxy
+from tests.conftest import StartProxy, device_flow
 
 HERE = Path(__file__).resolve().parent / "oidc"
 SECRET = "oidc-test-secret-of-at-least-32-bytes"
@@ -220,7 +220,7 @@ async def test_device_authorization_then_refresh_tokens_against_the_certified_pr
             approvals.append(asyncio.create_task(approve(line.rsplit(" ", 1)[-1])))
 
     async with asyncio.timeout(20):
-        await manager.authorize(say)  # type: ignore[attr-defined]
+        await manager.authorize(device_flow(say))  # type: ignore[attr-defined]
     await asyncio.gather(*approvals)
     async with aiohttp.ClientSession() as session:
         for _ in range(2):  # the device's token, then one from a refresh-token grant

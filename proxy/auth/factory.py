@@ -13,6 +13,7 @@ from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.models import AuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig, TokenLifecycleConfig
+from proxy.consent.links import ConsentLinks, ConsentSite
 from proxy.store.base import TokenStore
 from proxy.store.records import token_key
 from proxy.tokens.custom import CustomGrant
@@ -26,9 +27,12 @@ from proxy.tokens.shared import SharedToken
 AuthPlan = FixedAuthenticator | Grant
 
 
-def plan_auth(name: str, config: AuthConfig, where: str) -> AuthPlan:
+def plan_auth(
+    name: str, config: AuthConfig, where: str, site: ConsentSite | None = None
+) -> AuthPlan:
     """What the connector's auth needs, made once. Raises ``ValueError`` as
-    ``field.path: message`` when material (a signing key) cannot be used."""
+    ``field.path: message`` when material (a signing key) cannot be used. ``site``: where
+    this proxy serves the consent of ``authorization_code`` connectors."""
     match config:
         case NoneAuthConfig():
             return FixedAuthenticator(None)
@@ -45,7 +49,10 @@ def plan_auth(name: str, config: AuthConfig, where: str) -> AuthPlan:
                     key = load_signing_key(config)
                 except ValueError as exc:
                     raise ValueError(f"{where}.auth.private_key: {exc}") from None
-            return OAuth2Grant(config, name, key)
+            links = None
+            if config.grant == "authorization_code" and site is not None:
+                links = ConsentLinks(name, site, config.redirect_uri)
+            return OAuth2Grant(config, name, key, links)
         case CustomAuthConfig():
             return CustomGrant(config, name)
 

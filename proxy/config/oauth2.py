@@ -14,11 +14,24 @@ from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.base import HeaderName, is_loopback_host
+from proxy.config.paths import JsonPathField
 from proxy.config.tls import TLSConfig
 
 # Parameters the grant itself sets; extra_params may not smuggle a second copy of them.
 RESERVED_PARAMS = frozenset(
     {"grant_type", "client_id", "client_secret", "username", "password", "refresh_token"}
+)
+# What the authorization request of the code flow sets itself (RFC 6749 §4.1.1, RFC 7636).
+RESERVED_AUTH_PARAMS = frozenset(
+    {
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+    }
 )
 
 
@@ -84,16 +97,47 @@ class TokenLifecycleConfig(InjectedAuthConfig):
         return value
 
 
-PLANNED_GRANTS = frozenset({"authorization_code", "jwt_bearer", "token_exchange"})
+PLANNED_GRANTS = frozenset({"jwt_bearer", "token_exchange"})
 """Grants of the contract that later versions bring."""
 
 
+_CODE = ("authorization_code",)
+_INTERACTIVE = ("authorization_code", "device_code")
+_FIELDS_OF_GRANT = {
+    "authorization_url": _CODE,
+    "redirect_uri": _CODE,
+    "auth_params": _CODE,
+    "auth_params_map": _CODE,
+    "pkce": _CODE,
+    "userinfo_url": _INTERACTIVE,
+    "userinfo_fields": _INTERACTIVE,
+    "device_authorization_url": ("device_code",),
+}
+"""Fields that only some grants read: set with another, they are a mistake worth naming."""
+
+
+def redirect_url(value: str) -> str:
+    """An absolute http(s) URL without credentials or fragment (RFC 6749 §3.1.2)."""
+    try:
+        url = URL(value)
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if url.user is not None or url.password is not None or url.fragment:
+        raise ValueError("must not carry credentials or a fragment")
+    return value
+
+
 class OAuth2AuthConfig(TokenLifecycleConfig):
-    """OAuth2 token endpoint (RFC 6749): client credentials, password or refresh-token grant,
-    or a device authorization (RFC 8628) that ``tokenproxy authorize`` runs once."""
+    """OAuth2 token endpoint (RFC 6749): client credentials, password or refresh-token grant;
+    or a grant a person authorizes once, an authorization code (one browser consent) or a
+    device authorization (RFC 8628), renewed by refresh tokens from then on."""
 
     type: Literal["oauth2"]
-    grant: Literal["client_credentials", "password", "refresh_token", "device_code"]
+    grant: Literal[
+        "client_credentials", "password", "refresh_token", "authorization_code", "device_code"
+    ]
     issuer: str | None = Field(
         None, description="discovery (RFC 8414 / OpenID): fills the endpoints not configured"
     )
@@ -131,6 +175,26 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
         default_factory=dict, description="sent to the token endpoint"
     )
     token_field: Literal["access_token", "id_token"] = "access_token"
+    # The authorization-code flow (grant authorization_code).
+    authorization_url: str | None = Field(None, description="where the browser consents")
+    redirect_uri: str | None = Field(
+        None, description="default: this proxy's {admin.prefix}/oauth/{name}/callback"
+    )
+    auth_params: dict[str, str] = Field(
+        default_factory=dict, description="added to the authorization request"
+    )
+    auth_params_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="authorization parameter -> query parameter of the start URL",
+    )
+    pkce: bool = Field(True, description="RFC 7636 S256 code challenge")
+    token_store: str | None = Field(
+        None, description="file for this connector's tokens, sealed (default: the token store)"
+    )
+    userinfo_url: str | None = Field(None, description="asked once who authorized")
+    userinfo_fields: list[JsonPathField] = Field(
+        default_factory=list, description="paths in the userinfo answer naming the account"
+    )
 
     @field_validator("token_url", "issuer")
     @classmethod
@@ -144,15 +208,28 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
             raise ValueError(f"grant {value!r} is not available in this version of tokenproxy")
         return value
 
-    @field_validator("refresh_url", "device_authorization_url")
+    @field_validator("refresh_url", "device_authorization_url", "authorization_url", "userinfo_url")
     @classmethod
     def _other_endpoint_url(cls, value: str | None) -> str | None:
         return None if value is None else token_endpoint_url(value)
 
-    @field_validator("extra_params", "headers", mode="before")
+    @field_validator("redirect_uri")
+    @classmethod
+    def _redirect_uri(cls, value: str | None) -> str | None:
+        return None if value is None else redirect_url(value)
+
+    @field_validator("extra_params", "headers", "auth_params", "auth_params_map", mode="before")
     @classmethod
     def _mapping(cls, value: Any) -> Any:
         return json_object(value)
+
+    @field_validator("auth_params", "auth_params_map")
+    @classmethod
+    def _no_reserved_auth_params(cls, value: dict[str, str]) -> dict[str, str]:
+        clashes = sorted(RESERVED_AUTH_PARAMS & value.keys())
+        if clashes:
+            raise ValueError(f"must not set {', '.join(clashes)}: the flow sets them")
+        return value
 
     @field_validator("extra_params")
     @classmethod
@@ -168,10 +245,12 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
             "client_credentials": ("client_id",),
             "password": ("username", "password"),
             "refresh_token": ("refresh_token",),
+            "authorization_code": ("client_id", "authorization_url"),
             "device_code": ("client_id", "device_authorization_url"),
         }[self.grant]
         if self.issuer is not None:  # discovery fills the endpoints
-            needed = tuple(n for n in needed if n not in ("device_authorization_url",))
+            discovered = ("device_authorization_url", "authorization_url")
+            needed = tuple(n for n in needed if n not in discovered)
         elif self.token_url is None:
             needed += ("token_url",)
         needed += {
@@ -188,12 +267,17 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
                 f"grant {self.grant!r} with client_auth {self.client_auth!r} needs "
                 + ", ".join(missing)
             )
+        misplaced = sorted(self.model_fields_set & _FIELDS_OF_GRANT.keys())
+        misplaced = [name for name in misplaced if self.grant not in _FIELDS_OF_GRANT[name]]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: not used by grant {self.grant!r}")
         return self
 
     @property
     def interactive(self) -> bool:
-        """Authorized once by a person (``tokenproxy authorize``), then by refresh tokens."""
-        return self.grant == "device_code"
+        """Authorized once by a person (a browser, ``tokenproxy authorize``), then by
+        refresh tokens."""
+        return self.grant in ("authorization_code", "device_code")
 
     @property
     def scope(self) -> str | None:

@@ -99,7 +99,10 @@ class Gateway:
             )
         # Probes from the same machine (/health, /ready) need neither an address nor a key:
         # they show no connector detail. Everything else, admin included, is guarded.
-        probe = self.admin.is_probe(request.raw_path) and self.access.peer_is_loopback(request)
+        # So do a browser's authorization steps on the machine itself (a browser cannot send
+        # a client key); from elsewhere, `clients` decides.
+        exempt = self.admin.is_probe(request.raw_path) or self.admin.is_consent(request.raw_path)
+        probe = exempt and self.access.peer_is_loopback(request)
         if not probe:
             self.access.check_peer(request)
             self.access.check_key(request)
@@ -116,7 +119,7 @@ class Gateway:
         if target.authority is None:
             self.browsers.check_host(request)  # absolute form: the authority routes instead
         if target.authority is None and self.admin.owns(target.path):
-            self.browsers.check_cross_site(request, allowed=False)
+            self.browsers.check_cross_site(request, allowed=self.admin.is_callback(target.path))
             return await self.admin.handle(request, target.path)
 
         match = self.runtime.route(target, request.headers.get(hdrs.HOST))

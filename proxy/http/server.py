@@ -139,6 +139,7 @@ class ProxyServer:
             )
             await site.start()
             self.port = runner.addresses[0][1]
+            plan.site.bound(self.port)
             self._http = runner.server
             stack.push_async_callback(self._warm_up(runtime))
             self.addresses = runner.addresses

@@ -40,6 +40,10 @@ class TokenStore(Protocol):
     async def try_lease(self, key: str) -> Lease | None:
         """The lease, or None if another process holds it."""
 
+    async def claim_once(self, name: str, ttl: float) -> bool:
+        """True for the first claim of ``name`` in ``ttl`` seconds, wherever the store
+        reaches (an authorization's ``state`` is spent once in the fleet)."""
+
     def health(self) -> str:
         """``ok``, or ``degraded`` while a shared backend is unreachable."""
 

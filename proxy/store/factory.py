@@ -61,6 +61,15 @@ def store_problems(settings: Settings) -> list[str]:
     """What keeps the configured store from working, found before anything opens."""
     if settings.cache.backend != "redis":
         return []
+    local_files = [
+        f"connectors.{name}.auth.token_store: a file is not shared by the replicas (one "
+        "replica's rotation would revoke the others' refresh token); leave it out to keep "
+        "the tokens in Redis"
+        for name, connector in settings.connectors.items()
+        if getattr(connector.auth, "token_store", None) is not None
+    ]
+    if local_files:
+        return local_files
     try:
         current = MasterKeys.from_environment().current
     except EnvelopeError as exc:

@@ -36,12 +36,21 @@ class FileLease:
 class FileStore:
     backend = "memory"
 
-    def __init__(self, directory: Path, keys: MasterKeys) -> None:
+    def __init__(self, directory: Path, keys: MasterKeys, record_file: Path | None = None) -> None:
+        """``record_file``: one connector's own file (``token_store``), its locks beside it."""
         self.directory = directory
         self.keys = keys
+        self._record_file = record_file
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+    @classmethod
+    def single(cls, path: Path, keys: MasterKeys) -> FileStore:
+        return cls(path.parent, keys, record_file=path)
+
     def _path(self, key: str, suffix: str) -> Path:
+        if self._record_file is not None:
+            name = self._record_file.name
+            return self._record_file.with_name(name if suffix == ".json" else name + suffix)
         return self.directory / f"token-{key}{suffix}"
 
     async def read(self, key: str) -> TokenRecord | None:
@@ -98,6 +107,18 @@ class FileStore:
             os.close(fd)
             return None
         return FileLease(fd)
+
+    async def claim_once(self, name: str, ttl: float) -> bool:
+        now = time.time()
+        for spent in self.directory.glob("once-*"):  # few: one per recent authorization
+            with contextlib.suppress(OSError):
+                if spent.stat().st_mtime < now - ttl:
+                    spent.unlink()
+        try:
+            os.close(os.open(self.directory / f"once-{name}", os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        return True
 
     def health(self) -> str:
         return "ok"

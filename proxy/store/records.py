@@ -38,6 +38,13 @@ _NOT_DEFINING = frozenset(
         "reauth_interval",
         "reauth_max_body",
         "tls",
+        # How a person is asked to authorize, and how we show who did: not what they granted.
+        "redirect_uri",
+        "auth_params_map",
+        "pkce",
+        "userinfo_url",
+        "userinfo_fields",
+        "token_store",
     }
 )
 
@@ -93,6 +100,8 @@ class TokenRecord:
     refresh_token: str | None = field(default=None, repr=False)
     written_wall: float = 0.0
     """When it was written (wall clock): of two records, the later one is the newer state."""
+    account: str | None = None
+    """Who authorized an interactive grant, as the provider's userinfo named them."""
 
     @property
     def fingerprint(self) -> str | None:

@@ -227,5 +227,14 @@ class RedisStore:
             return await self._local.try_lease(key)
         return RedisLease(self, name, holder) if taken else None
 
+    async def claim_once(self, name: str, ttl: float) -> bool:
+        if not self.up:
+            return await self._local.claim_once(name, ttl)
+        key, ms = self._name("once", name), max(1, int(ttl * 1000))
+        taken = await self.call(self.redis.set(key, "1", nx=True, px=ms), None)
+        if taken is None and not self.up:
+            return await self._local.claim_once(name, ttl)
+        return bool(taken)
+
     async def close(self) -> None:
         await self.redis.aclose()

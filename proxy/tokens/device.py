@@ -17,7 +17,7 @@ from typing import Any
 from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import TokenSender, json_payload
 from proxy.tokens.grant import RequestContext
-from proxy.tokens.model import Clock, IssuedToken
+from proxy.tokens.model import Authorized, Clock
 from proxy.tokens.oauth2 import OAuth2Grant
 
 logger = logging.getLogger(__name__)
@@ -60,14 +60,6 @@ class DeviceCode:
             expires_in=number("expires_in", 600),
             interval=number("interval", DEFAULT_INTERVAL),
         )
-
-
-@dataclass(frozen=True)
-class Authorized:
-    issued: IssuedToken
-    refresh_token: str | None = field(repr=False)
-    issued_at: float
-    """On the monotonic clock, as the token manager counts lifetimes."""
 
 
 async def authorize_device(

@@ -26,9 +26,9 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.auth.base import Authenticator, Credential, credential_for
 from proxy.config.oauth2 import TokenLifecycleConfig
@@ -43,11 +43,17 @@ from proxy.secrets.redaction import REDACTOR
 from proxy.store.records import TokenRecord
 from proxy.tokens.endpoint import TokenRequest, TokenSender, provider_now
 from proxy.tokens.grant import Grant, RequestContext
-from proxy.tokens.model import Clock, IssuedToken, Phase, SystemClock, Token
+from proxy.tokens.model import Authorized, Clock, IssuedToken, Phase, SystemClock, Token
 from proxy.tokens.policy import RetryPolicy, TokenStats
 from proxy.tokens.shared import Obtained, SharedToken
 
+if TYPE_CHECKING:
+    from proxy.tokens.oauth2 import OAuth2Grant
+
 logger = logging.getLogger(__name__)
+
+InteractiveFlow = Callable[["OAuth2Grant", TokenSender, Clock], Awaitable[Authorized]]
+"""One person's authorization, run against the connector's grant, sender and clock."""
 
 
 class TokenManager(Authenticator):
@@ -92,6 +98,7 @@ class TokenManager(Authenticator):
         self._last_fetch_start = -math.inf
         self._last_forced = -math.inf
         self._shared = shared
+        self._account: str | None = None  # without a store; else the store's record says
         self.stats = TokenStats()
 
     # -- the Authenticator protocol ------------------------------------------------------
@@ -150,26 +157,48 @@ class TokenManager(Authenticator):
         if isinstance(outcome, TokenEndpointError):
             raise _copy(outcome)
 
-    async def authorize(self, say: Callable[[str], None]) -> None:
-        """Run the connector's interactive grant once (RFC 8628 device authorization) and
-        install what it yields; raises TokenEndpointError."""
-        from proxy.tokens.device import authorize_device
+    @property
+    def grant(self) -> Grant:
+        return self._grant
+
+    async def prepare(self) -> Grant:
+        """The grant, its provider discovered (for the consent endpoints); raises
+        TokenEndpointError."""
+        await self._grant.prepare(self._send)
+        return self._grant
+
+    async def authorize(self, flow: InteractiveFlow) -> Authorized:
+        """Run one interactive authorization (a device code, a browser's code) and install
+        what it yields; raises TokenEndpointError."""
         from proxy.tokens.oauth2 import OAuth2Grant
 
         grant = self._grant
         if not (isinstance(grant, OAuth2Grant) and self.config.interactive):
             raise TokenEndpointError("this connector has no interactive grant to run")
-        authorized = await authorize_device(grant, self._send, self._clock, say)
-        await self.install(authorized.issued, authorized.refresh_token, authorized.issued_at)
+        authorized = await flow(grant, self._send, self._clock)
+        await self.install(authorized)
+        return authorized
 
-    async def install(self, issued: IssuedToken, refresh_token: str | None, at: float) -> None:
-        """Take a token an interactive authorization obtained: persisted first (with the
+    async def install(self, authorized: Authorized) -> None:
+        """Take what an interactive authorization obtained: persisted first (with the
         store), then used."""
-        if refresh_token is not None:
-            self._keep_refresh_token(refresh_token)
+        if authorized.refresh_token is not None:
+            self._keep_refresh_token(authorized.refresh_token)
+        self._account = authorized.account
+        issued, at = authorized.issued, authorized.issued_at
         if self._shared is not None:
-            await self._shared.install(issued, at, self._refresh_token, self._deadline or 30.0)
+            wait = self._deadline or 30.0
+            await self._shared.install(issued, at, self._refresh_token, wait, authorized.account)
         self._publish(Obtained(issued, at, "token endpoint", self._refresh_token))
+        logger.info("connector %s: authorized%s", self.connector, _as(authorized.account))
+
+    def how_to_authorize(self) -> str:
+        """What a person does to authorize this connector (named in errors and status)."""
+        command = f"run `tokenproxy authorize {self.connector}`"
+        links = getattr(self.grant, "links", None)
+        if links is None:
+            return command
+        return f"open {links.start_url} in a browser, or {command}"
 
     def describe(self) -> dict[str, Any]:
         now = self._clock.monotonic()
@@ -182,10 +211,19 @@ class TokenManager(Authenticator):
         else:
             state = _STATE_OF_PHASE[phase]
         alive = held is not None and phase is not Phase.EXPIRED
+        interactive: dict[str, Any] = {}
+        if self.config.interactive:
+            links = getattr(self.grant, "links", None)
+            account = self._shared.account if self._shared is not None else self._account
+            interactive = {
+                "account": account if state != "needs_authorization" else None,
+                **({"start_url": links.start_url} if links is not None else {}),
+            }
         return {
             "state": state,
             "expires_in": math.floor(held.token.expires_at - now) if held and alive else None,
             "source": held.token.source if held and alive else None,
+            **interactive,
             "store": self._shared.store.health() if self._shared is not None else None,
             "last_error": self.stats.last_error,
             "fetches": self.stats.fetches,
@@ -292,8 +330,7 @@ class TokenManager(Authenticator):
             self._needs_refresh_token = True
             if self.config.interactive:
                 raise AuthorizationNeededError(
-                    f"this connector is not authorized: run `tokenproxy authorize "
-                    f"{self.connector}`",
+                    f"this connector is not authorized: {self.how_to_authorize()}",
                     oauth_error="invalid_grant",
                 )
             raise TokenEndpointError(
@@ -399,9 +436,7 @@ class TokenManager(Authenticator):
     def _unavailable(self, now: float) -> TokenUnavailableError:
         retry_after = max(1, math.ceil(self._retry_at - now))
         if self._needs_refresh_token and self.config.interactive:
-            reason = (
-                f"this connector is not authorized: run `tokenproxy authorize {self.connector}`"
-            )
+            reason = f"this connector is not authorized: {self.how_to_authorize()}"
         else:
             reason = f"the token endpoint is failing (last error: {self.stats.last_error})"
         return TokenUnavailableError(
@@ -423,6 +458,10 @@ _STATE_OF_PHASE = {
     Phase.STALE: "expiring",
     Phase.EXPIRED: "none",
 }
+
+
+def _as(account: str | None) -> str:
+    return "" if account is None else f" as {account}"
 
 
 def _copy(error: TokenEndpointError) -> TokenEndpointError:

@@ -124,6 +124,18 @@ class IssuedToken:
     lifetime: float
 
 
+@dataclass(frozen=True)
+class Authorized:
+    """What a person's one authorization (device or browser) yielded."""
+
+    issued: IssuedToken
+    refresh_token: str | None = field(repr=False)
+    issued_at: float
+    """On the monotonic clock, as the token manager counts lifetimes."""
+    account: str | None = None
+    """Who authorized, as the provider's userinfo names them (None: not known)."""
+
+
 def validate_token(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise TokenEndpointError(f"the token endpoint's answer has no usable {what}")

@@ -38,6 +38,7 @@ from proxy.tokens.model import (
 )
 
 if TYPE_CHECKING:
+    from proxy.consent.links import ConsentLinks
     from proxy.tokens.assertions import SigningKey
     from proxy.tokens.discovery import ProviderMetadata
 
@@ -81,11 +82,17 @@ class OAuth2Grant:
     """Builds the token requests of one connector and reads the answers."""
 
     def __init__(
-        self, config: OAuth2AuthConfig, connector: str, signing_key: SigningKey | None = None
+        self,
+        config: OAuth2AuthConfig,
+        connector: str,
+        signing_key: SigningKey | None = None,
+        links: ConsentLinks | None = None,
     ) -> None:
-        """``signing_key``: the loaded ``private_key`` of a ``private_key_jwt`` client."""
+        """``signing_key``: the loaded ``private_key`` of a ``private_key_jwt`` client;
+        ``links``: where a person authorizes a ``authorization_code`` connector."""
         self.config = config
         self.connector = connector
+        self.links = links
         self._signing_key = signing_key
         self._metadata: ProviderMetadata | None = None
         self.client_auth: str = config.client_auth
@@ -123,8 +130,40 @@ class OAuth2Grant:
     @property
     def has_primary_grant(self) -> bool:
         """False when only a refresh token can get a token: the ``refresh_token`` grant, and
-        ``device_code``, whose one interactive authorization ``tokenproxy authorize`` runs."""
-        return self.config.grant not in ("refresh_token", "device_code")
+        the interactive grants, which a person authorizes once (a browser, ``tokenproxy
+        authorize``)."""
+        return self.config.grant == "client_credentials" or self.config.grant == "password"
+
+    def authorization_endpoint(self) -> str:
+        return self._endpoint("authorization_url")
+
+    def userinfo_endpoint(self) -> str | None:
+        """The configured userinfo URL; a discovered one only when the scopes ask for
+        OpenID (without ``openid`` a provider's userinfo refuses the token)."""
+        if self.config.userinfo_url is not None:
+            return self.config.userinfo_url
+        scopes = (self.config.scope or "").replace(",", " ").split()
+        if self._metadata is None or "openid" not in scopes:
+            return None
+        return self._metadata.endpoints.get("userinfo_url")
+
+    @property
+    def issuer(self) -> str | None:
+        """The discovered issuer (RFC 9207 checks a callback's ``iss`` against it)."""
+        return None if self._metadata is None else self._metadata.issuer
+
+    def code_request(
+        self, code: str, redirect_uri: str, verifier: str | None, current: RequestContext
+    ) -> TokenRequest:
+        """RFC 6749 §4.1.3 (with RFC 7636's verifier): redeem an authorization code once."""
+        form = {
+            "grant_type": self.config.grant_type or "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+        }
+        if verifier is not None:
+            form["code_verifier"] = verifier
+        return self._request(self.token_url, form, current, replayable=False)
 
     def device_authorization_request(self, current: RequestContext) -> TokenRequest:
         """RFC 8628 §3.1: ask for a device code and a user code."""

@@ -58,6 +58,8 @@ class SharedToken:
         """Fingerprints of tokens an upstream rejected: never adopted again."""
         self._unsaved: TokenRecord | None = None
         """Newer state the store refused; written before anything else is done."""
+        self.account: str | None = None
+        """Who authorized the refresh token in use (interactive grants), carried forward."""
 
     async def read(self) -> TokenRecord | None:
         record = await self.store.read(self.key)
@@ -68,6 +70,8 @@ class SharedToken:
                 self.connector,
             )
             return None
+        if record is not None:
+            self.account = record.account
         return record
 
     def adoptable(
@@ -151,11 +155,17 @@ class SharedToken:
                 issued.lifetime,
                 refresh_token,
                 written_wall=now,
+                account=self.account,
             )
         )
 
     async def install(
-        self, issued: IssuedToken, issued_at: float, refresh_token: str | None, wait: float
+        self,
+        issued: IssuedToken,
+        issued_at: float,
+        refresh_token: str | None,
+        wait: float,
+        account: str | None = None,
     ) -> None:
         """Save what an interactive authorization obtained, under the lease, so a renewal
         under way in another process cannot write its older state over it afterwards."""
@@ -163,6 +173,7 @@ class SharedToken:
             while (lease := await self.store.try_lease(self.key)) is None:  # noqa: ASYNC110 - another process holds it
                 await asyncio.sleep(POLL_INTERVAL)
         try:
+            self.account = account
             await self.save(issued, issued_at, refresh_token)
         finally:
             await lease.release()
