@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import time
 from typing import Any
 
 import orjson
@@ -83,7 +82,8 @@ class ConsentEndpoints:
             return web.Response(status=302, headers={hdrs.LOCATION: str(again), **PAGE_HEADERS})
         grant = await manager.prepare()
         assert isinstance(grant, OAuth2Grant)
-        pending = Pending.begin(connector.name, links.redirect_uri, grant.config.pkce, time.time())
+        now = manager.clock.wall()
+        pending = Pending.begin(connector.name, links.redirect_uri, grant.config.pkce, now)
         location = authorization_url(grant, pending, {k: request.query[k] for k in request.query})
         response = web.Response(status=302, headers={hdrs.LOCATION: location, **PAGE_HEADERS})
         sealed = store.keys.encrypt(
@@ -118,7 +118,7 @@ class ConsentEndpoints:
                     "lasts 10 minutes); if `tokenproxy authorize` waits in a terminal, "
                     "paste this page's address there"
                 )
-            if pending.expired(time.time()):
+            if pending.expired(manager.clock.wall()):
                 raise ConsentError("the authorization expired (it lasts 10 minutes)")
             grant = await manager.prepare()
             assert isinstance(grant, OAuth2Grant)

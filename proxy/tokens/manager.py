@@ -161,6 +161,10 @@ class TokenManager(Authenticator):
     def grant(self) -> Grant:
         return self._grant
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     async def prepare(self) -> Grant:
         """The grant, its provider discovered (for the consent endpoints); raises
         TokenEndpointError."""
@@ -185,6 +189,7 @@ class TokenManager(Authenticator):
         if authorized.refresh_token is not None:
             self._keep_refresh_token(authorized.refresh_token)
         self._account = authorized.account
+        self._failures = 0  # not a recovery of the provider: a person authorized
         issued, at = authorized.issued, authorized.issued_at
         if self._shared is not None:
             wait = self._deadline or 30.0
