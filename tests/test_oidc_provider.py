@@ -236,3 +236,79 @@ async def test_device_authorization_then_refresh_tokens_against_the_certified_pr
             assert response.status == 200
     tokens = {dict(r["headers"])["Authorization"] for r in upstream.requests}
     assert len(tokens) == 3
+
+
+@pytest.mark.parametrize("deny", [False, True])
+async def test_authorization_code_with_a_browser_consent(
+    start_provider: StartProvider,
+    start_proxy: StartProxy,
+    aiohttp_raw_server: AiohttpRawServer,
+    deny: bool,
+) -> None:
+    """Code + PKCE as oidc-provider implements it: endpoints by discovery, its login and
+    consent forms, the RFC 9207 ``iss`` checked, who authorized from its userinfo, rotation on
+    every refresh, and a restart that resumes from the store."""
+    from tests.oidc_consent import consent
+    from tests.test_authorization_code import free_port
+
+    port = free_port()
+    redirect_uri = f"http://127.0.0.1:{port}/_proxy/oauth/api/callback"
+    registered = {
+        "client_id": "code-client",
+        "client_secret": SECRET,
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "redirect_uris": [redirect_uri],
+        "token_endpoint_auth_method": "client_secret_basic",
+    }
+    issuer = await start_provider([registered], 600)
+    upstream = IntrospectingUpstream(issuer, "code-client")
+    server = await aiohttp_raw_server(upstream, access_log=None)
+    auth = {
+        "type": "oauth2",
+        "grant": "authorization_code",
+        "issuer": issuer,  # discovery: authorization, token and userinfo endpoints
+        "client_id": "code-client",
+        "client_secret": SECRET,
+        "scopes": ["openid", "email", "offline_access", "api:read"],
+        "auth_params": {"prompt": "consent"},  # OpenID: offline_access needs a consent prompt
+    }
+    config = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "connectors": {
+            "api": {"route": "/api", "upstream": str(server.make_url("")), "auth": auth}
+        },
+    }
+    proxy = await start_proxy(config)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with (
+        aiohttp.ClientSession() as upstream.session,
+        aiohttp.ClientSession(cookie_jar=jar, trust_env=False) as browser,
+    ):
+        async with browser.get(
+            f"{proxy.url}/_proxy/oauth/api/start", allow_redirects=False
+        ) as start:
+            assert start.status == 302, await start.text()
+            location = start.headers["Location"]
+        callback = await consent(location, redirect_uri, login="alice", deny=deny)
+        async with browser.get(callback, allow_redirects=False) as page:
+            text = await page.text()
+        if deny:
+            assert page.status == 400 and "(access_denied)" in text, text
+            async with browser.get(f"{proxy.url}/api/x") as response:
+                assert response.status == 503
+            return
+        assert page.status == 200 and "authorized as alice@example.test" in text, text
+        for _ in range(2):  # the code's token, then one from each rotated refresh token
+            async with browser.get(f"{proxy.url}/api/x") as response:
+                assert response.status == 200
+            async with browser.post(f"{proxy.url}/_proxy/connectors/api/refresh") as response:
+                assert response.status == 200, await response.text()
+        await proxy.server.stop()
+        restarted = await start_proxy(config)
+        async with browser.post(f"{restarted.url}/_proxy/connectors/api/refresh") as response:
+            assert response.status == 200, await response.text()  # the newest refresh token
+            assert (await response.json())["account"] == "alice@example.test"
+        async with browser.get(f"{restarted.url}/api/x") as response:
+            assert response.status == 200
+    assert upstream.verdicts == [True, True, True]

@@ -1,6 +1,11 @@
 // oidc-provider (a certified OpenID provider) on loopback, for tokenproxy's tests.
 // Configuration comes as JSON in OIDC_TEST_CONFIG: {clients: [...], ttl: seconds}.
 // Prints "listening on <port>" once it serves; exits when stdin closes (the test ended).
+// The authorization-code flow is completed by the development login and consent forms
+// (tests/oidc_consent.py plays the browser): any login, any password. A refresh token comes
+// with the code only for scope offline_access and prompt=consent in the authorization request,
+// to a client whose grant_types include refresh_token. Refresh tokens rotate on every use;
+// presenting a rotated-out one is invalid_grant and revokes the whole grant.
 import { createServer } from 'node:http';
 import Provider from 'oidc-provider';
 
@@ -11,13 +16,22 @@ const { port } = server.address();
 
 const provider = new Provider(`http://127.0.0.1:${port}`, {
   clients,
-  scopes: ['api:read', 'openid', 'offline_access'],
+  scopes: ['api:read', 'openid', 'offline_access', 'email', 'profile'],
+  claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
+  // Every account exists: id X is X@example.test (the login typed into the dev form).
+  async findAccount(_ctx, sub) {
+    return {
+      accountId: sub,
+      async claims() { return { sub, email: `${sub}@example.test`, name: `Test user ${sub}` }; },
+    };
+  },
   features: {
     clientCredentials: { enabled: true },
     deviceFlow: { enabled: true },
     introspection: { enabled: true },
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: true },
   },
+  rotateRefreshToken: true,
   ttl: { ClientCredentials: ttl, AccessToken: ttl },
   clientAuthMethods: [
     'client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt', 'none',
