@@ -138,11 +138,13 @@ class FakeIdP(DemoIdentityProvider):
         if request.method == "GET" and request.path in self.metadata:
             self.calls.append({"method": "GET", "path": request.path, "form": {}, "headers": {}})
             return web.json_response(self.metadata[request.path])
-        if request.method == "GET" and request.path in ("/authorize", "/userinfo"):
+        if request.method == "GET" and (
+            "response_type" in request.query or "Authorization" in request.headers
+        ):  # an authorization request, or a userinfo request
             query, headers = dict(request.query), dict(request.headers)
             self.calls.append({"method": "GET", "path": request.path, "query": query, "form": {}})
-            self.calls[-1]["headers"] = headers
-            return self.authorize(query) if request.path == "/authorize" else self.userinfo(headers)
+            self.calls[-1] |= {"headers": headers, "browser_flow": True}
+            return self.authorize(query) if "response_type" in query else self.userinfo(headers)
         is_json = request.content_type == "application/json"
         form = {} if is_json else {k: str(v) for k, v in (await request.post()).items()}
         self.calls.append(

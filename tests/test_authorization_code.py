@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from tests.conftest import (
     WriteConfig,
     connector_status,
     eventually,
+    free_port,
     http_status,
     oauth2_connector,
     status_and_message,
@@ -310,12 +310,6 @@ async def test_start_moves_to_the_callback_origin_and_guards_browsers(
     page = await browser.open(provider.location, **{"Sec-Fetch-Site": "cross-site"})
     assert page.status == 200
     assert (await browser.open(f"{proxy.url}/_proxy/connectors")).status == 403
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("answer_by", ["listener", "paste"])

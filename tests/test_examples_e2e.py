@@ -21,7 +21,7 @@ from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.config.paths import JsonPath
 from proxy.secrets.envelope import KEY_ENV, generate_key
-from tests.conftest import StartProxy
+from tests.conftest import RunningProxy, StartProxy
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 
 EXAMPLES = {
@@ -31,7 +31,7 @@ EXAMPLES = {
     )
     if path.stem != "mtls"  # needs TLS servers: run end to end in test_tls.py
 }
-TOKEN_URL_KEYS = {"url", "token_url", "refresh_url"}
+TOKEN_URL_KEYS = {"url", "token_url", "refresh_url", "authorization_url", "userinfo_url"}
 
 
 def pointed_at(node: Any, idp: str, upstream: str, key: str = "") -> Any:
@@ -99,6 +99,19 @@ def teach(idp: FakeIdP, auth: OAuth2AuthConfig) -> None:
         idp.seed_refresh_token(value=auth.refresh_token.get_secret_value())
 
 
+async def consent_once(proxy: RunningProxy, name: str) -> None:
+    """A person's one browser consent (the fake provider approves at once)."""
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar, trust_env=False) as browser:
+        url = f"{proxy.url}/_proxy/oauth/{name}/start"
+        for _ in range(2):  # start -> the provider -> the callback
+            async with browser.get(url, allow_redirects=False) as response:
+                assert response.status == 302, await response.text()
+                url = response.headers["Location"]
+        async with browser.get(url) as page:
+            assert page.status == 200 and "is now authorized" in await page.text()
+
+
 @pytest.mark.parametrize("example", EXAMPLES.values(), ids=EXAMPLES.keys())
 async def test_example_end_to_end(
     start_proxy: StartProxy,
@@ -125,6 +138,9 @@ async def test_example_end_to_end(
     auth = connector.auth
     route = connector.route or ""
 
+    if isinstance(auth, OAuth2AuthConfig) and auth.grant == "authorization_code":
+        teach(idp, auth)
+        await consent_once(proxy, name)
     for refreshing in (False, True):
         if isinstance(auth, CustomAuthConfig):
             token = script_custom(idp, auth, clock.wall(), refreshing=refreshing)
@@ -140,5 +156,6 @@ async def test_example_end_to_end(
             assert sent[0].removeprefix(f"{auth.token_prefix} ") in idp.issued
         clock.advance(3600 * 25)  # past any lifetime: the next request must renew
 
-    assert len(idp.calls) == 2, f"{name}: one token request, then one renewal"
+    token_requests = [call for call in idp.calls if not call.get("browser_flow")]
+    assert len(token_requests) == 2, f"{name}: one token request, then one renewal"
     assert not idp.reuse_detected

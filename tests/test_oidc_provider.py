@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpRawServer
 
 from proxy.tokens.oauth2 import basic_client_credentials
-from tests.conftest import StartProxy, device_flow
+from tests.conftest import StartProxy, device_flow, free_port
 
 HERE = Path(__file__).resolve().parent / "oidc"
 SECRET = "oidc-test-secret-of-at-least-32-bytes"
@@ -249,7 +249,6 @@ async def test_authorization_code_with_a_browser_consent(
     consent forms, the RFC 9207 ``iss`` checked, who authorized from its userinfo, rotation on
     every refresh, and a restart that resumes from the store."""
     from tests.oidc_consent import consent
-    from tests.test_authorization_code import free_port
 
     port = free_port()
     redirect_uri = f"http://127.0.0.1:{port}/_proxy/oauth/api/callback"
@@ -312,3 +311,71 @@ async def test_authorization_code_with_a_browser_consent(
         async with browser.get(f"{restarted.url}/api/x") as response:
             assert response.status == 200
     assert upstream.verdicts == [True, True, True]
+
+
+def sign_in_and_consent(driver: Any, start_url: str, login: str) -> str:
+    """What a person does: open the start URL, sign in, approve; the page's text at the end."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    wait = WebDriverWait(driver, 10)
+    driver.get(start_url)
+    wait.until(expected_conditions.presence_of_element_located((By.NAME, "login")))
+    driver.find_element(By.NAME, "login").send_keys(login)
+    driver.find_element(By.NAME, "password").send_keys("any password")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(expected_conditions.url_contains("/interaction/"))
+    wait.until(expected_conditions.presence_of_element_located((By.TAG_NAME, "button")))
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # the consent
+    wait.until(expected_conditions.url_contains("/_proxy/oauth/api/callback"))
+    return str(driver.find_element(By.TAG_NAME, "body").text)
+
+
+async def test_a_person_consents_in_a_real_browser(
+    chromium: Any,
+    start_provider: StartProvider,
+    start_proxy: StartProxy,
+    aiohttp_raw_server: AiohttpRawServer,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    redirect_uri = f"http://localhost:{port}/_proxy/oauth/api/callback"
+    registered = {
+        "client_id": "browser-client",
+        "client_secret": SECRET,
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "redirect_uris": [redirect_uri],
+    }
+    issuer = await start_provider([registered], 600)
+    upstream = IntrospectingUpstream(issuer, "browser-client")
+    server = await aiohttp_raw_server(upstream, access_log=None)
+    auth = {
+        "type": "oauth2",
+        "grant": "authorization_code",
+        "issuer": issuer,
+        "client_id": "browser-client",
+        "client_secret": SECRET,
+        "scopes": ["openid", "email", "offline_access"],
+        "auth_params": {"prompt": "consent"},
+    }
+    proxy = await start_proxy(
+        {
+            "listen": {"host": "localhost", "port": port},
+            "connectors": {
+                "api": {"route": "/api", "upstream": str(server.make_url("")), "auth": auth}
+            },
+        }
+    )
+    start_url = f"http://localhost:{port}/_proxy/oauth/api/start"
+    text = await asyncio.to_thread(sign_in_and_consent, chromium, start_url, "carol")
+    await asyncio.to_thread(chromium.save_screenshot, str(tmp_path / "callback.png"))
+    assert "now authorized as carol@example.test" in text, text
+    async with (
+        aiohttp.ClientSession() as upstream.session,
+        aiohttp.ClientSession(trust_env=False) as client,
+        client.get(f"{proxy.url}/api/x") as response,
+    ):
+        assert response.status == 200
+    assert upstream.verdicts == [True]
