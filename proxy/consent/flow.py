@@ -9,8 +9,8 @@ Guarantees:
   is refused. The caller spends the state once (:meth:`TokenStore.claim_once`).
 - **The code is redeemed once**, with the PKCE verifier and the same ``redirect_uri``, and
   never retried: a code is single use, and a lost answer may have spent it.
-- **Who authorized** is asked of the provider's userinfo endpoint once, for display only;
-  its failure never fails the authorization.
+- **Who authorized** is asked of the provider's userinfo endpoint once
+  (:mod:`proxy.tokens.userinfo`).
 """
 
 from __future__ import annotations
@@ -18,35 +18,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import logging
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from yarl import URL
 
-from proxy.config.paths import JsonPath, parse_path
 from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import (
-    TokenRequest,
     TokenSender,
     json_object_or_none,
-    json_payload,
     provider_now,
 )
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.model import Authorized, Clock
 from proxy.tokens.oauth2 import OAuth2Grant
-
-logger = logging.getLogger(__name__)
+from proxy.tokens.userinfo import who_authorized
 
 STATE_LIFETIME = 600.0
 """Seconds a person has between the start and the provider's callback."""
-DEFAULT_ACCOUNT_FIELDS = ("email", "preferred_username", "name", "sub")
-"""Without ``userinfo_fields``: the first of these the userinfo answer has names the account."""
-_DEFAULT_PATHS = tuple(parse_path(name) for name in DEFAULT_ACCOUNT_FIELDS)
 _ERROR_CODE = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §4.1.2.1
 _MAX_SHOWN = 200
 
@@ -164,41 +155,3 @@ async def redeem(
     payload = json_object_or_none(response) or {}
     account = await who_authorized(grant, send, payload.get("access_token"))
     return Authorized(issued, refresh_token, issued_at, account)
-
-
-async def who_authorized(grant: OAuth2Grant, send: TokenSender, access_token: Any) -> str | None:
-    """The account the userinfo endpoint names for ``access_token``, or None."""
-    url = grant.userinfo_endpoint()
-    if url is None or not isinstance(access_token, str):
-        return None
-    request = TokenRequest(
-        url,
-        method="GET",
-        headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-    )
-    try:
-        payload = json_payload(await send(request))
-    except TokenEndpointError as exc:
-        logger.warning(
-            "connector %s: the userinfo endpoint failed (%s); the authorized account is not known",
-            grant.connector,
-            exc.message.replace("token endpoint", "userinfo endpoint"),
-        )
-        return None
-    return account_of(payload, grant.config.userinfo_fields)
-
-
-def account_of(payload: Mapping[str, Any], fields: Sequence[JsonPath]) -> str | None:
-    """The ``fields`` found in ``payload``, joined; without ``fields``, the first of
-    :data:`DEFAULT_ACCOUNT_FIELDS` present."""
-    values = [_shown(path.find(payload)) for path in fields or _DEFAULT_PATHS]
-    present = [value for value in values if value]
-    if not present:
-        return None
-    return (", ".join(present) if fields else present[0])[:_MAX_SHOWN]
-
-
-def _shown(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    return str(value)
