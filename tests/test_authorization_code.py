@@ -96,6 +96,12 @@ async def test_one_consent_then_the_connector_serves_and_renews(
 ) -> None:
     proxy = await start_proxy(code_config(upstream, idp), clock)
     start_url = f"{proxy.url}/_proxy/oauth/api/start"
+
+    async def says_needs_authorization() -> bool:  # at once: the store was looked at
+        return (await connector_status(client, proxy))["state"] == "needs_authorization"
+
+    await eventually(says_needs_authorization, within=2)
+    assert idp.calls == []  # no provider was asked: there is nothing to ask with
     code, message = await status_and_message(client, proxy)
     assert code == 503 and f"not authorized: open {start_url} in a browser" in message
     status = await connector_status(client, proxy)

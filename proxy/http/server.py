@@ -168,8 +168,9 @@ class ProxyServer:
 
     @staticmethod
     def _warm_up(runtime: Runtime) -> Callable[[], Awaitable[None]]:
-        """Start fetching the first token of every ``warmup`` connector (``/ready`` stays
-        503 until it is there); returns what cancels and awaits those fetches on stop.
+        """Start fetching the first token of every ``warmup`` and interactive connector
+        (``/ready`` stays 503 until a ``warmup`` one has it); returns what cancels and awaits
+        those fetches on stop.
         Failures are logged by the token manager, and the next request tries again."""
 
         async def warm(connector: Connector) -> None:
@@ -177,7 +178,14 @@ class ProxyServer:
                 await connector.authenticator.refresh(force=False)
 
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(warm(c)) for c in runtime.connectors.values() if c.config.warmup]
+        # Interactive connectors too: they learn at once whether the store holds their
+        # authorization, so status pages say "needs authorization" before any request.
+        warmed = [
+            c
+            for c in runtime.connectors.values()
+            if c.config.warmup or getattr(c.config.auth, "interactive", False)
+        ]
+        tasks = [loop.create_task(warm(c)) for c in warmed]
 
         async def cancel() -> None:
             for task in tasks:
