@@ -445,3 +445,39 @@ async def test_no_token_code_or_verifier_leaks_from_the_consent_path(
         for where, text in [("logs", caplog.text), ("disk", "".join(on_disk))]:
             assert secret not in text, where
         assert not any(secret in text for text in seen)
+
+
+async def test_a_token_store_file_of_its_own(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    browser: Browser,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    own = tmp_path / "tokens" / "api.json"
+    config = code_config(upstream, idp, token_store=str(own))
+    proxy = await start_proxy(config, clock)
+    _, callback = await browser.consent(proxy)
+    assert (await browser.open(callback)).status == 200
+    sealed = own.read_text()
+    assert sealed.startswith("enc:v1:") and not any(t in sealed for t in idp.issued)
+    assert own.stat().st_mode & 0o777 == 0o600
+    assert not list((tmp_path / ".tokenproxy").glob("token-*.json"))  # not in state_dir
+    await proxy.server.stop()
+    clock.advance(400)
+    restarted = await start_proxy(config, clock)
+    assert await http_status(client, restarted) == 200  # renewed from that file
+    assert idp.grants.count("authorization_code") == 1 and not idp.reuse_detected
+
+
+def test_a_token_store_file_is_refused_for_a_fleet(
+    write_config: WriteConfig, upstream: RecordingUpstream, idp: FakeIdP
+) -> None:
+    from tests.test_config import problems_of
+
+    config = code_config(upstream, idp, token_store="/var/lib/x.json")
+    config["cache"] = {"backend": "redis", "url": "redis://127.0.0.1:6379/0"}
+    (problem,) = problems_of(write_config(config))
+    assert problem.startswith("connectors.api.auth.token_store: a file is not shared")
