@@ -481,3 +481,45 @@ def test_a_token_store_file_is_refused_for_a_fleet(
     config["cache"] = {"backend": "redis", "url": "redis://127.0.0.1:6379/0"}
     (problem,) = problems_of(write_config(config))
     assert problem.startswith("connectors.api.auth.token_store: a file is not shared")
+
+
+async def test_a_fleet_shares_one_consent(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    browser: Browser,
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started on one replica, called back on another (a load balancer's choice), replayed
+    on the first: one code redeemed, and both replicas serve with its tokens."""
+    from proxy.secrets.envelope import KEY_ENV, generate_key
+
+    monkeypatch.setenv(KEY_ENV, generate_key())  # the fleet's one master key
+    replicas = []
+    for name in ("a", "b"):  # two machines: a state_dir each, Redis between them
+        config = code_config(upstream, idp)
+        config["cache"] = {"backend": "redis", "url": redis_url, "key_prefix": prefix}
+        config["state_dir"] = str(tmp_path / name)
+        replicas.append(await start_proxy(config))
+    first, second = replicas
+    _, callback = await browser.consent(first)
+    cookies = browser.session.cookie_jar.filter_cookies(URL(callback))
+    on_second = str(URL(callback).with_port(second.port))
+    page = await browser.open(on_second)
+    assert page.status == 200 and f"authorized as {ACCOUNT}" in page.text
+    browser.session.cookie_jar.update_cookies(cookies)  # the same answer, to the first
+    replayed = await browser.open(callback)
+    assert replayed.status == 400 and "used already" in replayed.text
+    assert await http_status(client, second) == 200  # it took the callback
+
+    async def first_serves() -> bool:  # within its one-second look at the store
+        return await http_status(client, first) == 200
+
+    await eventually(first_serves, within=3)
+    assert (await connector_status(client, first))["account"] == ACCOUNT
+    assert idp.grants.count("authorization_code") == 1
+    assert "refresh_token" not in idp.grants  # the first adopted the token, fetched nothing
