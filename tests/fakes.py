@@ -4,9 +4,7 @@ identity provider with knobs, and a clock."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
-import hashlib
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
@@ -16,7 +14,6 @@ import jwt
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from proxy.demo.echo import describe_request, echo
 from proxy.demo.idp import DEMO_USERNAME, DemoIdentityProvider, OAuthError, RefreshFamily
@@ -126,11 +123,6 @@ class FakeIdP(DemoIdentityProvider):
         self.device_answers: list[str] = []  # errors for the next device-code polls
         self.device_interval, self.device_expires_in = 0.1, 60
         self.metadata: dict[str, dict[str, Any]] = {}  # well-known path -> metadata served
-        # The authorization-code flow: GET /authorize answers at once, as a person would.
-        self.consent: dict[str, str] = {}  # query params added to the redirect (error=...)
-        self.codes: dict[str, dict[str, str]] = {}  # code -> what it was issued for
-        self.subjects: dict[str, str] = {}  # access token -> subject (for /userinfo)
-        self.issuer: str | None = None  # when set, the redirect carries it as iss (RFC 9207)
         self.url = ""  # set once the server listens
         self.clock: FakeClock | None = None  # when set, answers carry its time as ``Date``
 
@@ -144,7 +136,7 @@ class FakeIdP(DemoIdentityProvider):
             query, headers = dict(request.query), dict(request.headers)
             self.calls.append({"method": "GET", "path": request.path, "query": query, "form": {}})
             self.calls[-1] |= {"headers": headers, "browser_flow": True}
-            return self.authorize(query) if "response_type" in query else self.userinfo(headers)
+            return await super().__call__(request)
         is_json = request.content_type == "application/json"
         form = {} if is_json else {k: str(v) for k, v in (await request.post()).items()}
         self.calls.append(
@@ -237,55 +229,7 @@ class FakeIdP(DemoIdentityProvider):
             if decision == "denied":
                 raise OAuthError("access_denied")
             return self.issue(decision, with_refresh=True)
-        if form.get("grant_type") == "authorization_code":
-            return self.redeem(request, form)
         return super().grant(request, form)
-
-    def authorize(self, query: dict[str, str]) -> web.StreamResponse:
-        """RFC 6749 §4.1.1 with RFC 7636: a code for the request, or ``consent``'s error."""
-        redirect = query.get("redirect_uri", "")
-        if query.get("client_id") not in self.clients or not redirect:
-            return web.Response(status=400, text="unknown client or no redirect_uri")
-        answer = {"state": query.get("state", ""), **self.consent}
-        if "error" not in answer:
-            code = secrets.token_urlsafe(16)
-            self.codes[code] = {
-                "client_id": query["client_id"],
-                "redirect_uri": redirect,
-                "challenge": query.get("code_challenge", ""),
-                "method": query.get("code_challenge_method", ""),
-                "scope": query.get("scope", ""),
-            }
-            answer = {"code": code, **answer}
-        if self.issuer is not None:
-            answer.setdefault("iss", self.issuer)
-        location = URL(redirect).update_query(answer)
-        return web.Response(status=302, headers={"Location": str(location)})
-
-    def redeem(self, request: web.BaseRequest, form: dict[str, str]) -> dict[str, Any]:
-        """RFC 6749 §4.1.3: once per code, for the same client and redirect_uri, with the
-        verifier whose S256 challenge came with the authorization."""
-        client_id = self.authenticate_client(request, form)
-        issued = self.codes.pop(form.get("code", ""), None)  # single use
-        if issued is None or issued["client_id"] != client_id:
-            raise OAuthError("invalid_grant", description="unknown or used code")
-        if form.get("redirect_uri") != issued["redirect_uri"]:
-            raise OAuthError("invalid_grant", description="redirect_uri mismatch")
-        verifier = form.get("code_verifier")
-        if issued["challenge"] or verifier is not None:
-            digest = hashlib.sha256((verifier or "").encode()).digest()
-            expected = base64.urlsafe_b64encode(digest).decode().rstrip("=")
-            if issued["method"] != "S256" or expected != issued["challenge"]:
-                raise OAuthError("invalid_grant", description="PKCE verification failed")
-        return self.issue(DEMO_USERNAME, with_refresh=True, scope=issued["scope"] or None)
-
-    def userinfo(self, headers: dict[str, str]) -> web.StreamResponse:
-        scheme, _, token = headers.get("Authorization", "").partition(" ")
-        subject = self.subjects.get(token) if scheme == "Bearer" else None
-        if subject is None:
-            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
-        profile = {"email": f"{subject}@example.test", "name": "Demo User"}
-        return web.json_response({"sub": subject, "profile": profile, **profile})
 
     def approve(self, user_code: str, subject: str = DEMO_USERNAME, *, deny: bool = False) -> None:
         self.devices[self.device_codes[user_code]] = "denied" if deny else subject
@@ -301,7 +245,6 @@ class FakeIdP(DemoIdentityProvider):
     ) -> dict[str, Any]:
         token = super().issue(subject, with_refresh=with_refresh, scope=scope)
         self.issued.add(token["access_token"])
-        self.subjects[token["access_token"]] = subject
         for key, value in self.overrides.items():
             if value is None:
                 token.pop(key, None)

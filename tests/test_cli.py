@@ -196,6 +196,14 @@ async def test_demo_prints_curl_lines_that_work(client: aiohttp.ClientSession) -
             assert "headers" in answer, answer  # else the proxy's own error says why
             headers = dict(answer["headers"])
         assert headers["Authorization"].startswith("Bearer demo-at-")
+        start = re.search(r"http://\S+/_proxy/oauth/echo-consent/start", output).group(0)  # type: ignore[union-attr]
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar, trust_env=False) as browser:
+            async with browser.get(start) as page:  # start -> the demo provider -> callback
+                assert "now authorized as demo-user@example.test" in await page.text()
+        consent_url = next(url for url in re.findall(r"curl -s (\S+/echo-consent/\S+)", output))
+        async with client.get(consent_url) as response:
+            assert response.status == 200
         code, _ = await _stop(process, signal.SIGINT)
     assert code == 0
 

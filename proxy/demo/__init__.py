@@ -1,13 +1,15 @@
 """``tokenproxy demo``: a working proxy with nothing to configure.
 
 It starts a demo identity provider, a demo echo upstream and the proxy on loopback, with one
-connector per auth type that can run without outside services, and prints ``curl`` lines
+connector per auth type that can run without outside services (the browser consent of the
+authorization-code grant too: the demo provider approves at once), and prints ``curl`` lines
 that show the injected credentials arriving at the upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 
 from aiohttp import web
 
@@ -25,10 +27,11 @@ from proxy.http.server import ProxyServer, stop_on_signals
 DEMO_STATIC_TOKEN = "demo-static-token"
 
 
-def demo_settings(echo_url: str, idp_url: str, port: int) -> Settings:
+def demo_settings(echo_url: str, idp_url: str, port: int, state_dir: str) -> Settings:
     return Settings.model_validate(
         {
             "listen": {"host": "127.0.0.1", "port": port},
+            "state_dir": state_dir,
             "connectors": {
                 "echo": {
                     "route": "/echo",
@@ -68,6 +71,20 @@ def demo_settings(echo_url: str, idp_url: str, port: int) -> Settings:
                         "password": DEMO_PASSWORD,
                     },
                 },
+                "echo-consent": {
+                    "route": "/echo-consent",
+                    "upstream": echo_url,
+                    "auth": {
+                        "type": "oauth2",
+                        "grant": "authorization_code",
+                        "authorization_url": f"{idp_url}/authorize",
+                        "token_url": f"{idp_url}/token",
+                        "userinfo_url": f"{idp_url}/userinfo",
+                        "client_id": DEMO_CLIENT_ID,
+                        "client_secret": DEMO_CLIENT_SECRET,
+                        "scopes": ["demo.read", "offline_access"],
+                    },
+                },
             },
         }
     )
@@ -81,6 +98,8 @@ def curl_lines(port: int) -> list[str]:
         f"curl -s {base}/echo-oauth/orders",
         f"curl -s {base}/echo-password/profile",
         f"curl -s -x {base} http://echo.demo.localhost/hello",
+        f"curl -s {base}/echo-consent/me   # 503 until you open, once, in a browser:",
+        f"  {base}/_proxy/oauth/echo-consent/start",
         f"curl -s {base}/_proxy/connectors",
         f"curl -si {base}/nowhere",
     ]
@@ -97,7 +116,9 @@ async def run_demo(port: int = 8080, stop: asyncio.Event | None = None) -> None:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)
     echo_url, idp_url = (f"http://127.0.0.1:{r.addresses[0][1]}" for r in runners)
-    proxy = ProxyServer(demo_settings(echo_url, idp_url, port))
+    # The demo's tokens (the browser consent's refresh token) live as long as the demo.
+    state = tempfile.TemporaryDirectory(prefix="tokenproxy-demo-")
+    proxy = ProxyServer(demo_settings(echo_url, idp_url, port, state.name))
     try:
         await proxy.start()
         assert proxy.port is not None
@@ -113,3 +134,4 @@ async def run_demo(port: int = 8080, stop: asyncio.Event | None = None) -> None:
         await proxy.stop()
         for runner in runners:
             await runner.cleanup()
+        state.cleanup()

@@ -1,6 +1,9 @@
 """The demo identity provider: an OAuth2 token endpoint (RFC 6749) on loopback.
 
-Grants: client credentials, password, and refresh token with rotation. Presenting a refresh
+Grants: client credentials, password, refresh token with rotation, and the authorization
+code (with PKCE, RFC 7636): ``GET`` with ``response_type`` is an authorization request that
+a signed-in person approves at once, answered by a redirect with a single-use code; ``GET``
+with a bearer token is the userinfo endpoint. Presenting a refresh
 token that was already used revokes its whole family, as RFC 9700 §4.14 providers do, so a
 client that ever runs two refreshes with the same token is caught. Client authentication by
 ``client_secret_basic`` (form-urlencoded before base64, RFC 6749 §2.3.1) or
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +22,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import hdrs, web
+from yarl import URL
 
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"
@@ -55,8 +60,16 @@ class DemoIdentityProvider:
         self.clients = {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET}
         self.users = {DEMO_USERNAME: DEMO_PASSWORD}
         self.families: dict[str, RefreshFamily] = {}
+        self.codes: dict[str, dict[str, str]] = {}  # code -> what it was issued for
+        self.subjects: dict[str, str] = {}  # access token -> subject (for userinfo)
+        self.consent: dict[str, str] = {}  # added to the redirect (error=access_denied...)
+        self.issuer: str | None = None  # when set, the redirect names it as iss (RFC 9207)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == hdrs.METH_GET and "response_type" in request.query:
+            return self.authorize(dict(request.query))
+        if request.method == hdrs.METH_GET and hdrs.AUTHORIZATION in request.headers:
+            return self.userinfo(request.headers[hdrs.AUTHORIZATION])
         if request.method != hdrs.METH_POST:
             return oauth_json({"error": "not_found"}, status=404)
         form = {key: str(value) for key, value in (await request.post()).items()}
@@ -105,7 +118,54 @@ class DemoIdentityProvider:
             return self.issue(username, with_refresh=True, scope=form.get("scope"))
         if grant_type == "refresh_token":
             return self.refresh(form.get("refresh_token", ""))
+        if grant_type == "authorization_code":
+            return self.redeem(client_id, form)
         raise OAuthError("unsupported_grant_type")
+
+    def authorize(self, query: dict[str, str]) -> web.StreamResponse:
+        """RFC 6749 §4.1.1 with RFC 7636: a code for the request, or ``consent``'s error."""
+        redirect = query.get("redirect_uri", "")
+        if query.get("client_id") not in self.clients or not redirect:
+            return web.Response(status=400, text="unknown client or no redirect_uri")
+        answer = {"state": query.get("state", ""), **self.consent}
+        if "error" not in answer:
+            code = secrets.token_urlsafe(16)
+            self.codes[code] = {
+                "client_id": query["client_id"],
+                "redirect_uri": redirect,
+                "challenge": query.get("code_challenge", ""),
+                "method": query.get("code_challenge_method", ""),
+                "scope": query.get("scope", ""),
+            }
+            answer = {"code": code, **answer}
+        if self.issuer is not None:
+            answer.setdefault("iss", self.issuer)
+        location = URL(redirect).update_query(answer)
+        return web.Response(status=302, headers={hdrs.LOCATION: str(location)})
+
+    def redeem(self, client_id: str, form: dict[str, str]) -> dict[str, Any]:
+        """RFC 6749 §4.1.3: once per code, for the same client and redirect_uri, with the
+        verifier whose S256 challenge came with the authorization."""
+        issued = self.codes.pop(form.get("code", ""), None)  # single use
+        if issued is None or issued["client_id"] != client_id:
+            raise OAuthError("invalid_grant", description="unknown or used code")
+        if form.get("redirect_uri") != issued["redirect_uri"]:
+            raise OAuthError("invalid_grant", description="redirect_uri mismatch")
+        verifier = form.get("code_verifier")
+        if issued["challenge"] or verifier is not None:
+            digest = hashlib.sha256((verifier or "").encode()).digest()
+            expected = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+            if issued["method"] != "S256" or expected != issued["challenge"]:
+                raise OAuthError("invalid_grant", description="PKCE verification failed")
+        return self.issue(DEMO_USERNAME, with_refresh=True, scope=issued["scope"] or None)
+
+    def userinfo(self, authorization: str) -> web.StreamResponse:
+        scheme, _, token = authorization.partition(" ")
+        subject = self.subjects.get(token) if scheme == "Bearer" else None
+        if subject is None:
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        profile = {"email": f"{subject}@example.test", "name": "Demo User"}
+        return oauth_json({"sub": subject, "profile": profile, **profile})
 
     def refresh(self, presented: str) -> dict[str, Any]:
         family = self.families.get(presented)
@@ -124,6 +184,7 @@ class DemoIdentityProvider:
         self, subject: str, *, with_refresh: bool, scope: str | None = None
     ) -> dict[str, Any]:
         access_token = "demo-at-" + secrets.token_urlsafe(24)
+        self.subjects[access_token] = subject
         token: dict[str, Any] = {
             "access_token": access_token,
             "token_type": "Bearer",
