@@ -94,17 +94,11 @@ class AdminApi:
         path = raw_path.partition("?")[0]
         return path in (self.prefix + "/health", self.prefix + "/ready")
 
-    def is_consent(self, raw_path: str) -> bool:
-        """A browser's authorization (start, callback): from loopback, always served."""
-        path = raw_path.partition("?")[0]
-        return path.startswith(self.prefix) and bool(
-            CONSENT_PATH.fullmatch(path[len(self.prefix) :])
-        )
-
     def is_callback(self, path: str) -> bool:
         """The provider sends the browser here from its own site: a cross-site request by
         design, guarded by the sealed cookie and the state instead."""
-        return self.is_consent(path) and path.endswith("/callback")
+        consent = CONSENT_PATH.fullmatch(path[len(self.prefix) :])
+        return path.startswith(self.prefix) and consent is not None and consent[2] == "callback"
 
     def owns(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")

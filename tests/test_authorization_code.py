@@ -293,9 +293,7 @@ async def test_start_moves_to_the_callback_origin_and_guards_browsers(
     browser: Browser,
     client: aiohttp.ClientSession,
 ) -> None:
-    config = code_config(upstream, idp)
-    config["clients"] = {"allow_cidrs": ["10.0.0.0/8"]}  # loopback still authorizes
-    proxy = await start_proxy(config)
+    proxy = await start_proxy(code_config(upstream, idp))
     localhost = f"http://localhost:{proxy.port}/_proxy/oauth/api/start?access_type=x"
     moved = await browser.open(localhost)  # the cookie must be set where the callback lands
     assert moved.status == 302
@@ -315,7 +313,30 @@ async def test_start_moves_to_the_callback_origin_and_guards_browsers(
     # The provider sends the browser back from its own site: cross-site by design.
     page = await browser.open(provider.location, **{"Sec-Fetch-Site": "cross-site"})
     assert page.status == 200
-    assert (await browser.open(f"{proxy.url}/_proxy/connectors")).status == 403
+
+
+@pytest.mark.parametrize(
+    "clients", [{"allow_cidrs": ["10.0.0.0/8"]}, {"api_keys": ["sec_client_key_of_32_chars"]}]
+)
+async def test_clients_decide_who_may_authorize(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    browser: Browser,
+    clients: dict[str, Any],
+) -> None:
+    """Authorizing decides whose account every client's requests use: it is guarded like
+    the rest of the admin endpoints, loopback included (another container of the pod)."""
+    config = code_config(upstream, idp)
+    config["clients"] = clients
+    proxy = await start_proxy(config)
+    for step in ("start", "callback"):
+        page = await browser.open(f"{proxy.url}/_proxy/oauth/api/{step}?state=x&code=y")
+        assert page.status == 403, step
+    assert not any(call.get("browser_flow") for call in idp.calls)
+    if "api_keys" in clients:  # a client that has the key may
+        key = {"Proxy-Authorization": "Bearer sec_client_key_of_32_chars"}
+        assert (await browser.open(f"{proxy.url}/_proxy/oauth/api/start", **key)).status == 302
 
 
 @pytest.mark.parametrize("answer_by", ["listener", "paste"])
@@ -347,8 +368,10 @@ async def test_authorize_from_a_terminal(
         assert provider.location is not None and provider.location.startswith(redirect_uri)
         if answer_by == "listener":
             assert f"redirect to {redirect_uri}" in lines[-1]
-            page = await browser.open(provider.location)
-            assert "Authorization received" in page.text
+            # A reload racing the first answer: both pages come at once, one redeem.
+            pages = await asyncio.gather(*(browser.open(provider.location) for _ in range(2)))
+            texts = sorted(page.text for page in pages)
+            assert "Authorization received" in texts[0] and "over already" in texts[1]
         else:
             process.stdin.write(b"not a url\n" + provider.location.encode() + b"\n")
             await process.stdin.drain()
@@ -361,6 +384,23 @@ async def test_authorize_from_a_terminal(
 
     token = await asyncio.to_thread(tokenproxy, "token", "api", "-c", str(path))
     assert token.returncode == 0 and "read from the token store" in token.stdout
+
+
+async def test_authorize_with_nothing_to_wait_for_ends_at_once(
+    write_config: WriteConfig, upstream: RecordingUpstream, idp: FakeIdP
+) -> None:
+    """No loopback redirect_uri to listen on, and no terminal to paste into."""
+    redirect_uri = "https://tokenproxy.example/_proxy/oauth/api/callback"
+    path = write_config(code_config(upstream, idp, redirect_uri=redirect_uri))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "authorize", "api", "-c", str(path),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        output, _ = await process.communicate()
+    assert process.returncode == 1
+    assert b"stdin is closed and the redirect_uri is not a loopback address" in output
 
 
 async def test_the_consent_endpoints_answer_only_for_code_connectors(
@@ -523,3 +563,111 @@ async def test_a_fleet_shares_one_consent(
     assert (await connector_status(client, first))["account"] == ACCOUNT
     assert idp.grants.count("authorization_code") == 1
     assert "refresh_token" not in idp.grants  # the first adopted the token, fetched nothing
+
+
+async def test_a_browser_that_leaves_mid_callback_loses_nothing(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    browser: Browser,
+) -> None:
+    proxy = await start_proxy(code_config(upstream, idp))
+    _, callback = await browser.consent(proxy)
+    idp.delay = 0.5  # the exchange takes longer than the browser waits
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await browser.open(callback)
+
+    async def authorized() -> bool:
+        return (await connector_status(client, proxy))["state"] == "valid"
+
+    await eventually(authorized, within=3)  # the spent code's tokens were installed
+    assert await http_status(client, proxy) == 200
+
+
+async def test_a_new_consent_without_a_refresh_token_drops_the_old_one(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    browser: Browser,
+    clock: FakeClock,
+) -> None:
+    """The old refresh token may be another account's: it must not come back at renewal."""
+    proxy = await start_proxy(code_config(upstream, idp), clock)
+    _, callback = await browser.consent(proxy)
+    assert (await browser.open(callback)).status == 200
+    idp.overrides = {"refresh_token": None}
+    _, callback = await browser.consent(proxy)
+    page = await browser.open(callback)
+    assert page.status == 200 and "gave no refresh token" in page.text
+    clock.advance(400)
+    assert (await status_and_message(client, proxy))[0] == 503
+    assert "refresh_token" not in idp.grants
+
+
+async def test_what_the_provider_says_is_shown_escaped_and_an_unrelated_callback_ends_nothing(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    browser: Browser,
+) -> None:
+    proxy = await start_proxy(code_config(upstream, idp))
+    _, callback = await browser.consent(proxy)
+    # Another site sends the browser to the callback with a state of its own: refused,
+    # and the authorization under way is not ended by it.
+    forged = await browser.open(
+        f"{proxy.url}/_proxy/oauth/api/callback?state=x&code=y", **{"Sec-Fetch-Site": "cross-site"}
+    )
+    assert forged.status == 400 and "state mismatch" in forged.text
+    repeated = await browser.open(callback + "&code=second")
+    assert repeated.status == 400 and "repeats a parameter" in repeated.text
+    assert (await browser.open(callback)).status == 200
+    idp.consent = {"error": "<b>x</b>", "error_description": "<script>alert(1)</script>\x1b[2J"}
+    _, callback = await browser.consent(proxy)
+    page = await browser.open(callback)
+    assert "<script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "(invalid)" in page.text and "\x1b" not in page.text
+    assert "script-src" not in page.headers["Content-Security-Policy"]  # none at all
+
+
+async def test_a_provider_that_promises_iss_must_send_it(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    browser: Browser,
+) -> None:
+    idp.metadata["/.well-known/oauth-authorization-server"] = {
+        "issuer": idp.url,
+        "authorization_endpoint": f"{idp.url}/authorize",
+        "token_endpoint": f"{idp.url}/token",
+        "authorization_response_iss_parameter_supported": True,
+    }
+    auth = code_config(upstream, idp, issuer=idp.url)
+    proxy = await start_proxy(auth)
+    _, callback = await browser.consent(proxy)  # the fake sends no iss: a mix-up, perhaps
+    page = await browser.open(callback)
+    assert page.status == 400 and "does not name its issuer" in page.text
+
+
+@pytest.mark.parametrize(
+    ("host", "callback", "same"),
+    [
+        ("127.0.0.1:8080", "http://127.0.0.1:8080/cb", True),
+        ("127.0.0.1", "http://127.0.0.1:80/cb", True),  # browsers leave the default port out
+        ("[::1]:8080", "http://[::1]:8080/cb", True),
+        ("LOCALHOST:8080", "http://localhost:8080/cb", True),
+        ("localhost:8080", "http://127.0.0.1:8080/cb", False),
+        ("127.0.0.1:8081", "http://127.0.0.1:8080/cb", False),
+    ],
+)
+def test_the_start_knows_when_it_is_on_the_callbacks_origin(
+    host: str, callback: str, same: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from proxy.consent.web import _same_host
+
+    assert _same_host(SimpleNamespace(host=host), URL(callback)) is same  # type: ignore[arg-type]

@@ -423,9 +423,10 @@ def oauth2(**fields: Any) -> dict[str, Any]:
             oauth2(
                 grant="authorization_code",
                 authorization_url="https://idp.example.com/a",
-                redirect_uri="ftp://x/cb",
+                redirect_uri="http://egress.example.com/_proxy/oauth/crm/callback",
             ),
-            "connectors.crm.auth.redirect_uri: must be an absolute http:// or https:// URL",
+            "connectors.crm.auth.redirect_uri: must use https:// (plain http:// only to a "
+            "loopback address)",
         ),
         (
             oauth2(

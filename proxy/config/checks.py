@@ -7,6 +7,7 @@ Every message names the field and states the rule, never a secret value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from yarl import URL
 
@@ -35,6 +36,7 @@ def cross_check(settings: Settings) -> CheckResult:
 
     routes: dict[str, str] = {}
     hosts: dict[str, str] = {}
+    token_files: dict[str, str] = {}
     admin_prefix = settings.admin.prefix
     for name, connector in settings.connectors.items():
         where = f"connectors.{name}"
@@ -82,6 +84,16 @@ def cross_check(settings: Settings) -> CheckResult:
                 f"{where}.auth.grant: the password grant is deprecated by RFC 9700 §2.4; "
                 "prefer client credentials where the provider offers them"
             )
+        token_store = getattr(connector.auth, "token_store", None)
+        if token_store is not None:
+            resolved = str(Path(token_store).resolve())
+            if resolved in token_files:
+                result.errors.append(
+                    f"{where}.auth.token_store: {token_store!r} is already the token store "
+                    f"of connector {token_files[resolved]!r} (each would overwrite the other's "
+                    "refresh token)"
+                )
+            token_files.setdefault(resolved, name)
         upstream = URL(connector.upstream)
         if upstream.scheme == "http" and not is_loopback_host(upstream.host or ""):
             result.warnings.append(

@@ -31,6 +31,11 @@ RESERVED_AUTH_PARAMS = frozenset(
         "state",
         "code_challenge",
         "code_challenge_method",
+        # The answer must come back as a query to the callback (GET), not posted or in a
+        # fragment, and the request must be the one we build.
+        "response_mode",
+        "request",
+        "request_uri",
     }
 )
 
@@ -114,19 +119,6 @@ _FIELDS_OF_GRANT = {
     "device_authorization_url": ("device_code",),
 }
 """Fields that only some grants read: set with another, they are a mistake worth naming."""
-
-
-def redirect_url(value: str) -> str:
-    """An absolute http(s) URL without credentials or fragment (RFC 6749 §3.1.2)."""
-    try:
-        url = URL(value)
-    except ValueError:
-        raise ValueError("is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    if url.user is not None or url.password is not None or url.fragment:
-        raise ValueError("must not carry credentials or a fragment")
-    return value
 
 
 class OAuth2AuthConfig(TokenLifecycleConfig):
@@ -216,7 +208,7 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
     @field_validator("redirect_uri")
     @classmethod
     def _redirect_uri(cls, value: str | None) -> str | None:
-        return None if value is None else redirect_url(value)
+        return None if value is None else token_endpoint_url(value)  # RFC 9700 §2.1
 
     @field_validator("extra_params", "headers", "auth_params", "auth_params_map", mode="before")
     @classmethod

@@ -9,8 +9,6 @@ Guarantees:
   is refused. The caller spends the state once (:meth:`TokenStore.claim_once`).
 - **The code is redeemed once**, with the PKCE verifier and the same ``redirect_uri``, and
   never retried: a code is single use, and a lost answer may have spent it.
-- **Who authorized** is asked of the provider's userinfo endpoint once
-  (:mod:`proxy.tokens.userinfo`).
 """
 
 from __future__ import annotations
@@ -34,11 +32,11 @@ from proxy.tokens.endpoint import (
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.model import Authorized, Clock
 from proxy.tokens.oauth2 import OAuth2Grant
-from proxy.tokens.userinfo import who_authorized
 
 STATE_LIFETIME = 600.0
 """Seconds a person has between the start and the provider's callback."""
-_ERROR_CODE = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §4.1.2.1
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # what codes look like; shown as is
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")  # a provider's description: no control characters
 _MAX_SHOWN = 200
 
 
@@ -107,18 +105,21 @@ def authorization_url(grant: OAuth2Grant, pending: Pending, start_query: Mapping
     return str(URL(grant.authorization_endpoint()).update_query(params))
 
 
-def code_from_callback(query: Mapping[str, str], pending: Pending, issuer: str | None) -> str:
-    """The authorization code of a callback that answers ``pending``; raises ConsentError."""
+def code_from_callback(query: Mapping[str, str], pending: Pending, grant: OAuth2Grant) -> str:
+    """The authorization code of a callback that answers ``pending``; raises ConsentError.
+    ``grant`` (discovered) says which issuer must have answered."""
     state = query.get("state", "")
     if not hmac.compare_digest(state.encode(), pending.state.encode()):
         raise ConsentError("the answer does not belong to this authorization (state mismatch)")
     iss = query.get("iss")
-    if iss is not None and issuer is not None and iss != issuer:
+    if iss is None and grant.issuer_in_callbacks:
+        raise ConsentError("the answer does not name its issuer (iss), as this provider does")
+    if iss is not None and grant.issuer is not None and iss != grant.issuer:
         raise ConsentError("the answer comes from another issuer than this connector's (iss)")
     error = query.get("error")
     if error is not None:
         shown = error if _ERROR_CODE.fullmatch(error) else "invalid"
-        description = query.get("error_description", "")[:_MAX_SHOWN]
+        description = _UNPRINTABLE.sub("", query.get("error_description", ""))[:_MAX_SHOWN]
         raise ConsentError(
             f"the provider refused the authorization ({shown})"
             + (f": {description}" if description else ""),
@@ -133,8 +134,7 @@ def code_from_callback(query: Mapping[str, str], pending: Pending, issuer: str |
 async def redeem(
     grant: OAuth2Grant, send: TokenSender, clock: Clock, *, code: str, pending: Pending
 ) -> Authorized:
-    """Exchange the code once (RFC 6749 §4.1.3) and ask who authorized; raises
-    TokenEndpointError."""
+    """Exchange the code once (RFC 6749 §4.1.3); raises TokenEndpointError."""
     await grant.prepare(send)
     issued_at = clock.monotonic() - clock.wall() % 1  # as the token manager counts it
     context = RequestContext(now_wall=clock.wall())
@@ -152,6 +152,7 @@ async def redeem(
                 oauth_error="invalid_grant",
             ) from None
         raise
-    payload = json_object_or_none(response) or {}
-    account = await who_authorized(grant, send, payload.get("access_token"))
-    return Authorized(issued, refresh_token, issued_at, account)
+    bearer = (json_object_or_none(response) or {}).get("access_token")
+    return Authorized(
+        issued, refresh_token, issued_at, bearer=bearer if isinstance(bearer, str) else None
+    )

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from aiohttp import web
 from yarl import URL
@@ -29,6 +30,7 @@ from proxy.consent.flow import (
     code_from_callback,
     redeem,
 )
+from proxy.consent.pages import page
 from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import TokenSender
 from proxy.tokens.model import Authorized, Clock
@@ -36,10 +38,13 @@ from proxy.tokens.oauth2 import OAuth2Grant
 
 Say = Callable[[str], None]
 
-_DONE_PAGE = (
-    "<!doctype html><meta charset=utf-8><title>tokenproxy</title>"
-    "<p>{message}</p><p>You can close this window and return to the terminal.</p>"
-)
+
+@dataclass(frozen=True)
+class _Answer:
+    query: Mapping[str, str] | None
+    """The callback's query; None: stdin reached its end."""
+    reply: asyncio.Future[str] | None = None
+    """Where the listener waits for the page's message (None for a paste)."""
 
 
 async def authorize_in_terminal(
@@ -52,7 +57,7 @@ async def authorize_in_terminal(
     pending = Pending.begin(grant.connector, redirect_uri, grant.config.pkce, clock.wall())
     say("Open this address in a browser and approve the access:")
     say(f"  {authorization_url(grant, pending, {})}")
-    answers: asyncio.Queue[tuple[Mapping[str, str], asyncio.Future[str] | None]] = asyncio.Queue()
+    answers: asyncio.Queue[_Answer] = asyncio.Queue()
     async with _listener(pending.redirect_uri, answers, say) as listening:
         where = f"the provider to redirect to {listening}, or " if listening else ""
         say(
@@ -62,7 +67,7 @@ async def authorize_in_terminal(
         _read_pastes(answers)
         try:
             async with asyncio.timeout(STATE_LIFETIME):
-                code = await _first_answer(answers, pending, grant.issuer, say)
+                code = await _first_answer(answers, pending, grant, say, listening is not None)
         except TimeoutError:
             raise TokenEndpointError("the authorization expired before it was completed") from None
     say("Redeeming the authorization code...")
@@ -70,54 +75,68 @@ async def authorize_in_terminal(
 
 
 async def _first_answer(
-    answers: asyncio.Queue[tuple[Mapping[str, str], asyncio.Future[str] | None]],
+    answers: asyncio.Queue[_Answer],
     pending: Pending,
-    issuer: str | None,
+    grant: OAuth2Grant,
     say: Say,
+    listening: bool,
 ) -> str:
     while True:
-        query, reply = await answers.get()
+        answer = await answers.get()
+        if answer.query is None:
+            if listening:
+                continue  # stdin is closed: only the listener can answer now
+            raise TokenEndpointError(
+                "stdin is closed and the redirect_uri is not a loopback address to listen "
+                "on: nothing can bring the provider's answer"
+            )
         try:
-            code = code_from_callback(query, pending, issuer)
+            code = code_from_callback(answer.query, pending, grant)
         except ConsentError as exc:
-            if reply is not None:
-                reply.set_result(exc.message)
+            _reply(answer, exc.message)
             if exc.refused:
                 raise TokenEndpointError(exc.message) from None
-            if not query.keys() & {"state", "code", "error"}:
+            if not answer.query.keys() & {"state", "code", "error"}:
                 say("  that is not the address the provider redirected to; try again")
             else:
                 say(f"  {exc.message}; still waiting")
             continue
-        if reply is not None:
-            reply.set_result("Authorization received.")
+        _reply(answer, "Authorization received.")
         return code
+
+
+def _reply(answer: _Answer, message: str) -> None:
+    if answer.reply is not None and not answer.reply.done():
+        answer.reply.set_result(message)
 
 
 @asynccontextmanager
 async def _listener(
-    redirect_uri: str,
-    answers: asyncio.Queue[tuple[Mapping[str, str], asyncio.Future[str] | None]],
-    say: Say,
+    redirect_uri: str, answers: asyncio.Queue[_Answer], say: Say
 ) -> AsyncIterator[str | None]:
     """Serve the callback path on a loopback ``http://`` redirect URI; yields its address,
-    or None when there is none to serve (then only pasting answers)."""
+    or None when there is none to serve (then only pasting answers). Not logged: the
+    callback's address holds the code."""
     url = URL(redirect_uri)
     if url.scheme != "http" or not is_loopback_host(url.host or "") or url.port is None:
         yield None
         return
+    done = False
 
     async def callback(request: web.BaseRequest) -> web.StreamResponse:
         if request.path != url.path:
             return web.Response(status=404, text="not found")
-        reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        await answers.put(({k: v for k, v in request.query.items()}, reply))
-        message = await reply
-        page = _DONE_PAGE.format(message=message)
-        return web.Response(text=page, content_type="text/html", headers=_NO_STORE)
+        message = "This authorization is over already."
+        if not done:
+            answer = _Answer(dict(request.query), asyncio.get_running_loop().create_future())
+            await answers.put(answer)
+            assert answer.reply is not None
+            message = await answer.reply
+        return page("Authorization", [message, _CLOSE], status=200, ok=True)
 
-    server = web.Server(callback)
-    runner = web.ServerRunner(server, handle_signals=False)
+    runner = web.ServerRunner(
+        web.Server(callback, access_log=None), handle_signals=False, shutdown_timeout=1
+    )
     await runner.setup()
     try:
         try:
@@ -131,27 +150,32 @@ async def _listener(
             return
         yield str(url.with_query(None))
     finally:
+        done = True
+        while not answers.empty():  # a reload or a second tab: answered, not left hanging
+            _reply(answers.get_nowait(), "This authorization is over already.")
         await runner.cleanup()
 
 
-_NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+_CLOSE = "You can close this window and return to the terminal."
 
 
-def _read_pastes(
-    answers: asyncio.Queue[tuple[Mapping[str, str], asyncio.Future[str] | None]],
-) -> None:
-    """Feed each line typed or pasted on stdin to ``answers`` (a daemon thread: a blocked
-    read must not keep the process alive once the authorization is done)."""
+def _read_pastes(answers: asyncio.Queue[_Answer]) -> None:
+    """Feed each line typed or pasted on stdin to ``answers``, then its end (a daemon
+    thread: a blocked read must not keep the process alive once the authorization is
+    done)."""
     loop = asyncio.get_running_loop()
+
+    def put(answer: _Answer) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(answers.put_nowait, answer)
 
     def read() -> None:
         for line in sys.stdin:
             text = line.strip()
             try:
-                query = dict(URL(text if "?" in text else "?" + text).query)
+                put(_Answer(dict(URL(text if "?" in text else "?" + text).query)))
             except ValueError:
-                query = {}
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(answers.put_nowait, (query, None))
+                put(_Answer({}))
+        put(_Answer(None))
 
     threading.Thread(target=read, name="paste", daemon=True).start()

@@ -16,6 +16,7 @@ and ``.../callback``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import re
@@ -41,6 +42,7 @@ from proxy.runtime import Runtime
 from proxy.secrets.envelope import EnvelopeError
 from proxy.store.base import TokenStore
 from proxy.tokens.manager import TokenManager
+from proxy.tokens.model import Authorized
 from proxy.tokens.oauth2 import OAuth2Grant
 
 CONSENT_PATH = re.compile(r"/oauth/([A-Za-z0-9_-]+)/(start|callback)")
@@ -51,6 +53,7 @@ _PURPOSE = "consent"
 class ConsentEndpoints:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+        self._redeeming: set[asyncio.Future[Authorized]] = set()
 
     async def handle(self, request: web.BaseRequest, name: str, step: str) -> web.StreamResponse:
         connector = self._runtime.connectors.get(name)
@@ -75,7 +78,7 @@ class ConsentEndpoints:
         store: TokenStore,
     ) -> web.StreamResponse:
         callback = URL(links.redirect_uri)
-        if links.configured_redirect_uri is None and request.host.lower() != callback.authority:
+        if links.configured_redirect_uri is None and not _same_host(request, callback):
             # The cookie set here must come back with the callback: start again on the
             # callback's own origin (localhost vs 127.0.0.1, say).
             again = URL(links.start_url).with_query(request.query)
@@ -111,6 +114,7 @@ class ConsentEndpoints:
         name = connector.name
         failed = functools.partial(failed_page, name, start_url=links.start_url)
         pending = _unseal(request.cookies.get(COOKIE_PREFIX + name), name, store)
+        spent = False  # the cookie goes once it answered: an unrelated request cannot end it
         try:
             if pending is None:
                 raise ConsentError(
@@ -119,16 +123,25 @@ class ConsentEndpoints:
                     "paste this page's address there"
                 )
             if pending.expired(manager.clock.wall()):
+                spent = True
                 raise ConsentError("the authorization expired (it lasts 10 minutes)")
             grant = await manager.prepare()
             assert isinstance(grant, OAuth2Grant)
-            query = {k: request.query[k] for k in request.query}
-            code = code_from_callback(query, pending, grant.issuer)
-            if not await store.claim_once(pending.state_id, STATE_LIFETIME):
+            try:
+                code = code_from_callback(_single_values(request), pending, grant)
+            except ConsentError as exc:
+                spent = exc.refused  # the state matched: this authorization is over
+                raise
+            spent = True
+            if not await _claim(store, pending):
                 raise ConsentError("this answer was used already (a replayed callback)")
-            authorized = await manager.authorize(
-                functools.partial(redeem, code=code, pending=pending)
+            # The code is spent now: a browser that goes away must not lose its tokens.
+            task = asyncio.ensure_future(
+                manager.authorize(functools.partial(redeem, code=code, pending=pending))
             )
+            self._redeeming.add(task)
+            task.add_done_callback(self._redeeming.discard)
+            authorized = await asyncio.shield(task)
             response = authorized_page(
                 name, authorized.account, authorized.refresh_token is not None
             )
@@ -136,8 +149,33 @@ class ConsentEndpoints:
             response = failed(exc.message, status=400)
         except TokenEndpointError as exc:
             response = failed(exc.message, status=502)
-        response.del_cookie(COOKIE_PREFIX + name, path=_cookie_path(links))
+        if spent:
+            response.del_cookie(COOKIE_PREFIX + name, path=_cookie_path(links))
         return response
+
+
+def _single_values(request: web.BaseRequest) -> dict[str, str]:
+    """The callback's query; a parameter given twice is refused (which would count?)."""
+    query = request.query
+    if len(set(query)) != len(query):
+        raise ConsentError("the answer repeats a parameter")
+    return {key: query[key] for key in query}
+
+
+async def _claim(store: TokenStore, pending: Pending) -> bool:
+    try:
+        return await store.claim_once(pending.state_id, STATE_LIFETIME)
+    except OSError:
+        raise TokenEndpointError("the token store cannot be written") from None
+
+
+def _same_host(request: web.BaseRequest, url: URL) -> bool:
+    """Whether the browser reached us by ``url``'s host and port (default ports omitted)."""
+    try:
+        seen = URL(f"{url.scheme}://{request.host}")
+    except ValueError:
+        return False
+    return (seen.host or "").lower() == (url.host or "").lower() and seen.port == url.port
 
 
 def _cookie_path(links: ConsentLinks) -> str:

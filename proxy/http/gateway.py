@@ -99,10 +99,7 @@ class Gateway:
             )
         # Probes from the same machine (/health, /ready) need neither an address nor a key:
         # they show no connector detail. Everything else, admin included, is guarded.
-        # So do a browser's authorization steps on the machine itself (a browser cannot send
-        # a client key); from elsewhere, `clients` decides.
-        exempt = self.admin.is_probe(request.raw_path) or self.admin.is_consent(request.raw_path)
-        probe = exempt and self.access.peer_is_loopback(request)
+        probe = self.admin.is_probe(request.raw_path) and self.access.peer_is_loopback(request)
         if not probe:
             self.access.check_peer(request)
             self.access.check_key(request)

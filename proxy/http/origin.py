@@ -20,6 +20,7 @@ import ipaddress
 import re
 
 from aiohttp import hdrs, web
+from yarl import URL
 
 from proxy.config.models import Settings
 from proxy.errors import BadRequestError, ForbiddenError, MisdirectedRequestError
@@ -51,6 +52,9 @@ class BrowserGuard:
         names = {"localhost", _hostname(listen.host), *map(_hostname, listen.allowed_hosts)}
         for connector in settings.connectors.values():
             names.update(_hostname(host) for host in connector.hosts)
+            redirect_uri = getattr(connector.auth, "redirect_uri", None)
+            if redirect_uri is not None:  # this proxy's public name, where consents return
+                names.add((URL(redirect_uri).host or "").lower())
         self._names = frozenset(names)
         self._origins = frozenset(listen.allowed_origins)
 

@@ -19,7 +19,6 @@ from proxy.tokens.endpoint import TokenSender, json_payload
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.model import Authorized, Clock
 from proxy.tokens.oauth2 import OAuth2Grant
-from proxy.tokens.userinfo import who_authorized
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +97,5 @@ async def authorize_device(
             if exc.oauth_error == "access_denied":
                 raise TokenEndpointError("the authorization was denied") from None
             raise
-        account = await who_authorized(grant, send, issued.access_token)
-        return Authorized(issued, refresh_token, started, account)
+        return Authorized(issued, refresh_token, started, bearer=issued.access_token)
     raise TokenEndpointError("the user code expired before it was approved")

@@ -34,6 +34,8 @@ class ProviderMetadata:
     endpoints: dict[str, str]
     """Our field names (``token_url``, ...) to the provider's URLs."""
     client_auth_methods: tuple[str, ...]
+    names_issuer_in_callbacks: bool = False
+    """RFC 9207: its authorization answers carry ``iss``; one without it is refused."""
 
     @classmethod
     def read(cls, payload: dict[str, Any], expected_issuer: str) -> ProviderMetadata:
@@ -57,7 +59,8 @@ class ProviderMetadata:
         supported = (
             tuple(m for m in methods if isinstance(m, str)) if isinstance(methods, list) else ()
         )
-        return cls(issuer, endpoints, supported or ("client_secret_basic",))
+        iss_promised = payload.get("authorization_response_iss_parameter_supported") is True
+        return cls(issuer, endpoints, supported or ("client_secret_basic",), iss_promised)
 
 
 async def discover(issuer: str, send: TokenSender) -> ProviderMetadata:

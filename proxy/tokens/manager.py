@@ -27,7 +27,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from proxy.auth.base import Authenticator, Credential, credential_for
@@ -172,30 +172,41 @@ class TokenManager(Authenticator):
         return self._grant
 
     async def authorize(self, flow: InteractiveFlow) -> Authorized:
-        """Run one interactive authorization (a device code, a browser's code) and install
-        what it yields; raises TokenEndpointError."""
+        """Run one interactive authorization (a device code, a browser's code), install
+        what it yields, then ask the provider who authorized; raises TokenEndpointError."""
         from proxy.tokens.oauth2 import OAuth2Grant
+        from proxy.tokens.userinfo import who_authorized
 
         grant = self._grant
         if not (isinstance(grant, OAuth2Grant) and self.config.interactive):
             raise TokenEndpointError("this connector has no interactive grant to run")
         authorized = await flow(grant, self._send, self._clock)
-        await self.install(authorized)
-        return authorized
+        await self.install(authorized)  # durable before the new access token is used at all
+        account = await who_authorized(grant, self._send, authorized.bearer)
+        if account is not None:
+            self._account = account
+            if self._shared is not None:
+                await self._shared.remember_account(account, self._deadline or 30.0)
+        logger.info("connector %s: authorized%s", self.connector, _as(account))
+        return replace(authorized, account=account)
 
     async def install(self, authorized: Authorized) -> None:
         """Take what an interactive authorization obtained: persisted first (with the
-        store), then used."""
-        if authorized.refresh_token is not None:
-            self._keep_refresh_token(authorized.refresh_token)
-        self._account = authorized.account
+        store), then used. It replaces the earlier authorization whole: without a refresh
+        token of its own, none is kept (an older one may be another account's)."""
+        self._refresh_token = None
+        self._keep_refresh_token(authorized.refresh_token)
+        self._account = None
         self._failures = 0  # not a recovery of the provider: a person authorized
         issued, at = authorized.issued, authorized.issued_at
         if self._shared is not None:
-            wait = self._deadline or 30.0
-            await self._shared.install(issued, at, self._refresh_token, wait, authorized.account)
+            try:
+                await self._shared.install(issued, at, self._refresh_token, self._deadline or 30.0)
+            except TimeoutError:
+                raise TokenEndpointError(
+                    "the token store stayed busy (another process renews this connector)"
+                ) from None
         self._publish(Obtained(issued, at, "token endpoint", self._refresh_token))
-        logger.info("connector %s: authorized%s", self.connector, _as(authorized.account))
 
     def how_to_authorize(self) -> str:
         """What a person does to authorize this connector (named in errors and status)."""

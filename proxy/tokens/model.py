@@ -132,6 +132,8 @@ class Authorized:
     refresh_token: str | None = field(repr=False)
     issued_at: float
     """On the monotonic clock, as the token manager counts lifetimes."""
+    bearer: str | None = field(default=None, repr=False)
+    """The answer's access token, for asking the userinfo endpoint who authorized."""
     account: str | None = None
     """Who authorized, as the provider's userinfo names them (None: not known)."""
 

@@ -149,8 +149,13 @@ class OAuth2Grant:
 
     @property
     def issuer(self) -> str | None:
-        """The discovered issuer (RFC 9207 checks a callback's ``iss`` against it)."""
+        """The issuer a callback's ``iss`` must name (RFC 9207): the discovered one."""
         return None if self._metadata is None else self._metadata.issuer
+
+    @property
+    def issuer_in_callbacks(self) -> bool:
+        """The provider promises ``iss`` in every authorization answer (RFC 9207 §3)."""
+        return self._metadata is not None and self._metadata.names_issuer_in_callbacks
 
     def code_request(
         self, code: str, redirect_uri: str, verifier: str | None, current: RequestContext

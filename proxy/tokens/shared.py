@@ -18,8 +18,9 @@ its single flight:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from proxy.errors import TokenEndpointError
@@ -160,21 +161,31 @@ class SharedToken:
         )
 
     async def install(
-        self,
-        issued: IssuedToken,
-        issued_at: float,
-        refresh_token: str | None,
-        wait: float,
-        account: str | None = None,
+        self, issued: IssuedToken, issued_at: float, refresh_token: str | None, wait: float
     ) -> None:
         """Save what an interactive authorization obtained, under the lease, so a renewal
         under way in another process cannot write its older state over it afterwards."""
+        async with self._holding_lease(wait):
+            self.account = None  # a new authorization: whose it is, userinfo says next
+            await self.save(issued, issued_at, refresh_token)
+
+    async def remember_account(self, account: str, wait: float) -> None:
+        """Note who authorized the state stored now (after :meth:`install`)."""
+        async with self._holding_lease(wait):
+            record = await self.read()
+            self.account = account
+            if record is not None:
+                now = self._clock.wall()
+                await self._persist(replace(record, account=account, written_wall=now))
+
+    @contextlib.asynccontextmanager
+    async def _holding_lease(self, wait: float) -> AsyncIterator[None]:
+        """The key's lease, waited for up to ``wait`` seconds (TimeoutError after)."""
         async with asyncio.timeout(wait):
             while (lease := await self.store.try_lease(self.key)) is None:  # noqa: ASYNC110 - another process holds it
                 await asyncio.sleep(POLL_INTERVAL)
         try:
-            self.account = account
-            await self.save(issued, issued_at, refresh_token)
+            yield
         finally:
             await lease.release()
 

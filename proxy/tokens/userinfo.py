@@ -22,10 +22,12 @@ _DEFAULT_PATHS = tuple(parse_path(name) for name in DEFAULT_ACCOUNT_FIELDS)
 _MAX_SHOWN = 200
 
 
-async def who_authorized(grant: OAuth2Grant, send: TokenSender, access_token: Any) -> str | None:
+async def who_authorized(
+    grant: OAuth2Grant, send: TokenSender, access_token: str | None
+) -> str | None:
     """The account the userinfo endpoint names for ``access_token``, or None."""
     url = grant.userinfo_endpoint()
-    if url is None or not isinstance(access_token, str):
+    if url is None or access_token is None:
         return None
     request = TokenRequest(
         url,
