@@ -22,7 +22,7 @@ from proxy import __version__
 from proxy.config.loader import LoadedConfig, load_settings
 from proxy.config.models import ConnectorConfig, Settings
 from proxy.errors import ConfigError, ProxyError
-from proxy.logs import configure_logging
+from proxy.logs import LOG_FORMAT_ENV, configure_logging
 from proxy.secrets.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 
 if TYPE_CHECKING:
@@ -53,6 +53,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="worker processes sharing the port (default 1)"
     )
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    run.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        help=f"default: ${LOG_FORMAT_ENV}, else text on a terminal and JSON otherwise",
+    )
 
     check = commands.add_parser("check", help="validate the config and exit 0 (valid) or 1")
     check.add_argument("-c", "--config", help=config_help)
@@ -160,7 +165,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from proxy.http.server import serve
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     listen = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     path = _config_path(args.config)
     loaded = _load(path, {"listen": listen} if listen else None)

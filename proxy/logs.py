@@ -1,5 +1,11 @@
 """Logging set-up and the access log.
 
+Two formats: ``text`` (a terminal's lines) and ``json`` (one object a line: ``ts``, ``level``,
+``logger``, ``msg``, and the fields a record carries: a request's ``request_id``,
+``connector``, ``client``, ``method``, ``path``, ``status``, ``duration_ms``, ``upstream_ms``,
+``bytes``; a token event's ``connector``, ``event`` and ``error``). Every record is scrubbed
+by the one redaction mechanism (:mod:`proxy.secrets.redaction`), its fields too.
+
 The access log never records a query string (it may carry a token, RFC 6750 §2.3) nor any
 header. aiohttp's own parser-error records quote the offending request bytes, which may hold
 a client's credential; they are reduced to the error class.
@@ -8,28 +14,41 @@ a client's credential; they are reduced to the error class.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
+from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from proxy.secrets import redaction
+from proxy.secrets.redaction import REDACTOR
 
 ACCESS_LOGGER = "tokenproxy.access"
+
+LOG_FORMAT_ENV = "TOKENPROXY_LOG_FORMAT"
 
 # What the request path tells the access log.
 connector_key = web.RequestKey("connector", str)
 aborted_key = web.RequestKey("aborted", bool)
+request_id_key = web.RequestKey("request_id", str)
+upstream_ms_key = web.RequestKey("upstream_ms", float)
 
 
 class AccessLogger(AbstractAccessLogger):
-    """``peer "METHOD /path HTTP/1.1" status bytes duration connector=name``."""
+    """``peer "METHOD /path HTTP/1.1" status bytes duration connector=name id=request-id``,
+    with the same facts as fields for the JSON format."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
         version = request.version
+        connector = request.get(connector_key)
+        request_id = request.get(request_id_key)
+        duration_ms = round(time * 1000, 2)
         self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.1fms connector=%s%s',
+            '%s "%s %s HTTP/%d.%d" %d %d %.1fms connector=%s id=%s%s',
             request.remote,
             request.method,
             path,
@@ -37,9 +56,21 @@ class AccessLogger(AbstractAccessLogger):
             version.minor,
             response.status,
             response.body_length,
-            time * 1000,
-            request.get(connector_key, "-"),
+            duration_ms,
+            connector or "-",
+            request_id or "-",
             " aborted" if request.get(aborted_key) else "",
+            extra={
+                "request_id": request_id,
+                "connector": connector,
+                "client": request.remote,
+                "method": request.method,
+                "path": path,
+                "status": response.status,
+                "duration_ms": duration_ms,
+                "upstream_ms": request.get(upstream_ms_key),
+                "bytes": response.body_length,
+            },
         )
 
     @property
@@ -71,9 +102,60 @@ class ParserErrorFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "info") -> None:
+_FIELDS = (
+    "request_id",
+    "connector",
+    "client",
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "upstream_ms",
+    "bytes",
+    "event",
+    "error",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line; message and traceback were scrubbed when the record was made,
+    string fields are scrubbed here (they are attached after that)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = record.created
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + f".{int(seconds % 1 * 1000):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = record.__dict__
+        for name in _FIELDS:
+            value = fields.get(name)
+            if value is not None:
+                entry[name] = REDACTOR.scrub(value) if isinstance(value, str) else value
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return orjson.dumps(entry).decode()
+
+
+def log_format(requested: str | None) -> str:
+    """``--log-format``, else ``$TOKENPROXY_LOG_FORMAT``, else text on a terminal, JSON
+    otherwise (a container's log collector)."""
+    chosen = requested or os.environ.get(LOG_FORMAT_ENV)
+    if chosen in ("json", "text"):
+        return chosen
+    return "text" if sys.stderr.isatty() else "json"
+
+
+def configure_logging(level: str = "info", fmt: str | None = "text") -> None:
+    """``fmt``: ``text``, ``json``, or None to choose (:func:`log_format`)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format(fmt) == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

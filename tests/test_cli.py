@@ -118,6 +118,7 @@ async def running(
 
     ``drain``: read (and drop) the rest of its output meanwhile, so heavy traffic cannot fill
     the pipe and stall its logging; at the end, SIGTERM it (its workers too) and wait.
+    Logs are text (a pipe would get JSON) unless ``env`` says otherwise.
     """
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -126,7 +127,7 @@ async def running(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=env,
+        env={**os.environ, "TOKENPROXY_LOG_FORMAT": "text", **(env or {})},
     )
     assert process.stdout is not None
     output = ""

@@ -142,7 +142,9 @@ async def test_request_headers_are_filtered_before_the_credential_is_injected(
     finally:
         writer.close()
     names = [name.lower() for name, _ in upstream.last["headers"]]
-    assert sorted(names) == ["authorization", "cookie", "host", "user-agent", "x-kept", "x-kept"]
+    assert sorted(names) == [
+        "authorization", "cookie", "host", "user-agent", "x-kept", "x-kept", "x-request-id"
+    ]  # fmt: skip
     assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
     assert upstream.header_values("X-Kept") == ["one", "two"]
 

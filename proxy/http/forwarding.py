@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
 
@@ -33,7 +34,8 @@ from proxy.egress.failures import classify
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
 from proxy.http.body import RequestBody
 from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
-from proxy.logs import aborted_key
+from proxy.http.requestid import HEADER as REQUEST_ID
+from proxy.logs import aborted_key, request_id_key, upstream_ms_key
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ async def forward(
 ) -> web.StreamResponse:
     auth = connector.authenticator
     headers = filter_headers(request.headers, REQUEST_DROPPED)
+    headers[REQUEST_ID] = request[request_id_key]  # the client's, or the one made for it
     source: RequestBody | None = None
     body: Body = None
     if request.body_exists:
@@ -105,9 +108,10 @@ async def _send(
     if credential is not None:
         query = credential.apply(headers, query)
     egress = connector.upstream
+    started = time.perf_counter()
     with map_client_errors(connector, source):
         async with egress.read_deadline():  # the response headers, in time
-            return await egress.session.request(
+            upstream = await egress.session.request(
                 request.method,
                 connector.upstream_url(rest, query),
                 headers=headers,
@@ -116,6 +120,8 @@ async def _send(
                 timeout=egress.timeout,
                 **egress.options,
             )
+    request[upstream_ms_key] = round((time.perf_counter() - started) * 1000, 2)
+    return upstream
 
 
 async def _relay(
@@ -124,6 +130,7 @@ async def _relay(
     if upstream.status == 101:
         raise UpstreamError("the upstream tried to switch protocols", connector=connector.name)
     headers = filter_headers(upstream.headers, RESPONSE_DROPPED)
+    headers[REQUEST_ID] = request[request_id_key]
     content = upstream.content
     response: web.StreamResponse
     if content.is_eof() and request.method != hdrs.METH_HEAD:

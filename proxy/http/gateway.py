@@ -34,6 +34,8 @@ from proxy.errors import (
 from proxy.http.access import ClientAccess
 from proxy.http.forwarding import abort_client, forward
 from proxy.http.origin import BrowserGuard
+from proxy.http.requestid import HEADER as REQUEST_ID
+from proxy.http.requestid import take_request_id
 from proxy.http.target import check_method, parse_target
 from proxy.logs import connector_key
 from proxy.runtime import Runtime
@@ -69,12 +71,17 @@ class Gateway:
         self.admin = AdminApi(settings.admin, runtime)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        request_id = take_request_id(request)
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
+            if not response.prepared:  # a streamed answer carries it already
+                response.headers[REQUEST_ID] = request_id
+            return response
         except ProxyError as exc:
             if exc.connector is None:  # the one place an error learns its connector
                 exc.connector = request.get(connector_key)
             response = error_response(exc)
+            response.headers[REQUEST_ID] = request_id
             if not exc.linger:
                 await response.prepare(request)
                 await response.write_eof()
@@ -86,7 +93,9 @@ class Gateway:
             if request.writer.output_size > 0:
                 abort_client(request)  # a response is half-sent: it must not look complete
             internal = ProxyError("internal error", connector=request.get(connector_key))
-            return error_response(internal)
+            response = error_response(internal)
+            response.headers[REQUEST_ID] = request_id
+            return response
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.version not in (HttpVersion11, HttpVersion10):

@@ -136,7 +136,7 @@ class TokenManager(Authenticator):
                 return None  # forced refreshes are rate-limited: a 401 loop cannot hammer
             self._last_forced = now
             self._held = None
-            logger.info("connector %s: upstream rejected the token; renewing it", self.connector)
+            self._event(logging.INFO, "token_rejected", "upstream rejected the token; renewing it")
             if self._shared is not None:  # the fleet renews it once, not once per process
                 await self._shared.invalidate(held.token.value)
         try:
@@ -187,7 +187,7 @@ class TokenManager(Authenticator):
             self._account = account
             if self._shared is not None:
                 await self._shared.remember_account(account, self._deadline or 30.0)
-        logger.info("connector %s: authorized%s", self.connector, _as(account))
+        self._event(logging.INFO, "authorized", "authorized%s", _as(account))
         return replace(authorized, account=account)
 
     async def install(self, authorized: Authorized) -> None:
@@ -337,10 +337,12 @@ class TokenManager(Authenticator):
                 if not grant.refresh_rejected(exc):
                     raise
                 self._refresh_token = None
-                logger.warning(
-                    "connector %s: renewal failed (%s); the refresh token was dropped",
-                    self.connector,
+                self._event(
+                    logging.WARNING,
+                    "refresh_token_rejected",
+                    "renewal failed (%s); the refresh token was dropped",
                     exc.oauth_error or exc.message,
+                    error=exc.oauth_error,
                 )
         if not grant.has_primary_grant:
             self._needs_refresh_token = True
@@ -418,14 +420,38 @@ class TokenManager(Authenticator):
             self.config.refresh_margin,
             obtained.source,
         )
+        renewed = self._held is not None
         self._held = _Held(token, credential_for(token.value, self.config))
         self._last_access_token = token.value
+        if obtained.source == "store":
+            self._event(logging.DEBUG, "token_adopted", "took the token in the token store")
+        else:
+            self._event(
+                logging.INFO,
+                "token_renewed" if renewed else "token_fetched",
+                "%s a token valid for %ds",
+                "renewed" if renewed else "obtained",
+                issued.lifetime,
+            )
         if self._failures:
-            logger.info("connector %s: token endpoint recovered", self.connector)
+            self._event(logging.INFO, "token_recovered", "token endpoint recovered")
         self._failures = 0
         self._retry_at = 0.0
         self.stats.last_error = None
         return token
+
+    def _event(
+        self, level: int, event: str, message: str, *args: Any, error: str | None = None
+    ) -> None:
+        """A token lifecycle event: ``connector NAME: message``, with the connector, the
+        event's name and the RFC 6749 error code as fields (JSON logs)."""
+        logger.log(
+            level,
+            "connector %s: " + message,
+            self.connector,
+            *args,
+            extra={"connector": self.connector, "event": event, "error": error},
+        )
 
     def _record_failure(self, exc: TokenEndpointError) -> None:
         self._failures += 1
@@ -441,12 +467,14 @@ class TokenManager(Authenticator):
         if exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, policy.backoff_max))
         self._retry_at = self._clock.monotonic() + delay
-        log = logger.warning if self._failures == 1 else logger.debug
-        log(
-            "connector %s: cannot obtain a token: %s; next try in %.1fs",
-            self.connector,
+        event = "needs_authorization" if isinstance(exc, AuthorizationNeededError) else ""
+        self._event(
+            logging.WARNING if self._failures == 1 else logging.DEBUG,
+            event or "token_failed",
+            "cannot obtain a token: %s; backing off, next try in %.1fs",
             exc.message,
             delay,
+            error=exc.oauth_error or exc.code,
         )
 
     def _unavailable(self, now: float) -> TokenUnavailableError:
