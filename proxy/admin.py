@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ from proxy.errors import (
     RouteNotFoundError,
 )
 from proxy.logs import connector_key
+from proxy.metrics.exposition import CONTENT_TYPE, connector_state, render
+from proxy.metrics.registry import METRICS, Metrics
 from proxy.runtime import Runtime
 from proxy.tokens.model import Phase
 
@@ -83,10 +86,12 @@ class AdminApi:
         self._connectors = runtime.connectors
         self._store = runtime.store
         self._consent = ConsentEndpoints(runtime)
+        self._runtime = runtime
         self._endpoints: dict[str, Endpoint] = {
             "/health": self._health,
             "/ready": self._ready,
             "/connectors": self._list_connectors,
+            "/metrics": self._metrics,
         }
 
     def is_probe(self, raw_path: str) -> bool:
@@ -161,6 +166,28 @@ class AdminApi:
         request[connector_key] = name  # errors and the access log name it
         await connector.authenticator.refresh()
         return json_response(describe_connector(connector))
+
+    async def _metrics(self) -> web.StreamResponse:
+        """This worker's counters and state, and every other worker's (``--workers``)."""
+        state = connector_state(
+            {c.name: c.authenticator.describe() for c in self._connectors.values()}, time.time()
+        )
+        store_up = None if self._store is None else self._store.health() == "ok"
+        merged, states, reachable = Metrics(), [state], [store_up]
+        merged.add(METRICS.dump())
+        snapshots = self._runtime.snapshots
+        for other in snapshots.others() if snapshots is not None else ():
+            merged.add(other.counters)
+            if other.state is None:  # a worker that is gone: its gauges went with it
+                merged.in_flight -= other.counters.get("in_flight", 0)
+            else:
+                states.append(other.state)
+                reachable.append(other.store_up)
+        store = None
+        if self._store is not None:
+            store = (self._store.backend, all(up is not False for up in reachable))
+        body = render(merged, states, store)
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
     async def _list_connectors(self) -> web.StreamResponse:
         return json_response(

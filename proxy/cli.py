@@ -11,6 +11,7 @@ import functools
 import getpass
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Sequence
@@ -186,12 +187,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from proxy.workers import run_workers
 
+    # Where the workers' metrics meet, so that one scrape covers them all.
+    metrics_dir = Path(tempfile.mkdtemp(prefix="tokenproxy-metrics-"))
+
     def worker(settings: Settings) -> int:
         # The plan's port is the one the parent reserved; the rest is the same build.
-        _run_async(lambda: serve(settings, reuse_port=True, plan=replace(plan, settings=settings)))
+        built = replace(plan, settings=settings)
+        _run_async(lambda: serve(settings, reuse_port=True, plan=built, metrics_dir=metrics_dir))
         return 0
 
-    return run_workers(loaded.settings, args.workers, worker)
+    try:
+        return run_workers(loaded.settings, args.workers, worker)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def mask(value: str) -> str:

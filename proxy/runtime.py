@@ -24,6 +24,7 @@ from proxy.egress.deadlines import Deadlines
 from proxy.errors import ConfigError
 from proxy.http.routing import Match, RouteTable
 from proxy.http.target import Target
+from proxy.metrics.workers import WorkerSnapshots
 from proxy.store.base import TokenStore
 from proxy.store.factory import open_store, store_problems
 from proxy.tokens.model import Clock
@@ -71,6 +72,8 @@ class Runtime:
         self.connectors = connectors
         self.store = store
         self.site = site or ConsentSite(settings)
+        self.snapshots: WorkerSnapshots | None = None
+        """With ``--workers``: the other workers' metrics (set by the server)."""
         self._table: RouteTable[Connector] = RouteTable(
             routes=[(c.config.route, c) for c in connectors.values() if c.config.route is not None],
             hosts=[(host, c) for c in connectors.values() for host in c.config.hosts],

@@ -36,6 +36,7 @@ from proxy.http.body import RequestBody
 from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.http.requestid import HEADER as REQUEST_ID
 from proxy.logs import aborted_key, request_id_key, upstream_ms_key
+from proxy.metrics.registry import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,9 @@ async def _send(
                 timeout=egress.timeout,
                 **egress.options,
             )
-    request[upstream_ms_key] = round((time.perf_counter() - started) * 1000, 2)
+    elapsed = time.perf_counter() - started
+    METRICS.upstream_seconds[connector.name].observe(elapsed)
+    request[upstream_ms_key] = round(elapsed * 1000, 2)
     return upstream
 
 

@@ -16,6 +16,7 @@ Every :class:`~proxy.errors.ProxyError` becomes the contract's JSON error with a
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 from aiohttp import hdrs, web
@@ -38,6 +39,7 @@ from proxy.http.requestid import HEADER as REQUEST_ID
 from proxy.http.requestid import take_request_id
 from proxy.http.target import check_method, parse_target
 from proxy.logs import connector_key
+from proxy.metrics.registry import METRICS
 from proxy.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,19 @@ class Gateway:
         self.admin = AdminApi(settings.admin, runtime)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        METRICS.in_flight += 1
+        status = 500
+        try:
+            response = await self._answer(request)
+            status = response.status
+            return response
+        finally:
+            METRICS.in_flight -= 1
+            elapsed = time.perf_counter() - started
+            METRICS.request_done(request.get(connector_key, ""), status, elapsed)
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = take_request_id(request)
         try:
             response = await self._handle(request)

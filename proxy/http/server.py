@@ -12,8 +12,10 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import aiohttp.http_parser
@@ -26,6 +28,8 @@ from proxy.connectors import Connector
 from proxy.errors import BadRequestError, ProxyError
 from proxy.http.gateway import Gateway, error_response
 from proxy.logs import ACCESS_LOGGER, AccessLogger
+from proxy.metrics.exposition import StateOf, connector_state
+from proxy.metrics.workers import WorkerSnapshots
 from proxy.runtime import Plan, Runtime, open_runtime, prepare
 from proxy.tokens.model import Clock
 
@@ -107,11 +111,14 @@ class ProxyServer:
         *,
         reuse_port: bool = False,
         plan: Plan | None = None,
+        metrics_dir: Path | None = None,
     ) -> None:
+        """``metrics_dir``: with ``--workers``, where the workers' metrics meet."""
         self.settings = settings
         self._clock = clock
         self._reuse_port = reuse_port
         self._plan = plan
+        self._metrics_dir = metrics_dir
         self.port: int | None = None
         self.addresses: list[Any] = []
         self.runtime: Runtime | None = None
@@ -142,6 +149,8 @@ class ProxyServer:
             plan.site.bound(self.port)
             self._http = runner.server
             stack.push_async_callback(self._warm_up(runtime))
+            if self._metrics_dir is not None:
+                stack.push_async_callback(self._share_metrics(runtime, self._metrics_dir))
             self.addresses = runner.addresses
             self.runtime, self._stack = runtime, stack.pop_all()  # stop() closes it all
 
@@ -194,6 +203,26 @@ class ProxyServer:
 
         return cancel
 
+    @staticmethod
+    def _share_metrics(runtime: Runtime, directory: Path) -> Callable[[], Awaitable[None]]:
+        """Write this worker's metrics for the others every second; returns what stops it."""
+        snapshots = runtime.snapshots = WorkerSnapshots(directory)
+
+        def state() -> tuple[StateOf, bool | None]:
+            described = {c.name: c.authenticator.describe() for c in runtime.connectors.values()}
+            store = runtime.store
+            return connector_state(described, time.time()), (
+                None if store is None else store.health() == "ok"
+            )
+
+        task = asyncio.get_running_loop().create_task(snapshots.keep_writing(state))
+
+        async def cancel() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        return cancel
+
     async def stop(self) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:
@@ -214,6 +243,7 @@ async def serve(
     *,
     reuse_port: bool = False,
     plan: Plan | None = None,
+    metrics_dir: Path | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and close."""
     warning = http_parser_warning()
@@ -221,7 +251,7 @@ async def serve(
         logger.warning("%s", warning)
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
-    server = ProxyServer(settings, reuse_port=reuse_port, plan=plan)
+    server = ProxyServer(settings, reuse_port=reuse_port, plan=plan, metrics_dir=metrics_dir)
     await server.start()
     logger.info(
         "tokenproxy listening on http://%s:%s with %d connector(s) (pid %d)",

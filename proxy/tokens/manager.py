@@ -26,6 +26,7 @@ import asyncio
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from proxy.errors import (
     TokenEndpointTimeoutError,
     TokenUnavailableError,
 )
+from proxy.metrics.registry import METRICS
 from proxy.secrets.redaction import REDACTOR
 from proxy.store.records import TokenRecord
 from proxy.tokens.endpoint import TokenRequest, TokenSender, provider_now
@@ -100,6 +102,9 @@ class TokenManager(Authenticator):
         self._shared = shared
         self._account: str | None = None  # without a store; else the store's record says
         self.stats = TokenStats()
+        self._hit, self._miss = (connector, "hit"), (connector, "miss")  # metric keys, made once
+        self._success, self._failure = (connector, "success"), (connector, "failure")
+        self._sent = 0  # token requests sent, in all
 
     # -- the Authenticator protocol ------------------------------------------------------
 
@@ -108,7 +113,9 @@ class TokenManager(Authenticator):
         held = self._held
         phase = held.token.phase(now) if held is not None else Phase.EXPIRED
         if phase is Phase.FRESH and held is not None:
+            METRICS.cache[self._hit] += 1
             return held.credential  # the hot path: nothing awaited
+        METRICS.cache[self._miss] += 1
         backing_off = now < self._retry_at
         if held is not None and (
             phase is Phase.RENEWABLE or (phase is Phase.STALE and backing_off)
@@ -297,13 +304,15 @@ class TokenManager(Authenticator):
         if self._shared is None:
             issued, issued_at = await self._request(None)
             return Obtained(issued, issued_at, "token endpoint", self._refresh_token)
-        return await self._shared.obtain(
+        obtained = await self._shared.obtain(
             self._request,
             lambda: self._refresh_token,
             margin=self.config.refresh_margin,
             holding=self._held is not None,
             force=force,
         )
+        METRICS.store[self._hit if obtained.source == "store" else self._miss] += 1
+        return obtained
 
     async def _request(self, stored: TokenRecord | None) -> tuple[IssuedToken, float]:
         """One token request (with retries); the token and its issue time on our clock.
@@ -319,7 +328,12 @@ class TokenManager(Authenticator):
         # second of expires_in can be gone already. Never later than the provider's clock.
         issued_at = self._clock.monotonic() - self._clock.wall() % 1
         self.stats.fetches += 1
-        return await self._obtain(), issued_at
+        started, sent = time.perf_counter(), self._sent
+        try:
+            return await self._obtain(), issued_at
+        finally:
+            if self._sent > sent:  # not when nothing could be asked (no refresh token)
+                METRICS.token_seconds[self.connector].observe(time.perf_counter() - started)
 
     def _context(self) -> RequestContext:
         return RequestContext(self._last_access_token, self._refresh_token, self._clock.wall())
@@ -374,14 +388,18 @@ class TokenManager(Authenticator):
         request: TokenRequest | None = first
         for attempt in range(1, policy.attempts + 1):
             assert request is not None
+            self._sent += 1
             try:
                 response = await self._send(request)
                 self._keep_refresh_token(
                     self._grant.refresh_token_in(response, refreshing=refreshing)
                 )
                 provider_wall = provider_now(response, self._clock.wall())
-                return self._grant.read(response, refreshing=refreshing, now_wall=provider_wall)
+                issued = self._grant.read(response, refreshing=refreshing, now_wall=provider_wall)
+                METRICS.token_requests[self._success] += 1
+                return issued
             except TokenEndpointError as exc:
+                METRICS.token_requests[self._failure] += 1
                 if not exc.retryable or attempt == policy.attempts:
                     raise
                 delay = exc.retry_after
