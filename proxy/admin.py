@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import hdrs, web
@@ -37,6 +37,9 @@ from proxy.metrics.exposition import CONTENT_TYPE, connector_state, render
 from proxy.metrics.registry import METRICS, Metrics
 from proxy.runtime import Runtime
 from proxy.tokens.model import Phase
+
+if TYPE_CHECKING:
+    from proxy.http.reload import Reload
 
 Endpoint = Callable[[], Awaitable[web.StreamResponse]]
 _REFRESH = re.compile(r"/connectors/([A-Za-z0-9_-]+)/refresh")
@@ -80,7 +83,9 @@ def describe_connector(connector: Connector) -> dict[str, Any]:
 
 
 class AdminApi:
-    def __init__(self, config: AdminConfig, runtime: Runtime) -> None:
+    def __init__(self, config: AdminConfig, runtime: Runtime, reload: Reload | None = None) -> None:
+        """``reload``: what ``POST /reload`` runs (None: not offered)."""
+        self._reload = reload
         self.prefix = config.prefix
         self._token = None if config.token is None else config.token.get_secret_value().encode()
         self._connectors = runtime.connectors
@@ -112,6 +117,8 @@ class AdminApi:
         subpath = path[len(self.prefix) :]
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
             self._authorize(request)
+            if subpath == "/reload" and request.method == hdrs.METH_POST:
+                return await self._reload_config()
             refresh = _REFRESH.fullmatch(subpath)
             if refresh is None or request.method != hdrs.METH_POST:
                 raise MethodNotAllowedError(f"{request.method} is not supported here")
@@ -146,6 +153,8 @@ class AdminApi:
             if c.config.warmup and c.authenticator.phase() is Phase.EXPIRED
         ]
         store = self._describe_store()
+        if self._runtime.draining:
+            return json_response({"status": "draining", "connectors": states, **store}, status=503)
         if waiting:
             return json_response(
                 {"status": "not_ready", "waiting_for": waiting, "connectors": states, **store},
@@ -188,6 +197,13 @@ class AdminApi:
             store = (self._store.backend, all(up is not False for up in reachable))
         body = render(merged, states, store)
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
+
+    async def _reload_config(self) -> web.StreamResponse:
+        """Like SIGHUP: 200 with what was kept, or 400 with every problem (nothing changed)."""
+        if self._reload is None:
+            raise RouteNotFoundError("this proxy was not started from a config file")
+        outcome = await self._reload()
+        return json_response(outcome.as_json(), status=200 if outcome.ok else 400)
 
     async def _list_connectors(self) -> web.StreamResponse:
         return json_response(

@@ -182,18 +182,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if isinstance(plan, ConfigError):
         _print_problems(path, plan)
         return 2
+
+    def load() -> Settings:
+        """The file again, for a reload (raises ConfigError)."""
+        again = load_settings(path, {"listen": listen} if listen else None)
+        for warning in again.warnings:
+            logging.getLogger("proxy.config").warning("%s", warning)
+        return again.settings
+
     if args.workers == 1:
-        _run_async(lambda: serve(loaded.settings, plan=plan))
+        _run_async(lambda: serve(loaded.settings, plan=plan, load=load))
         return 0
-    from proxy.workers import run_workers
+    from proxy.workers import RELOAD_ALL, run_workers
 
     # Where the workers' metrics meet, so that one scrape covers them all.
     metrics_dir = Path(tempfile.mkdtemp(prefix="tokenproxy-metrics-"))
 
+    def reload_all() -> None:
+        os.kill(os.getppid(), RELOAD_ALL)  # the parent sends SIGHUP to every worker
+
     def worker(settings: Settings) -> int:
         # The plan's port is the one the parent reserved; the rest is the same build.
         built = replace(plan, settings=settings)
-        _run_async(lambda: serve(settings, reuse_port=True, plan=built, metrics_dir=metrics_dir))
+        _run_async(
+            lambda: serve(
+                settings,
+                reuse_port=True,
+                plan=built,
+                metrics_dir=metrics_dir,
+                load=load,
+                reload_all=reload_all,
+            )
+        )
         return 0
 
     try:

@@ -74,6 +74,8 @@ class Runtime:
         self.site = site or ConsentSite(settings)
         self.snapshots: WorkerSnapshots | None = None
         """With ``--workers``: the other workers' metrics (set by the server)."""
+        self.draining = False
+        """Stopping: ``/ready`` answers 503 so that load balancers stop sending."""
         self._table: RouteTable[Connector] = RouteTable(
             routes=[(c.config.route, c) for c in connectors.values() if c.config.route is not None],
             hosts=[(host, c) for c in connectors.values() for host in c.config.hosts],

@@ -20,6 +20,9 @@ from proxy.config.models import Settings
 
 logger = logging.getLogger(__name__)
 
+RELOAD_ALL = signal.SIGUSR1
+"""What a worker sends its parent to have every worker reload."""
+
 
 def reserve_port(settings: Settings) -> tuple[socket.socket, Settings]:
     """A bound, not listening, SO_REUSEPORT socket; the settings with its actual port."""
@@ -40,7 +43,7 @@ def run_workers(settings: Settings, workers: int, serve: Callable[[Settings], in
         pid = os.fork()
         if pid == 0:  # the worker
             reserved.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, RELOAD_ALL):
                 signal.signal(sig, signal.SIG_DFL)
             os._exit(serve(settings))
         children.add(pid)
@@ -55,8 +58,15 @@ def run_workers(settings: Settings, workers: int, serve: Callable[[Settings], in
             with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(child, signal.SIGTERM)
 
+    def reload_all(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGHUP)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop_all)
+    for sig in (signal.SIGHUP, RELOAD_ALL):
+        signal.signal(sig, reload_all)
     status = 0
     while children:
         pid, code = os.waitpid(-1, 0)

@@ -83,8 +83,9 @@ async def start_proxy(
 
     async def start(config: dict[str, Any], clock: FakeClock | None = None) -> RunningProxy:
         config = {**config, "listen": {"host": "127.0.0.1", "port": 0, **config.get("listen", {})}}
-        settings = load_settings(write_config(config)).settings
-        server = ProxyServer(settings, clock)
+        path = write_config(config)
+        settings = load_settings(path).settings
+        server = ProxyServer(settings, clock, load=lambda: load_settings(path).settings)
         await server.start()
         started.append(server)
         assert server.port is not None

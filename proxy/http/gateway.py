@@ -15,8 +15,10 @@ Every :class:`~proxy.errors.ProxyError` becomes the contract's JSON error with a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import hdrs, web
@@ -42,6 +44,9 @@ from proxy.logs import connector_key
 from proxy.metrics.registry import METRICS
 from proxy.runtime import Runtime
 
+if TYPE_CHECKING:
+    from proxy.http.reload import Reload
+
 logger = logging.getLogger(__name__)
 
 PROXY_NAME = "tokenproxy"
@@ -65,16 +70,28 @@ def error_response(exc: ProxyError) -> web.Response:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+    """The requests of one config (a reload makes a new gateway beside this one)."""
+
+    def __init__(self, settings: Settings, runtime: Runtime, reload: Reload | None = None) -> None:
         self.runtime = runtime
         self.access = ClientAccess(settings.clients)
         self.browsers = BrowserGuard(settings)
         self.max_header_bytes = int(settings.server.max_header_bytes)
-        self.admin = AdminApi(settings.admin, runtime)
+        self.admin = AdminApi(settings.admin, runtime, reload)
+        self.active = 0
+        """Requests being answered by this gateway now."""
+        self._idle = asyncio.Event()
+
+    async def drained(self) -> None:
+        """Return once no request is being answered (a retired gateway's last ones)."""
+        while self.active:
+            self._idle.clear()
+            await self._idle.wait()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         METRICS.in_flight += 1
+        self.active += 1
         status = 500
         try:
             response = await self._answer(request)
@@ -82,6 +99,9 @@ class Gateway:
             return response
         finally:
             METRICS.in_flight -= 1
+            self.active -= 1
+            if not self.active:
+                self._idle.set()
             elapsed = time.perf_counter() - started
             METRICS.request_done(request.get(connector_key, ""), status, elapsed)
 

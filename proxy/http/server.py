@@ -25,12 +25,20 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.config.models import Settings
 from proxy.connectors import Connector
-from proxy.errors import BadRequestError, ProxyError
-from proxy.http.gateway import Gateway, error_response
+from proxy.errors import BadRequestError, ConfigError, ProxyError
+from proxy.http.gateway import error_response
+from proxy.http.reload import (
+    Generation,
+    ReloadOutcome,
+    inherit_tokens,
+    needs_restart,
+    open_generation,
+    retire,
+)
 from proxy.logs import ACCESS_LOGGER, AccessLogger
 from proxy.metrics.exposition import StateOf, connector_state
 from proxy.metrics.workers import WorkerSnapshots
-from proxy.runtime import Plan, Runtime, open_runtime, prepare
+from proxy.runtime import Plan, Runtime, prepare
 from proxy.tokens.model import Clock
 
 logger = logging.getLogger(__name__)
@@ -97,11 +105,14 @@ class _ProxyHTTPServer(web.Server):
 
 
 class ProxyServer:
-    """Start and stop one listening proxy. ``port`` is the bound port (useful with port 0).
+    """Start, reload and stop one listening proxy. ``port`` is the bound port (useful with
+    port 0).
 
     ``start`` is exception-safe: if any step fails (a taken port, say), everything the
     earlier steps opened is closed before the error propagates. ``plan`` is the prepared
-    build (:func:`proxy.runtime.prepare`); without one, ``start`` prepares it.
+    build (:func:`proxy.runtime.prepare`); without one, ``start`` prepares it. ``load``
+    reads the config again for :meth:`reload` (SIGHUP, ``POST /reload``); ``reload_all``,
+    given to a worker of ``--workers``, has the parent reload every worker instead.
     """
 
     def __init__(
@@ -112,18 +123,33 @@ class ProxyServer:
         reuse_port: bool = False,
         plan: Plan | None = None,
         metrics_dir: Path | None = None,
+        load: Callable[[], Settings] | None = None,
+        reload_all: Callable[[], None] | None = None,
     ) -> None:
         """``metrics_dir``: with ``--workers``, where the workers' metrics meet."""
-        self.settings = settings
+        self._initial = settings
         self._clock = clock
         self._reuse_port = reuse_port
         self._plan = plan
         self._metrics_dir = metrics_dir
+        self._load = load
+        self._reload_all = reload_all
         self.port: int | None = None
         self.addresses: list[Any] = []
-        self.runtime: Runtime | None = None
+        self._generation: Generation | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reloading = asyncio.Lock()
         self._stack: AsyncExitStack | None = None
         self._http: web.Server | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The config in force (the last one reloaded)."""
+        return self._generation.plan.settings if self._generation else self._initial
+
+    @property
+    def runtime(self) -> Runtime | None:
+        return self._generation.runtime if self._generation else None
 
     @property
     def client_connections(self) -> int:
@@ -131,16 +157,20 @@ class ProxyServer:
         return 0 if self._http is None else len(self._http.connections)
 
     async def start(self) -> None:
-        plan = self._plan or prepare(self.settings)
+        plan = self._plan or prepare(self._initial)
         async with AsyncExitStack() as stack:
-            runtime = await stack.enter_async_context(open_runtime(plan, self._clock))
-            runner = self._runner(runtime)
+            reload = self.reload if self._load is not None else None
+            generation = await open_generation(plan, self._clock, reload)
+            self._generation = generation
+            stack.callback(setattr, self, "_generation", None)  # last, once all is closed
+            stack.push_async_callback(self._close_generations)
+            runner = self._runner()
             await runner.setup()
-            stack.push_async_callback(runner.cleanup)
+            stack.push_async_callback(runner.cleanup)  # drains in-flight requests first
             site = web.TCPSite(
                 runner,
-                self.settings.listen.host,
-                self.settings.listen.port,
+                plan.settings.listen.host,
+                plan.settings.listen.port,
                 reuse_port=self._reuse_port or None,
                 backlog=1024,
             )
@@ -148,16 +178,79 @@ class ProxyServer:
             self.port = runner.addresses[0][1]
             plan.site.bound(self.port)
             self._http = runner.server
-            stack.push_async_callback(self._warm_up(runtime))
+            generation.stack.push_async_callback(self._warm_up(generation.runtime))
             if self._metrics_dir is not None:
-                stack.push_async_callback(self._share_metrics(runtime, self._metrics_dir))
+                stack.push_async_callback(self._share_metrics(self._metrics_dir))
             self.addresses = runner.addresses
-            self.runtime, self._stack = runtime, stack.pop_all()  # stop() closes it all
+            self._stack = stack.pop_all()  # stop() closes it all
 
-    def _runner(self, runtime: Runtime) -> web.ServerRunner:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        assert self._generation is not None
+        return await self._generation.gateway(request)
+
+    async def reload(self) -> ReloadOutcome:
+        """Read the config again and put it in force (module :mod:`proxy.http.reload`); a
+        worker of ``--workers`` checks it, then has the parent reload every worker."""
+        if self._reload_all is not None:
+            return await self._reload_workers()
+        return await self.reload_self()
+
+    async def reload_self(self) -> ReloadOutcome:
+        """Reload this process."""
+        assert self._load is not None and self._generation is not None
+        async with self._reloading:
+            old = self._generation
+            try:
+                settings, warnings = needs_restart(old.plan.settings, self._load())
+                plan = prepare(settings)
+                new = await open_generation(plan, self._clock, self.reload)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    logger.error("reload refused, the running config stays: %s", problem)
+                return ReloadOutcome(problems=exc.problems)
+            assert self.port is not None
+            plan.site.bound(self.port)
+            kept = inherit_tokens(old.runtime, new.runtime)
+            new.runtime.snapshots = old.runtime.snapshots
+            new.stack.push_async_callback(self._warm_up(new.runtime))
+            self._generation = new  # new requests from now on; the old finish where they are
+            task = asyncio.get_running_loop().create_task(
+                retire(old, old.plan.settings.server.shutdown_timeout)
+            )
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        for warning in warnings:
+            logger.warning("reload: %s", warning)
+        logger.info(
+            "reloaded: %d connector(s); kept the tokens of %s",
+            len(settings.connectors),
+            ", ".join(kept) or "none",
+        )
+        return ReloadOutcome(kept=kept, warnings=warnings)
+
+    async def _reload_workers(self) -> ReloadOutcome:
+        assert self._load is not None and self._reload_all is not None
+        try:
+            prepare(self._load())  # the same checks every worker will make
+        except ConfigError as exc:
+            return ReloadOutcome(problems=exc.problems)
+        self._reload_all()
+        return ReloadOutcome(warnings=["every worker reloads now (SIGHUP from the parent)"])
+
+    async def _close_generations(self) -> None:
+        if self._generation is not None:
+            await self._generation.stack.aclose()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    def begin_drain(self) -> None:
+        """From now on ``/ready`` answers 503: a load balancer stops sending."""
+        if self._generation is not None:
+            self._generation.runtime.draining = True
+
+    def _runner(self) -> web.ServerRunner:
         limits = self.settings.server
         handler = _ProxyHTTPServer(
-            Gateway(self.settings, runtime),
+            self._dispatch,
             handler_cancellation=True,  # a client that goes away cancels its upstream request
             keepalive_timeout=limits.keepalive_timeout,
             # After an error answer, the unread rest of a body is read and dropped so the
@@ -203,12 +296,15 @@ class ProxyServer:
 
         return cancel
 
-    @staticmethod
-    def _share_metrics(runtime: Runtime, directory: Path) -> Callable[[], Awaitable[None]]:
+    def _share_metrics(self, directory: Path) -> Callable[[], Awaitable[None]]:
         """Write this worker's metrics for the others every second; returns what stops it."""
-        snapshots = runtime.snapshots = WorkerSnapshots(directory)
+        snapshots = WorkerSnapshots(directory)
+        assert self.runtime is not None
+        self.runtime.snapshots = snapshots  # what a scrape adds up (reloads hand it on)
 
         def state() -> tuple[StateOf, bool | None]:
+            runtime = self.runtime
+            assert runtime is not None
             described = {c.name: c.authenticator.describe() for c in runtime.connectors.values()}
             store = runtime.store
             return connector_state(described, time.time()), (
@@ -227,7 +323,7 @@ class ProxyServer:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
-        self.runtime = None
+        self._generation = None
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -244,15 +340,36 @@ async def serve(
     reuse_port: bool = False,
     plan: Plan | None = None,
     metrics_dir: Path | None = None,
+    load: Callable[[], Settings] | None = None,
+    reload_all: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and close."""
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and close; reload the
+    config (``load``) on SIGHUP."""
     warning = http_parser_warning()
     if warning:
         logger.warning("%s", warning)
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
-    server = ProxyServer(settings, reuse_port=reuse_port, plan=plan, metrics_dir=metrics_dir)
+    server = ProxyServer(
+        settings,
+        reuse_port=reuse_port,
+        plan=plan,
+        metrics_dir=metrics_dir,
+        load=load,
+        reload_all=reload_all,
+    )
     await server.start()
+    reloads: set[asyncio.Task[ReloadOutcome]] = set()
+    if load is not None:
+        loop = asyncio.get_running_loop()
+
+        def on_hangup() -> None:
+            # This process only: a worker's parent sends SIGHUP to each worker.
+            task = loop.create_task(server.reload_self())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     logger.info(
         "tokenproxy listening on http://%s:%s with %d connector(s) (pid %d)",
         settings.listen.host,
@@ -263,5 +380,7 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        logger.info("stopping")
+        logger.info("stopping: draining in-flight requests")
+        server.begin_drain()
+        await asyncio.gather(*reloads, return_exceptions=True)
         await server.stop()

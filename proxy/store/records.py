@@ -65,18 +65,23 @@ def _revealed(value: Any) -> Any:
     return value
 
 
-def token_key(connector: str, auth: TokenLifecycleConfig, keys: MasterKeys) -> str:
-    """A name for the token ``auth`` defines for ``connector``: its token URL, client,
+def token_material(connector: str, auth: TokenLifecycleConfig) -> bytes:
+    """What defines the token ``auth`` obtains for ``connector``: its token URL, client,
     grant, scopes, audience, subject and request shape, secrets included, so two connectors
-    or two settings never share a token. Keyed with the master key (HMAC-SHA-256), so the
-    name never helps to guess a secret."""
+    or two settings never share a token (and a reload keeps a token only if this is equal)."""
     defining = {
         name: _revealed(value)
         for name, value in auth.model_dump().items()
         if name not in _NOT_DEFINING and name not in _CREDENTIALS
     }
-    material = orjson.dumps([connector, defining], option=orjson.OPT_SORT_KEYS, default=str)
+    return orjson.dumps([connector, defining], option=orjson.OPT_SORT_KEYS, default=str)
+
+
+def token_key(connector: str, auth: TokenLifecycleConfig, keys: MasterKeys) -> str:
+    """The store's name for that token: :func:`token_material` keyed with the master key
+    (HMAC-SHA-256), so the name never helps to guess a secret."""
     assert keys.current is not None, "the store always has a master key"
+    material = token_material(connector, auth)
     return hmac.new(keys.current, material, hashlib.sha256).hexdigest()[:32]
 
 

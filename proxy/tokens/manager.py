@@ -42,7 +42,7 @@ from proxy.errors import (
 )
 from proxy.metrics.registry import METRICS
 from proxy.secrets.redaction import REDACTOR
-from proxy.store.records import TokenRecord
+from proxy.store.records import TokenRecord, token_material
 from proxy.tokens.endpoint import TokenRequest, TokenSender, provider_now
 from proxy.tokens.grant import Grant, RequestContext
 from proxy.tokens.model import Authorized, Clock, IssuedToken, Phase, SystemClock, Token
@@ -214,6 +214,25 @@ class TokenManager(Authenticator):
                     "the token store stayed busy (another process renews this connector)"
                 ) from None
         self._publish(Obtained(issued, at, "token endpoint", self._refresh_token))
+
+    def inherit(self, old: TokenManager) -> bool:
+        """After a reload: take over ``old``'s token, refresh token and back-off if both
+        define the same token (:func:`~proxy.store.records.token_material`); the credential
+        is made again, since how it is injected may have changed. False: nothing taken."""
+        if token_material(self.connector, self.config) != token_material(old.connector, old.config):
+            return False
+        held = old._held
+        if held is not None:
+            self._held = _Held(held.token, credential_for(held.token.value, self.config))
+        self._refresh_token, self._last_access_token = old._refresh_token, old._last_access_token
+        self._needs_refresh_token, self._account = old._needs_refresh_token, old._account
+        self._failures, self._retry_at = old._failures, old._retry_at
+        self._last_fetch_start, self._last_forced = old._last_fetch_start, old._last_forced
+        self.stats = old.stats
+        if self._shared is not None and old._shared is not None:
+            self._shared.rejected = old._shared.rejected
+            self._shared.account = old._shared.account
+        return True
 
     def how_to_authorize(self) -> str:
         """What a person does to authorize this connector (named in errors and status)."""
