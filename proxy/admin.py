@@ -33,9 +33,10 @@ from proxy.errors import (
     RouteNotFoundError,
 )
 from proxy.logs import connector_key
-from proxy.metrics.exposition import CONTENT_TYPE, connector_state, render
+from proxy.metrics.exposition import CONTENT_TYPE, StateOf, connector_state, render
 from proxy.metrics.registry import METRICS, Metrics
 from proxy.runtime import Runtime
+from proxy.status_page import Rates, render_status_page
 from proxy.tokens.model import Phase
 
 if TYPE_CHECKING:
@@ -97,7 +98,10 @@ class AdminApi:
             "/ready": self._ready,
             "/connectors": self._list_connectors,
             "/metrics": self._metrics,
+            "": self._status_page,
+            "/": self._status_page,
         }
+        self._rates = Rates()
 
     def is_probe(self, raw_path: str) -> bool:
         """``/health`` or ``/ready`` (any query): what orchestrators poll."""
@@ -176,7 +180,7 @@ class AdminApi:
         await connector.authenticator.refresh()
         return json_response(describe_connector(connector))
 
-    async def _metrics(self) -> web.StreamResponse:
+    def _every_worker(self) -> tuple[Metrics, list[StateOf], tuple[str, bool] | None]:
         """This worker's counters and state, and every other worker's (``--workers``)."""
         state = connector_state(
             {c.name: c.authenticator.describe() for c in self._connectors.values()}, time.time()
@@ -195,8 +199,17 @@ class AdminApi:
         store = None
         if self._store is not None:
             store = (self._store.backend, all(up is not False for up in reachable))
-        body = render(merged, states, store)
+        return merged, states, store
+
+    async def _metrics(self) -> web.StreamResponse:
+        body = render(*self._every_worker())
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
+
+    async def _status_page(self) -> web.StreamResponse:
+        merged, _, _ = self._every_worker()
+        described = {c.name: describe_connector(c) for c in self._connectors.values()}
+        store = self._describe_store().get("store")
+        return render_status_page(described, store, self._rates.update(merged))
 
     async def _reload_config(self) -> web.StreamResponse:
         """Like SIGHUP: 200 with what was kept, or 400 with every problem (nothing changed)."""

@@ -253,6 +253,7 @@ class TokenManager(Authenticator):
         else:
             state = _STATE_OF_PHASE[phase]
         alive = held is not None and phase is not Phase.EXPIRED
+        obtained = self.stats.last_obtained
         interactive: dict[str, Any] = {}
         if self.config.interactive:
             links = getattr(self.grant, "links", None)
@@ -270,6 +271,8 @@ class TokenManager(Authenticator):
             "last_error": self.stats.last_error,
             "fetches": self.stats.fetches,
             "failures": self.stats.failures,
+            "obtained_ago": None if obtained is None else math.floor(now - obtained),
+            "retry_in": math.ceil(self._retry_at - now) if now < self._retry_at else None,
         }
 
     async def close(self) -> None:
@@ -459,6 +462,7 @@ class TokenManager(Authenticator):
         )
         renewed = self._held is not None
         self._held = _Held(token, credential_for(token.value, self.config))
+        self.stats.last_obtained = self._clock.monotonic()
         self._last_access_token = token.value
         if obtained.source == "store":
             self._event(logging.DEBUG, "token_adopted", "took the token in the token store")

@@ -24,3 +24,5 @@ class TokenStats:
     fetches: int = 0
     failures: int = 0
     last_error: str | None = None
+    last_obtained: float | None = None
+    """When the held token was obtained (monotonic clock), from the provider or the store."""
