@@ -17,7 +17,9 @@ import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from yarl import URL
 
 from proxy import __version__
 from proxy.config.loader import LoadedConfig, load_settings
@@ -27,7 +29,10 @@ from proxy.logs import LOG_FORMAT_ENV, configure_logging
 from proxy.secrets.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 
 if TYPE_CHECKING:
+    from proxy.auth.base import Credential
     from proxy.runtime import Plan
+
+T = TypeVar("T")
 
 DEFAULT_CONFIG = Path("config/tokenproxy.yaml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -155,9 +160,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
     connectors = loaded.settings.connectors
     print(f"{path}: valid, {len(connectors)} connector(s)")
     for name, connector in connectors.items():
-        route = "-" if connector.route is None else connector.route or "/"
-        print(f"  {name}: route {route}, auth {connector.auth.type} -> {connector.upstream}")
+        print(f"  {name}: {_summary(connector)}")
     return 0
+
+
+def _summary(connector: ConnectorConfig) -> str:
+    """One line: where requests come in, what credential, from where, and where they go."""
+    where = [] if connector.route is None else [f"route {connector.route or '/'}"]
+    where += [f"host {host}" for host in connector.hosts]
+    auth = connector.auth
+    credential: str = auth.type
+    grant = getattr(auth, "grant", None)
+    if grant is not None:
+        credential += f" {grant}"
+    endpoint = getattr(auth, "token_url", None) or getattr(auth, "issuer", None)
+    if endpoint is None and hasattr(auth, "token_request"):
+        endpoint = str(auth.token_request.url)  # a custom token request
+    if endpoint:
+        credential += f" from {URL(endpoint).with_query(None)}"
+    if getattr(auth, "interactive", False):
+        credential += " (authorized once by a person: tokenproxy authorize)"
+    return f"{', '.join(where)}: {credential} -> {connector.upstream}"
 
 
 # Commands import the server side only when they need it: `check` stays quick.
@@ -260,10 +283,16 @@ def _cmd_token(args: argparse.Namespace) -> int:
     async def acquire() -> int:
         async with open_runtime(plan) as runtime:
             authenticator = runtime.connectors[args.name].authenticator
-            try:
+
+            async def obtain() -> Credential | None:
                 if args.fresh:
                     await authenticator.refresh()
-                credential = await authenticator.credential()
+                return await authenticator.credential()
+
+            try:
+                credential = await _saying_what_it_waits_for(
+                    obtain(), f"{args.name}: waiting for {_summary(config).split(': ', 1)[1]}"
+                )
             except ProxyError as exc:
                 print(f"{args.name}: {exc.code}: {exc.message}", file=sys.stderr)
                 return 1
@@ -289,6 +318,18 @@ def _cmd_token(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(acquire())
+
+
+async def _saying_what_it_waits_for(work: Coroutine[Any, Any, T], waiting: str) -> T:
+    """Await ``work``; past a second, say on stderr what it waits for, every 5 s."""
+    task = asyncio.ensure_future(work)
+    delay = 1.0
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=delay)
+        if done:
+            return task.result()
+        print(f"{waiting}...", file=sys.stderr, flush=True)
+        delay = 5.0
 
 
 def _cmd_authorize(args: argparse.Namespace) -> int:

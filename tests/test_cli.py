@@ -56,7 +56,7 @@ def test_check_valid_config_lists_connectors_and_warnings(write_config: WriteCon
         "warning: connectors.crm.upstream: plain http:// to api.example.com sends the injected "
         "credential unencrypted",
         f"{path}: valid, 1 connector(s)",
-        "  crm: route /api, auth static -> http://api.example.com/v2",
+        "  crm: route /api: static -> http://api.example.com/v2",
     ]
     assert CANARY not in result.stdout + result.stderr
 

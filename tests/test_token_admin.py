@@ -185,3 +185,15 @@ async def test_token_command(
     result = await asyncio.to_thread(tokenproxy_token, path, "nope")
     assert result.returncode == 1
     assert "no connector 'nope' (connectors: api, static)" in result.stderr
+
+
+async def test_token_says_what_it_waits_for_while_the_provider_is_slow(
+    write_config: Callable[[dict[str, Any]], Path], upstream: RecordingUpstream, idp: FakeIdP
+) -> None:
+    idp.delay = 1.5
+    path = write_config({"connectors": {"api": oauth2_connector(upstream.url, idp.url)}})
+    result = await asyncio.to_thread(tokenproxy_token, path, "api")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (
+        f"api: waiting for oauth2 client_credentials from {idp.url}/token -> {upstream.url}..."
+    )
