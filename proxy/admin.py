@@ -128,8 +128,7 @@ class AdminApi:
                 raise MethodNotAllowedError(f"{request.method} is not supported here")
             return await self._refresh(request, refresh.group(1))
         consent = CONSENT_PATH.fullmatch(subpath)
-        if consent is not None:
-            request[connector_key] = consent.group(1)
+        if consent is not None:  # names the connector (logs, metrics) once it is found
             return await self._consent.handle(request, consent.group(1), consent.group(2))
         endpoint = self._endpoints.get(subpath)
         if endpoint is None:
@@ -216,7 +215,8 @@ class AdminApi:
         if self._reload is None:
             raise RouteNotFoundError("this proxy was not started from a config file")
         outcome = await self._reload()
-        return json_response(outcome.as_json(), status=200 if outcome.ok else 400)
+        status = (202 if outcome.requested else 200) if outcome.ok else 400
+        return json_response(outcome.as_json(), status=status)
 
     async def _list_connectors(self) -> web.StreamResponse:
         return json_response(

@@ -12,6 +12,7 @@ import getpass
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Sequence
@@ -189,6 +190,7 @@ def _summary(connector: ConnectorConfig) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     from proxy.http.server import serve
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before serving: nothing to reload
     configure_logging(args.log_level, args.log_format)
     listen = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     path = _config_path(args.config)
@@ -221,8 +223,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Where the workers' metrics meet, so that one scrape covers them all.
     metrics_dir = Path(tempfile.mkdtemp(prefix="tokenproxy-metrics-"))
 
+    parent = os.getpid()
+
     def reload_all() -> None:
-        os.kill(os.getppid(), RELOAD_ALL)  # the parent sends SIGHUP to every worker
+        if os.getppid() == parent:  # never another process's, should the parent be gone
+            os.kill(parent, RELOAD_ALL)  # the parent sends SIGHUP to every worker
 
     def worker(settings: Settings) -> int:
         # The plan's port is the one the parent reserved; the rest is the same build.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -29,6 +30,7 @@ from proxy.secrets.redaction import REDACTOR
 ACCESS_LOGGER = "tokenproxy.access"
 
 LOG_FORMAT_ENV = "TOKENPROXY_LOG_FORMAT"
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/]*@")
 
 # What the request path tells the access log.
 connector_key = web.RequestKey("connector", str)
@@ -43,6 +45,8 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
+        if "@" in path:  # an absolute-form target's user:password@ (a client's secret)
+            path = _USERINFO.sub(r"\1", path)
         version = request.version
         connector = request.get(connector_key)
         request_id = request.get(request_id_key)

@@ -39,13 +39,20 @@ def run_workers(settings: Settings, workers: int, serve: Callable[[Settings], in
     """Fork ``workers`` processes running ``serve(settings)``; return the exit status."""
     reserved, settings = reserve_port(settings)
     children: set[int] = set()
+    # Until every worker serves, a reload has nothing to reload: ignored, never fatal.
+    for sig in (signal.SIGHUP, RELOAD_ALL):
+        signal.signal(sig, signal.SIG_IGN)
     for _ in range(workers):
         pid = os.fork()
-        if pid == 0:  # the worker
+        if pid == 0:  # the worker: serve takes SIGHUP (reload) once it can
             reserved.close()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, RELOAD_ALL):
+            for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
-            os._exit(serve(settings))
+            code = 1
+            try:
+                code = serve(settings)
+            finally:
+                os._exit(code)  # never back into the parent's code (its clean-up is its own)
         children.add(pid)
     reserved.close()
 
@@ -59,6 +66,8 @@ def run_workers(settings: Settings, workers: int, serve: Callable[[Settings], in
                 os.kill(child, signal.SIGTERM)
 
     def reload_all(signum: int, frame: object) -> None:
+        if stopping:
+            return
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGHUP)

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from proxy.logs import JsonFormatter
-from tests.conftest import StartProxy, WriteConfig, connector, oauth2_connector
+from tests.conftest import StartProxy, WriteConfig, connector, oauth2_connector, raw_request
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 from tests.test_cli import _stop, running
 
@@ -116,3 +116,15 @@ async def test_the_access_log_can_be_turned_off(
             assert response.status == 200
         code, rest = await _stop(process, signal.SIGTERM)
     assert code == 0 and '"status"' not in output + rest
+
+
+async def test_a_clients_userinfo_never_reaches_the_log(
+    start_proxy: StartProxy, upstream: RecordingUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    proxy = await start_proxy({"connectors": {"api": connector(upstream.url, hosts=["api.test"])}})
+    request = b"GET http://alice:s3cretpw@api.test/x HTTP/1.1\r\nHost: api.test\r\n\r\n"
+    await raw_request(proxy.port, request, until_close=True)
+    formatter = JsonFormatter()
+    lines = [formatter.format(r) for r in caplog.records] + [caplog.text]
+    assert not any("s3cretpw" in line or "alice" in line for line in lines)

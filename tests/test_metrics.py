@@ -4,13 +4,15 @@ worker of ``--workers 2``."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import StartProxy, WriteConfig, eventually, oauth2_connector
+from tests.conftest import StartProxy, WriteConfig, eventually, http_status, oauth2_connector
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 from tests.test_cli import connector, running
 
@@ -110,3 +112,38 @@ async def test_one_scrape_counts_every_worker(
             return value(found, "tokenproxy_requests_total", connector="api", status="200") == 40
 
         await eventually(counted_by_both, within=5)  # snapshots are at most a second old
+
+
+async def test_unknown_names_and_vanished_clients_are_counted_sanely(
+    start_proxy: StartProxy, upstream: RecordingUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A client cannot grow the labels (names from paths that match no connector), and one
+    that goes away before the answer is 499, not 500."""
+    release = asyncio.Event()
+
+    async def slow(request: web.BaseRequest) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text="late")
+
+    upstream.respond = slow
+    proxy = await start_proxy({"connectors": {"api": connector(upstream.url)}})
+    before = await scrape(client, proxy.url)
+    for index in range(5):
+        assert await http_status(client, proxy, f"/_proxy/oauth/junk{index}/start") == 404
+    leaving = asyncio.ensure_future(client.get(f"{proxy.url}/api/slow"))
+    await eventually(lambda: _received(upstream), within=5)
+    leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+
+    async def counted() -> bool:
+        found = moved(before, await scrape(client, proxy.url))
+        return value(found, "tokenproxy_requests_total", connector="api", status="499") == 1
+
+    await eventually(counted, within=5)
+    release.set()
+    async with client.get(f"{proxy.url}/_proxy/metrics") as response:
+        assert "junk" not in await response.text()
+
+
+async def _received(upstream: RecordingUpstream) -> bool:
+    return bool(upstream.requests)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import trustme
 from aiohttp import web
 
@@ -24,7 +23,7 @@ from tests.conftest import (
     http_status,
     oauth2_connector,
 )
-from tests.fakes import FakeIdP, RecordingUpstream, TLSServer
+from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, TLSServer
 from tests.test_cli import _stop, running
 from tests.test_tls import peer_subject, server_context
 
@@ -207,15 +206,79 @@ async def test_sigterm_lets_a_slow_stream_finish(
     assert code == 0 and "draining" in log
 
 
-@pytest.mark.parametrize("probe", ["/_proxy/ready"])
-async def test_readiness_turns_503_while_draining(
+async def test_readiness_turns_503_at_once_while_drain_delay_keeps_serving(
+    write_config: WriteConfig, upstream: RecordingUpstream
+) -> None:
+    config = {"server": {"drain_delay": 1.5}, "connectors": {"api": connector(upstream.url)}}
+    path = write_config(config)
+    args = ("run", "-c", str(path), "--port", "0")
+    async with running(*args, ready=r"listening on http") as (process, output):
+        base = "http://127.0.0.1:" + re.search(r"127\.0\.0\.1:(\d+)", output).group(1)  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as session:
+            assert await http_status(session, base, "/_proxy/ready") == 200
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            async with session.get(f"{base}/_proxy/ready") as response:  # a new connection
+                assert response.status == 503 and (await response.json())["status"] == "draining"
+            assert await http_status(session, base, "/api/x") == 200  # still served
+        assert process.stdout is not None
+        async with asyncio.timeout(10):
+            rest = (await process.stdout.read()).decode()
+            assert await process.wait() == 0
+    assert "/ready answers 503 for 1.5s" in rest
+
+
+def refresh_grant(upstream: RecordingUpstream, idp: FakeIdP, seed: str) -> dict[str, Any]:
+    auth = {"grant": "refresh_token", "refresh_token": seed}
+    return {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
+
+
+async def test_a_new_seed_refresh_token_starts_a_new_chain_on_reload(
+    start_proxy: StartProxy,
+    write_config: WriteConfig,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    proxy = await start_proxy(refresh_grant(upstream, idp, idp.seed_refresh_token("alice")), clock)
+    assert await http_status(client, proxy) == 200
+    new_seed = idp.seed_refresh_token("bob")  # the operator switches accounts
+    write_config(refresh_grant(upstream, idp, new_seed))
+    status, body = await reload(client, proxy)
+    assert status == 200 and body["kept_tokens"] == []
+    clock.advance(400)
+    assert await http_status(client, proxy) == 200
+    assert idp.calls[-1]["form"]["refresh_token"] == new_seed
+
+
+async def test_a_reload_during_a_renewal_loses_no_rotated_refresh_token(
     start_proxy: StartProxy,
     upstream: RecordingUpstream,
+    idp: FakeIdP,
     client: aiohttp.ClientSession,
-    probe: str,
+    clock: FakeClock,
 ) -> None:
-    proxy = await start_proxy({"connectors": {"api": connector(upstream.url)}})
-    assert await http_status(client, proxy, probe) == 200
-    proxy.server.begin_drain()
-    async with client.get(proxy.url + probe) as response:
-        assert response.status == 503 and (await response.json())["status"] == "draining"
+    """The provider rotates, then answers slowly; the old generation closes meanwhile."""
+    proxy = await start_proxy(refresh_grant(upstream, idp, idp.seed_refresh_token()), clock)
+    assert await http_status(client, proxy) == 200
+
+    async def rotates_then_answers_slowly(request: web.BaseRequest) -> web.StreamResponse:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        answer = idp.grant(request, form)  # rotated now: the old refresh token is spent
+        await asyncio.sleep(0.5)
+        return web.json_response(answer)
+
+    idp.script = [rotates_then_answers_slowly]
+    clock.advance(245)  # renewable: this request starts a renewal in the background
+    assert await http_status(client, proxy) == 200
+    await eventually(lambda: _asked(idp, 2), within=5)
+    assert (await reload(client, proxy))[0] == 200
+    await asyncio.sleep(0.8)  # the old generation let the renewal finish, then closed
+    clock.advance(400)
+    assert await http_status(client, proxy) == 200
+    assert not idp.reuse_detected
+
+
+async def _asked(idp: FakeIdP, times: int) -> bool:
+    return len(idp.calls) >= times

@@ -160,6 +160,12 @@ class ServerConfig(StrictModel):
     max_field_size: int = Field(8190, ge=1024, description="longest header field")
     max_headers: int = Field(100, ge=8, description="most header fields in one request")
     shutdown_timeout: float = Field(30, ge=0, description="grace for in-flight requests on stop")
+    drain_delay: float = Field(
+        0,
+        ge=0,
+        description="on SIGTERM, seconds of /ready 503 while still serving, before the "
+        "listener closes (a load balancer without a preStop hook notices meanwhile)",
+    )
     access_log: bool = Field(True, description="one line per request, without query strings")
     body_timeout: float = Field(
         60, gt=0, description="idle seconds between reads of a request body -> 408 (nginx: 60)"

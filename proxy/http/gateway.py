@@ -97,6 +97,9 @@ class Gateway:
             response = await self._answer(request)
             status = response.status
             return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away first (nginx's code for it)
+            raise
         finally:
             METRICS.in_flight -= 1
             self.active -= 1

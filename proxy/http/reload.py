@@ -58,12 +58,16 @@ class ReloadOutcome:
     kept: list[str] = field(default_factory=list)
     """Connectors that kept their tokens."""
     warnings: list[str] = field(default_factory=list)
+    requested: bool = False
+    """A worker of ``--workers``: checked here, and every worker reloads on its own now."""
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def as_json(self) -> dict[str, Any]:
+        if self.requested and self.ok:
+            return {"status": "requested", "message": "the config is valid; every worker reloads"}
         if not self.ok:
             return {
                 "status": "refused",

@@ -139,6 +139,7 @@ class ProxyServer:
         self._generation: Generation | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
+        self._stopping = False
         self._stack: AsyncExitStack | None = None
         self._http: web.Server | None = None
 
@@ -197,9 +198,11 @@ class ProxyServer:
 
     async def reload_self(self) -> ReloadOutcome:
         """Reload this process."""
-        assert self._load is not None and self._generation is not None
+        assert self._load is not None
         async with self._reloading:
             old = self._generation
+            if old is None or self._stopping:
+                return ReloadOutcome(problems=["the proxy is stopping"])
             try:
                 settings, warnings = needs_restart(old.plan.settings, self._load())
                 plan = prepare(settings)
@@ -208,6 +211,10 @@ class ProxyServer:
                 for problem in exc.problems:
                     logger.error("reload refused, the running config stays: %s", problem)
                 return ReloadOutcome(problems=exc.problems)
+            except Exception as exc:  # a file that vanished, a store that cannot open...
+                problem = f"the new config could not be built ({type(exc).__name__})"
+                logger.error("reload refused, the running config stays: %s", problem)
+                return ReloadOutcome(problems=[problem])
             assert self.port is not None
             plan.site.bound(self.port)
             kept = inherit_tokens(old.runtime, new.runtime)
@@ -235,7 +242,7 @@ class ProxyServer:
         except ConfigError as exc:
             return ReloadOutcome(problems=exc.problems)
         self._reload_all()
-        return ReloadOutcome(warnings=["every worker reloads now (SIGHUP from the parent)"])
+        return ReloadOutcome(requested=True)
 
     async def _close_generations(self) -> None:
         if self._generation is not None:
@@ -243,7 +250,9 @@ class ProxyServer:
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def begin_drain(self) -> None:
-        """From now on ``/ready`` answers 503: a load balancer stops sending."""
+        """From now on ``/ready`` answers 503 (a load balancer stops sending) and no reload
+        is taken."""
+        self._stopping = True
         if self._generation is not None:
             self._generation.runtime.draining = True
 
@@ -320,6 +329,8 @@ class ProxyServer:
         return cancel
 
     async def stop(self) -> None:
+        async with self._reloading:  # a reload under way finishes first; none starts after
+            self._stopping = True
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
@@ -380,7 +391,13 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        logger.info("stopping: draining in-flight requests")
         server.begin_drain()
+        if load is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await asyncio.gather(*reloads, return_exceptions=True)
+        delay = server.settings.server.drain_delay
+        if delay:
+            logger.info("stopping: /ready answers 503 for %gs, still serving", delay)
+            await asyncio.sleep(delay)
+        logger.info("stopping: draining in-flight requests")
         await server.stop()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from proxy.metrics.exposition import StateOf
 from proxy.metrics.registry import METRICS
 
 INTERVAL = 1.0
+STALE_AFTER = 5 * INTERVAL
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,13 +44,26 @@ class WorkerSnapshots:
         self._own = directory / f"{os.getpid()}.json"
 
     async def keep_writing(self, state: Callable[[], tuple[StateOf, bool | None]]) -> None:
-        """Write this worker's snapshot every second until cancelled, and once more then."""
+        """Write this worker's snapshot every second until cancelled, and once more then.
+        A failed write (a full disk) is logged once and tried again a second later."""
+        failing = False
         try:
             while True:
-                self.write(*state())
+                try:
+                    self.write(*state())
+                    failing = False
+                except OSError as exc:
+                    if not failing:
+                        logger.warning(
+                            "metrics: cannot write this worker's snapshot (%s); other "
+                            "workers' scrapes miss its recent counts until it can",
+                            exc.strerror or type(exc).__name__,
+                        )
+                    failing = True
                 await asyncio.sleep(INTERVAL)
         finally:
-            self.write(*state())
+            with contextlib.suppress(OSError):
+                self.write(*state())
 
     def write(self, state: StateOf, store_up: bool | None) -> None:
         data = {"counters": METRICS.dump(), "state": state, "store_up": store_up}
@@ -60,9 +77,12 @@ class WorkerSnapshots:
                 continue
             try:
                 data = orjson.loads(path.read_bytes())
+                fresh = time.time() - path.stat().st_mtime < STALE_AFTER
             except (OSError, orjson.JSONDecodeError):
                 continue  # being replaced right now, or gone: the next scrape has it
-            alive = _alive(int(path.stem)) if path.stem.isdigit() else False
+            # Gauges only from a live worker whose snapshot is recent: a frozen one would
+            # show a token expiring that was renewed since.
+            alive = fresh and path.stem.isdigit() and _alive(int(path.stem))
             yield Snapshot(
                 data["counters"],
                 data["state"] if alive else None,

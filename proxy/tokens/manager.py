@@ -23,6 +23,7 @@ Guarantees (docs/design.md, "Token timing"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -42,7 +43,7 @@ from proxy.errors import (
 )
 from proxy.metrics.registry import METRICS
 from proxy.secrets.redaction import REDACTOR
-from proxy.store.records import TokenRecord, token_material
+from proxy.store.records import TokenRecord, seed_hash, token_material
 from proxy.tokens.endpoint import TokenRequest, TokenSender, provider_now
 from proxy.tokens.grant import Grant, RequestContext
 from proxy.tokens.model import Authorized, Clock, IssuedToken, Phase, SystemClock, Token
@@ -221,6 +222,10 @@ class TokenManager(Authenticator):
         is made again, since how it is injected may have changed. False: nothing taken."""
         if token_material(self.connector, self.config) != token_material(old.connector, old.config):
             return False
+        if seed_hash(self._grant.seed_refresh_token()) != seed_hash(
+            old._grant.seed_refresh_token()
+        ):
+            return False  # a new seed refresh token was configured: it starts a new chain
         held = old._held
         if held is not None:
             self._held = _Held(held.token, credential_for(held.token.value, self.config))
@@ -232,6 +237,7 @@ class TokenManager(Authenticator):
         if self._shared is not None and old._shared is not None:
             self._shared.rejected = old._shared.rejected
             self._shared.account = old._shared.account
+            self._shared.unsaved = old._shared.unsaved  # written first, before any fetch
         return True
 
     def how_to_authorize(self) -> str:
@@ -275,9 +281,19 @@ class TokenManager(Authenticator):
             "retry_in": math.ceil(self._retry_at - now) if now < self._retry_at else None,
         }
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Let a token request under way finish (up to ``grace`` seconds) before cancelling
+        it: cancelled after it was sent, a refresh-token grant the provider carried out
+        would lose the rotated refresh token."""
         task = self._inflight
-        if task is not None and not task.done():
+        if task is None or task.done():
+            return
+        if self._refresh_token is None:  # nothing that a cancelled answer could lose
+            grace = 0.0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(grace, self._deadline or grace)):
+                await asyncio.shield(task)
+        if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 

@@ -57,7 +57,7 @@ class SharedToken:
         self._clock = clock
         self.rejected: set[str] = set()
         """Fingerprints of tokens an upstream rejected: never adopted again."""
-        self._unsaved: TokenRecord | None = None
+        self.unsaved: TokenRecord | None = None
         """Newer state the store refused; written before anything else is done."""
         self.account: str | None = None
         """Who authorized the refresh token in use (interactive grants), carried forward."""
@@ -112,8 +112,8 @@ class SharedToken:
         once it returned or failed (rotated, dropped), which is then persisted. ``force``:
         the token stored now is not taken (an operator's refresh); a newer one still is.
         """
-        if self._unsaved is not None:  # never step back to the state before it
-            await self._persist(self._unsaved)
+        if self.unsaved is not None:  # never step back to the state before it
+            await self._persist(self.unsaved)
         record = await self.read()
         if force and record is not None and record.access_token is not None:
             self.rejected.add(fingerprint(record.access_token))
@@ -195,7 +195,7 @@ class SharedToken:
         try:
             await self.store.write(record)
         except OSError as exc:
-            self._unsaved = record
+            self.unsaved = record
             logger.error(
                 "connector %s: cannot write the token store (%s); the new token is held back "
                 "until it can be written",
@@ -203,7 +203,7 @@ class SharedToken:
                 exc.strerror or type(exc).__name__,
             )
             raise TokenEndpointError("the token store cannot be written") from None
-        self._unsaved = None
+        self.unsaved = None
 
     async def _lead(self, margin: float, holding: bool) -> Lease | Obtained:
         """Wait until this process holds the lease, or another has published a token."""
