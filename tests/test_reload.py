@@ -50,11 +50,14 @@ async def test_a_reload_keeps_unchanged_tokens_and_applies_the_rest(
     api["auth"] |= {"header": "X-Token", "token_prefix": "", "refresh_margin": 30}
     other["auth"]["scopes"] = ["b"]
     new = connector(upstream.url, route="/new")
-    write_config({"listen": {"host": "127.0.0.1", "port": 0}, "connectors": {
+    write_config({"listen": {"port": 0}, "server": {"keepalive_timeout": 5}, "connectors": {
         "api": api, "other": other, "new": new,
     }})  # fmt: skip
     status, body = await reload(client, proxy)
     assert status == 200 and body["status"] == "reloaded" and body["kept_tokens"] == ["api"]
+    assert body["warnings"] == [
+        "server.keepalive_timeout changes only with a restart; the running value stays"
+    ]
     assert await http_status(client, proxy, "/api/x") == 200
     (sent,) = upstream.header_values("X-Token")  # the new header, the same token
     assert sent in idp.issued and len(idp.calls) == 2  # the provider was not asked again

@@ -77,13 +77,28 @@ class ReloadOutcome:
         return {"status": "reloaded", "kept_tokens": self.kept, "warnings": self.warnings}
 
 
+# Limits the listening server was built with (aiohttp's parser and connection handler).
+_LISTENER_LIMITS = (
+    "keepalive_timeout",
+    "max_line_size",
+    "max_field_size",
+    "max_headers",
+    "access_log",
+)
+
+
 def needs_restart(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     """``new`` with what a reload cannot change put back, and a warning for each."""
-    if new.listen.host == old.listen.host and new.listen.port == old.listen.port:
-        return new, []
+    warnings = [
+        f"server.{name} changes only with a restart; the running value stays"
+        for name in _LISTENER_LIMITS
+        if getattr(new.server, name) != getattr(old.server, name)
+    ]
+    if new.listen.host == old.listen.host and new.listen.port in (old.listen.port, 0):
+        return new, warnings  # port 0: the one the kernel gave at start stands
     listen = new.listen.model_copy(update={"host": old.listen.host, "port": old.listen.port})
-    warning = "listen.host and listen.port change only with a restart; the old ones are kept"
-    return new.model_copy(update={"listen": listen}), [warning]
+    warnings.append("listen.host and listen.port change only with a restart; the old ones stay")
+    return new.model_copy(update={"listen": listen}), warnings
 
 
 def inherit_tokens(old: Runtime, new: Runtime) -> list[str]:
