@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import redis
 import yaml
+from aiohttp import web
 from pytest_aiohttp import AiohttpRawServer
 
 from proxy.config.loader import load_settings
@@ -339,3 +340,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def hold_answers(upstream: RecordingUpstream, text: str = "finished") -> asyncio.Event:
+    """Make ``upstream`` hold each answer (``text``) until the returned event is set."""
+    release = asyncio.Event()
+
+    async def held(request: web.BaseRequest) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text=text)
+
+    upstream.respond = held
+    return release
+
+
+async def upstream_received(upstream: RecordingUpstream) -> bool:
+    return bool(upstream.requests)

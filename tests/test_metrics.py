@@ -9,10 +9,17 @@ import re
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import StartProxy, WriteConfig, eventually, http_status, oauth2_connector
+from tests.conftest import (
+    StartProxy,
+    WriteConfig,
+    eventually,
+    hold_answers,
+    http_status,
+    oauth2_connector,
+    upstream_received,
+)
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 from tests.test_cli import connector, running
 
@@ -119,19 +126,13 @@ async def test_unknown_names_and_vanished_clients_are_counted_sanely(
 ) -> None:
     """A client cannot grow the labels (names from paths that match no connector), and one
     that goes away before the answer is 499, not 500."""
-    release = asyncio.Event()
-
-    async def slow(request: web.BaseRequest) -> web.StreamResponse:
-        await release.wait()
-        return web.Response(text="late")
-
-    upstream.respond = slow
+    release = hold_answers(upstream)
     proxy = await start_proxy({"connectors": {"api": connector(upstream.url)}})
     before = await scrape(client, proxy.url)
     for index in range(5):
         assert await http_status(client, proxy, f"/_proxy/oauth/junk{index}/start") == 404
     leaving = asyncio.ensure_future(client.get(f"{proxy.url}/api/slow"))
-    await eventually(lambda: _received(upstream), within=5)
+    await eventually(lambda: upstream_received(upstream), within=5)
     leaving.cancel()
     await asyncio.gather(leaving, return_exceptions=True)
 
@@ -143,7 +144,3 @@ async def test_unknown_names_and_vanished_clients_are_counted_sanely(
     release.set()
     async with client.get(f"{proxy.url}/_proxy/metrics") as response:
         assert "junk" not in await response.text()
-
-
-async def _received(upstream: RecordingUpstream) -> bool:
-    return bool(upstream.requests)

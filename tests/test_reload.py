@@ -20,8 +20,10 @@ from tests.conftest import (
     WriteConfig,
     connector,
     eventually,
+    hold_answers,
     http_status,
     oauth2_connector,
+    upstream_received,
 )
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, TLSServer
 from tests.test_cli import _stop, running
@@ -127,16 +129,10 @@ async def test_in_flight_requests_finish_on_the_old_config(
     upstream: RecordingUpstream,
     client: aiohttp.ClientSession,
 ) -> None:
-    release = asyncio.Event()
-
-    async def slow(request: web.BaseRequest) -> web.StreamResponse:
-        await release.wait()
-        return web.Response(text="finished")
-
-    upstream.respond = slow
+    release = hold_answers(upstream)
     proxy = await start_proxy({"connectors": {"api": connector(upstream.url)}})
     in_flight = asyncio.ensure_future(client.get(f"{proxy.url}/api/slow"))
-    await eventually(lambda: _received(upstream), within=5)
+    await eventually(lambda: upstream_received(upstream), within=5)
     write_config({"connectors": {"other": connector(upstream.url, route="/other")}})
     assert (await reload(client, proxy))[0] == 200
     assert await http_status(client, proxy, "/api/x") == 404  # new requests: the new config
@@ -145,10 +141,6 @@ async def test_in_flight_requests_finish_on_the_old_config(
         response = await in_flight
     assert response.status == 200 and await response.text() == "finished"
     response.release()
-
-
-async def _received(upstream: RecordingUpstream) -> bool:
-    return bool(upstream.requests)
 
 
 async def test_sighup_reloads_every_worker(
