@@ -21,6 +21,13 @@ $(OIDC)/node_modules/.installed: $(OIDC)/package.json
 	  cd $(OIDC) && npm install --no-audit --no-fund --no-package-lock --loglevel=error && touch node_modules/.installed; \
 	else echo "npm not found: the oidc-provider tests will be skipped"; fi
 
+# Real clients the tunnel tests drive (undici, the engine of Node's fetch).
+CLIENTS := tests/clients
+$(CLIENTS)/node_modules/.installed: $(CLIENTS)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(CLIENTS) && npm install --no-audit --no-fund --no-package-lock --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the undici tests will be skipped"; fi
+
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -33,11 +40,11 @@ lint: $(VENV)/.installed
 
 # The client-input suite runs again on aiohttp's pure-Python HTTP parser: both parsers must
 # give hostile requests the same answers.
-CLIENT_INPUT := tests/test_server.py tests/test_body.py tests/test_origin.py tests/test_target.py tests/test_access.py
+CLIENT_INPUT := tests/test_server.py tests/test_body.py tests/test_origin.py tests/test_target.py tests/test_access.py tests/test_tunnel.py
 
-test: lint $(OIDC)/node_modules/.installed
+test: lint $(OIDC)/node_modules/.installed $(CLIENTS)/node_modules/.installed
 	AIOHTTP_NO_EXTENSIONS=1 $(BIN)/pytest -q $(CLIENT_INPUT)
 	$(BIN)/pytest -n 2
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(OIDC)/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(OIDC)/node_modules $(CLIENTS)/node_modules

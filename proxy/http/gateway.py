@@ -26,11 +26,12 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 
 from proxy.admin import AdminApi
 from proxy.config.models import Settings
+from proxy.connectors import Connector
 from proxy.errors import (
     BadRequestError,
-    ConnectNotSupportedError,
     HeadersTooLargeError,
     MethodNotAllowedError,
+    MisdirectedRequestError,
     ProxyError,
     RouteNotFoundError,
 )
@@ -39,7 +40,9 @@ from proxy.http.forwarding import abort_client, forward
 from proxy.http.origin import BrowserGuard
 from proxy.http.requestid import HEADER as REQUEST_ID
 from proxy.http.requestid import take_request_id
-from proxy.http.target import check_method, parse_target
+from proxy.http.routing import Match
+from proxy.http.target import Target, check_method, parse_target
+from proxy.http.tunnel import NewConnection, connect_target, refuse_port, serve_tunnel
 from proxy.logs import connector_key
 from proxy.metrics.registry import METRICS
 from proxy.runtime import Runtime
@@ -72,8 +75,17 @@ def error_response(exc: ProxyError) -> web.Response:
 class Gateway:
     """The requests of one config (a reload makes a new gateway beside this one)."""
 
-    def __init__(self, settings: Settings, runtime: Runtime, reload: Reload | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime,
+        reload: Reload | None = None,
+        new_connection: NewConnection | None = None,
+    ) -> None:
+        """``new_connection``: makes the handler that serves a CONNECT tunnel (None: no
+        tunnels, for a gateway without a listener of its own)."""
         self.runtime = runtime
+        self._new_connection = new_connection
         self.access = ClientAccess(settings.clients)
         self.browsers = BrowserGuard(settings)
         self.max_header_bytes = int(settings.server.max_header_bytes)
@@ -118,6 +130,8 @@ class Gateway:
         except ProxyError as exc:
             if exc.connector is None:  # the one place an error learns its connector
                 exc.connector = request.get(connector_key)
+            if request.method == hdrs.METH_CONNECT:
+                exc.close_connection, exc.linger = True, False  # what follows is not HTTP: now
             response = error_response(exc)
             response.headers[REQUEST_ID] = request_id
             if not exc.linger:
@@ -146,20 +160,21 @@ class Gateway:
             )
         # Probes from the same machine (/health, /ready) need neither an address nor a key:
         # they show no connector detail. Everything else, admin included, is guarded.
+        tunnel = getattr(request.protocol, "tunnel_host", None)
         probe = self.admin.is_probe(request.raw_path) and self.access.peer_is_loopback(request)
         if not probe:
             self.access.check_peer(request)
-            self.access.check_key(request)
+            if tunnel is None:  # inside a tunnel: the CONNECT carried the key
+                self.access.check_key(request)
         if request.method == hdrs.METH_CONNECT:
-            raise ConnectNotSupportedError(
-                "CONNECT is not supported: a TLS tunnel cannot carry injected credentials; "
-                "send plain http:// requests to the proxy instead"
-            )
+            return await self._connect(request, inside=tunnel is not None)
         if request.method == hdrs.METH_TRACE:
             # TRACE would echo the injected credential back to the client.
             raise MethodNotAllowedError("TRACE is not forwarded")
 
         target = parse_target(request.raw_path)
+        if tunnel is not None:
+            return await self._in_tunnel(request, target, tunnel)
         if target.authority is None:
             self.browsers.check_host(request)  # absolute form: the authority routes instead
         if target.authority is None and self.admin.owns(target.path):
@@ -167,8 +182,39 @@ class Gateway:
             return await self.admin.handle(request, target.path)
 
         match = self.runtime.route(target, request.headers.get(hdrs.HOST))
+        return await self._forward(request, match, target)
+
+    async def _forward(
+        self, request: web.BaseRequest, match: Match[Connector] | None, target: Target
+    ) -> web.StreamResponse:
         if match is None:
             raise RouteNotFoundError("no connector matches this request")
         request[connector_key] = match.target.name
         self.browsers.check_cross_site(request, allowed=match.target.config.allow_browser)
         return await forward(request, match.target, match.rest, target.query)
+
+    async def _connect(self, request: web.BaseRequest, *, inside: bool) -> web.StreamResponse:
+        """Tunnel ``CONNECT host:80`` for a connector's host (:mod:`proxy.http.tunnel`)."""
+        host, port = connect_target(request.raw_path)
+        match = self.runtime.route(Target(path="/", query=None, authority=host), None)
+        if match is None:
+            raise RouteNotFoundError(f"no connector serves the host {host}")
+        request[connector_key] = match.target.name
+        if port != 80 or inside or self._new_connection is None:
+            raise refuse_port(host, port)
+        return await serve_tunnel(request, host, self._new_connection)
+
+    async def _in_tunnel(
+        self, request: web.BaseRequest, target: Target, tunnel: str
+    ) -> web.StreamResponse:
+        """A request inside a tunnel: for the tunnel's host only, never the admin API."""
+        named = target.authority or request.headers.get(hdrs.HOST) or ""
+        name = named.lower().rsplit("@", 1)[-1]
+        if name.endswith(":80"):
+            name = name[:-3]
+        if name != tunnel:
+            raise MisdirectedRequestError(
+                f"this tunnel serves {tunnel} only; open another CONNECT for another host"
+            )
+        match = self.runtime.route(Target(target.path, target.query, tunnel), None)
+        return await self._forward(request, match, target)

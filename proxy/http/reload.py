@@ -25,6 +25,7 @@ from typing import Any
 
 from proxy.config.models import Settings
 from proxy.http.gateway import Gateway
+from proxy.http.tunnel import NewConnection
 from proxy.runtime import Plan, Runtime, open_runtime
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.model import Clock
@@ -44,10 +45,15 @@ class Generation:
     stack: AsyncExitStack
 
 
-async def open_generation(plan: Plan, clock: Clock | None, reload: Reload | None) -> Generation:
+async def open_generation(
+    plan: Plan,
+    clock: Clock | None,
+    reload: Reload | None,
+    new_connection: NewConnection | None = None,
+) -> Generation:
     async with AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(open_runtime(plan, clock))
-        gateway = Gateway(plan.settings, runtime, reload=reload)
+        gateway = Gateway(plan.settings, runtime, reload=reload, new_connection=new_connection)
         return Generation(plan, runtime, gateway, stack.pop_all())
 
 

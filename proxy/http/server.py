@@ -94,6 +94,15 @@ class _ProxyRequestHandler(RequestHandler):
         response.force_close()
         return response
 
+    tunnel_host: str | None = None
+    """Set on the handler of a CONNECT tunnel: every request inside must name this host."""
+    tunnel_closed: asyncio.Future[None] | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.tunnel_closed is not None and not self.tunnel_closed.done():
+            self.tunnel_closed.set_result(None)
+
 
 _LINGERING_TIME = 5.0
 
@@ -161,7 +170,7 @@ class ProxyServer:
         plan = self._plan or prepare(self._initial)
         async with AsyncExitStack() as stack:
             reload = self.reload if self._load is not None else None
-            generation = await open_generation(plan, self._clock, reload)
+            generation = await open_generation(plan, self._clock, reload, self._new_connection)
             self._generation = generation
             stack.callback(setattr, self, "_generation", None)  # last, once all is closed
             stack.push_async_callback(self._close_generations)
@@ -185,6 +194,11 @@ class ProxyServer:
             self.addresses = runner.addresses
             self._stack = stack.pop_all()  # stop() closes it all
 
+    def _new_connection(self) -> RequestHandler:
+        """A connection handler like the listener's (a CONNECT tunnel's)."""
+        assert self._http is not None
+        return self._http()
+
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._generation is not None
         return await self._generation.gateway(request)
@@ -206,7 +220,7 @@ class ProxyServer:
             try:
                 settings, warnings = needs_restart(old.plan.settings, self._load())
                 plan = prepare(settings)
-                new = await open_generation(plan, self._clock, self.reload)
+                new = await open_generation(plan, self._clock, self.reload, self._new_connection)
             except ConfigError as exc:
                 for problem in exc.problems:
                     logger.error("reload refused, the running config stays: %s", problem)
