@@ -88,6 +88,10 @@ def _build_parser() -> argparse.ArgumentParser:
     authorize.add_argument("name", help="connector name")
     authorize.add_argument("-c", "--config", help=config_help)
 
+    ca = commands.add_parser("ca", help="the local CA of tls_intercept")
+    ca.add_argument("action", choices=("init", "cert"), help="make it / print its certificate")
+    ca.add_argument("-c", "--config", help=config_help)
+
     commands.add_parser("keygen", help="print a new master key")
     commands.add_parser(
         "encrypt", help="read one secret on stdin, print it as enc:v1:... (master key from env)"
@@ -385,6 +389,48 @@ def _cmd_authorize(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _cmd_ca(args: argparse.Namespace) -> int:
+    """``ca init``: make the CA (refusing to overwrite); ``ca cert``: print its certificate."""
+    configure_logging("warning")
+    path = _config_path(args.config)
+    loaded = _load(path)
+    if isinstance(loaded, ConfigError):
+        _print_problems(path, loaded)
+        return 1
+    settings = loaded.settings
+    state = Path(settings.state_dir or ".tokenproxy")
+    configured = settings.tls_intercept
+    cert_file = Path(configured.ca_cert_file) if configured else state / "ca.pem"
+    key_file = Path(configured.ca_key_file) if configured else state / "ca.key"
+    if args.action == "cert":
+        try:
+            sys.stdout.write(cert_file.read_text())
+        except OSError as exc:
+            print(f"tokenproxy: no CA at {cert_file} ({exc.strerror}): run `tokenproxy ca init`",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        return 0
+    if cert_file.exists() or key_file.exists():
+        print(f"tokenproxy: {cert_file} or {key_file} exists; not overwritten", file=sys.stderr)
+        return 1
+    from proxy.http.intercept import make_ca
+    from proxy.store.factory import store_keys
+
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cert, sealed_key = make_ca(store_keys(state))
+    for target, data in ((key_file, sealed_key.encode()), (cert_file, cert)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+    print(f"made {cert_file} (give it to clients' trust stores) and {key_file} (sealed)")
+    if configured is None:
+        print(
+            f"add to {path}:\ntls_intercept: {{ca_cert_file: {cert_file}, ca_key_file: {key_file}}}"
+        )
+    return 0
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     print(generate_key())
     return 0
@@ -445,6 +491,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": _cmd_check,
     "token": _cmd_token,
     "authorize": _cmd_authorize,
+    "ca": _cmd_ca,
     "keygen": _cmd_keygen,
     "encrypt": _cmd_encrypt,
     "rekey": _cmd_rekey,

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.config.models import Settings
 from proxy.connectors import Connector, ConnectorPlan, open_connector, plan_connector
@@ -29,6 +31,9 @@ from proxy.store.base import TokenStore
 from proxy.store.factory import open_store, store_problems
 from proxy.tokens.model import Clock
 
+if TYPE_CHECKING:
+    from proxy.http.intercept import LeafIssuer
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -36,6 +41,8 @@ class Plan:
     connectors: Mapping[str, ConnectorPlan]
     site: ConsentSite
     """Where browsers reach this proxy's consent endpoints (told the bound port)."""
+    intercept: LeafIssuer | None = None
+    """With ``tls_intercept``: the local CA's certificates for CONNECT host:443."""
 
     @property
     def needs_store(self) -> bool:
@@ -53,9 +60,32 @@ def prepare(settings: Settings) -> Plan:
         if plan is not None:
             plans[name] = plan
     problems.extend(store_problems(settings))
+    intercept = None
+    if settings.tls_intercept is not None:
+        try:
+            intercept = _leaf_issuer(settings)
+        except ValueError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError(problems)
-    return Plan(settings, plans, site)
+    return Plan(settings, plans, site, intercept)
+
+
+def _leaf_issuer(settings: Settings) -> LeafIssuer:
+    from proxy.http.intercept import LeafIssuer  # cryptography's x509: only when used
+    from proxy.secrets.envelope import MasterKeys
+    from proxy.store.factory import store_keys
+
+    assert settings.tls_intercept is not None
+    config = settings.tls_intercept
+    state = settings.state_dir
+    try:
+        if state:
+            Path(state).mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = store_keys(Path(state)) if state else MasterKeys.from_environment()
+    except (OSError, ValueError) as exc:  # EnvelopeError is a ValueError
+        raise ValueError(f"tls_intercept: no master key to unseal the CA key ({exc})") from None
+    return LeafIssuer(config.ca_cert_file, config.ca_key_file, keys)
 
 
 class Runtime:
@@ -74,6 +104,8 @@ class Runtime:
         self.site = site or ConsentSite(settings)
         self.snapshots: WorkerSnapshots | None = None
         """With ``--workers``: the other workers' metrics (set by the server)."""
+        self.intercept: LeafIssuer | None = None
+        """The local CA's leaf certificates (``tls_intercept``), set by :func:`open_runtime`."""
         self.draining = False
         """Stopping: ``/ready`` answers 503 so that load balancers stop sending."""
         self._table: RouteTable[Connector] = RouteTable(
@@ -104,4 +136,6 @@ async def open_runtime(plan: Plan, clock: Clock | None = None) -> AsyncIterator[
             name: await open_connector(stack, connector, deadlines, clock, store)
             for name, connector in plan.connectors.items()
         }
-        yield Runtime(plan.settings, connectors, store, plan.site)
+        runtime = Runtime(plan.settings, connectors, store, plan.site)
+        runtime.intercept = plan.intercept
+        yield runtime

@@ -39,11 +39,17 @@ AUTH_TYPES = ("none", "static", "basic", "oauth2", "custom")
 # message that says so, instead of "unknown key" (``*`` stands for a connector's name).
 PLANNED_KEYS = frozenset(
     {
-        ("tls_intercept",),
         ("connectors", "*", "retries"),
         ("connectors", "*", "per_client"),
     }
 )
+
+
+class TLSInterceptConfig(StrictModel):
+    """The local CA that ``CONNECT host:443`` tunnels are terminated with (``ca init``)."""
+
+    ca_cert_file: str = Field(description="the CA certificate (PEM), for clients to trust")
+    ca_key_file: str = Field(description="its key, sealed with the master key (enc:v1:)")
 
 
 class ListenConfig(StrictModel):
@@ -248,6 +254,9 @@ class Settings(BaseSettings):
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    tls_intercept: TLSInterceptConfig | None = Field(
+        None, description="terminate CONNECT host:443 for connectors' hosts with the local CA"
+    )
     state_dir: str | None = Field(
         None, description="durable local state; default $TOKENPROXY_STATE_DIR or .tokenproxy/"
     )

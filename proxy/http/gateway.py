@@ -200,18 +200,19 @@ class Gateway:
         if match is None:
             raise RouteNotFoundError(f"no connector serves the host {host}")
         request[connector_key] = match.target.name
-        if port != 80 or inside or self._new_connection is None:
-            raise refuse_port(host, port)
-        return await serve_tunnel(request, host, self._new_connection)
+        intercept = self.runtime.intercept
+        served = port == 80 or (port == 443 and intercept is not None)
+        if not served or inside or self._new_connection is None:
+            raise refuse_port(host, port, intercept is not None)
+        tls = intercept.context_for(host) if port == 443 and intercept is not None else None
+        return await serve_tunnel(request, host, self._new_connection, tls)
 
     async def _in_tunnel(
         self, request: web.BaseRequest, target: Target, tunnel: str
     ) -> web.StreamResponse:
         """A request inside a tunnel: for the tunnel's host only, never the admin API."""
         named = target.authority or request.headers.get(hdrs.HOST) or ""
-        name = named.lower().rsplit("@", 1)[-1]
-        if name.endswith(":80"):
-            name = name[:-3]
+        name = named.lower().rsplit("@", 1)[-1].removesuffix(":80").removesuffix(":443")
         if name != tunnel:
             raise MisdirectedRequestError(
                 f"this tunnel serves {tunnel} only; open another CONNECT for another host"

@@ -1,0 +1,124 @@
+"""TLS interception (``tls_intercept``): ``CONNECT host:443`` for a connector's host is
+terminated with a leaf certificate from the local CA (``tokenproxy ca init``), and the
+requests inside get the credential like any other. Real clients: curl with ``-x`` and
+``--cacert``, Python's urllib with ``HTTPS_PROXY``. A client that does not trust the CA fails
+its handshake and the upstream sees nothing; leaves are reused per host; no key of theirs,
+nor the CA's in the clear, is on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import STATIC_TOKEN, RunningProxy, StartProxy, WriteConfig, connector
+from tests.fakes import RecordingUpstream
+from tests.test_cli import tokenproxy
+
+
+@pytest.fixture
+async def intercepting(
+    start_proxy: StartProxy, write_config: WriteConfig, upstream: RecordingUpstream, tmp_path: Path
+) -> tuple[RunningProxy, Path]:
+    config: dict[str, Any] = {"connectors": {"api": connector(upstream.url, hosts=["api.test"])}}
+    path = write_config(config)
+    made = await asyncio.to_thread(tokenproxy, "ca", "init", "-c", str(path))
+    assert made.returncode == 0, made.stderr
+    state = tmp_path / ".tokenproxy"
+    again = await asyncio.to_thread(tokenproxy, "ca", "init", "-c", str(path))
+    assert again.returncode == 1 and "not overwritten" in again.stderr
+    printed = await asyncio.to_thread(tokenproxy, "ca", "cert", "-c", str(path))
+    assert printed.stdout == (state / "ca.pem").read_text()
+    config["tls_intercept"] = {
+        "ca_cert_file": str(state / "ca.pem"),
+        "ca_key_file": str(state / "ca.key"),
+    }
+    return await start_proxy(config), state / "ca.pem"
+
+
+def curl(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-s", "--noproxy", "", "-x", proxy.url, *args, "https://api.test/orders?id=1"],
+        capture_output=True, text=True, timeout=20,
+        env={k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")},
+    )  # fmt: skip
+
+
+async def test_curl_through_the_intercepting_tunnel(
+    intercepting: tuple[RunningProxy, Path], upstream: RecordingUpstream
+) -> None:
+    proxy, ca = intercepting
+    result = await asyncio.to_thread(curl, proxy, "--cacert", str(ca))
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["path"] == "/orders"
+    assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
+    distrust = await asyncio.to_thread(curl, proxy)  # the system's CAs only
+    assert distrust.returncode == 60  # curl: the peer's certificate cannot be verified
+    assert len(upstream.requests) == 1  # nothing went on for the client that refused
+
+
+async def test_python_urllib_with_https_proxy(
+    intercepting: tuple[RunningProxy, Path], upstream: RecordingUpstream
+) -> None:
+    proxy, ca = intercepting
+
+    def fetch() -> tuple[int, bytes]:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"https": proxy.url}),
+            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(ca))),
+        )
+        with opener.open("https://api.test/items", timeout=10) as response:
+            return response.status, response.read()
+
+    status, body = await asyncio.to_thread(fetch)
+    assert status == 200 and orjson.loads(body)["path"] == "/items"
+
+
+async def test_leaves_are_reused_and_no_key_is_on_disk(
+    intercepting: tuple[RunningProxy, Path], tmp_path: Path
+) -> None:
+    proxy, ca = intercepting
+    context = ssl.create_default_context(cafile=str(ca))
+    serials = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await writer.start_tls(context, server_hostname="api.test")
+        peer = writer.get_extra_info("ssl_object")
+        serials.append(peer.getpeercert()["serialNumber"])
+        assert peer.selected_alpn_protocol() in (None, "http/1.1")
+        assert peer.version() in ("TLSv1.2", "TLSv1.3")
+        writer.close()
+    assert serials[0] == serials[1]
+    files = await asyncio.to_thread(lambda: [p for p in tmp_path.rglob("*") if p.is_file()])
+    for path in files:
+        assert b"PRIVATE KEY" not in path.read_bytes(), path  # ca.key is sealed
+
+
+@pytest.mark.parametrize("agent", ["proxy", "env"])
+async def test_node_undici_reaches_an_https_url_through_the_local_ca(
+    intercepting: tuple[RunningProxy, Path], upstream: RecordingUpstream, agent: str
+) -> None:
+    from tests.test_tunnel import CLIENTS, needs_undici
+
+    needs_undici()
+    proxy, ca = intercepting
+    process = await asyncio.create_subprocess_exec(
+        "node", str(CLIENTS / "undici_fetch.mjs"), agent, proxy.url,
+        "https://api.test/secure", str(ca), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    status, _, body = out.decode().partition(" ")
+    assert status == "200" and orjson.loads(body)["path"] == "/secure"
+    assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
