@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import ssl
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -121,4 +123,106 @@ async def test_node_undici_reaches_an_https_url_through_the_local_ca(
     assert process.returncode == 0, err.decode()
     status, _, body = out.decode().partition(" ")
     assert status == "200" and orjson.loads(body)["path"] == "/secure"
+    assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
+
+
+async def test_wget_and_aiohttp_through_the_intercepting_tunnel(
+    intercepting: tuple[RunningProxy, Path], upstream: RecordingUpstream
+) -> None:
+    import aiohttp
+
+    proxy, ca = intercepting
+    environ = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    wget = await asyncio.to_thread(
+        subprocess.run,
+        ["wget", "-qO-", f"--ca-certificate={ca}", "https://api.test/by-wget"],
+        capture_output=True, text=True, timeout=20,
+        env={**environ, "https_proxy": proxy.url},
+    )  # fmt: skip
+    assert wget.returncode == 0, wget.stderr
+    assert orjson.loads(wget.stdout)["path"] == "/by-wget"
+    context = ssl.create_default_context(cafile=str(ca))
+    async with (
+        aiohttp.ClientSession(trust_env=False) as session,
+        session.get("https://api.test/by-aiohttp", proxy=proxy.url, ssl=context) as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["path"] == "/by-aiohttp"
+    assert upstream.header_values("Authorization", -1) == [f"Bearer {STATIC_TOKEN}"]
+
+
+@pytest.mark.parametrize("library", ["requests", "httpx"])
+async def test_requests_and_httpx_with_https_proxy(
+    intercepting: tuple[RunningProxy, Path], upstream: RecordingUpstream, library: str
+) -> None:
+    """As their users configure them: the proxy and the CA bundle from the environment."""
+    proxy, ca = intercepting
+    environ = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    environ |= {"HTTPS_PROXY": proxy.url, "REQUESTS_CA_BUNDLE": str(ca), "SSL_CERT_FILE": str(ca)}
+    script = {
+        "requests": "import requests; r = requests.get('https://api.test/lib'); print(r.text)",
+        "httpx": "import httpx; r = httpx.get('https://api.test/lib'); print(r.text)",
+    }[library]
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True,
+        timeout=30, env=environ,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["path"] == "/lib"
+    assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
+
+
+JAVA_CLIENT = """
+import java.io.FileInputStream;
+import java.net.InetSocketAddress;
+import java.net.ProxySelector;
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.security.KeyStore;
+import java.security.cert.CertificateFactory;
+import javax.net.ssl.SSLContext;
+import javax.net.ssl.TrustManagerFactory;
+
+public class Fetch {
+    public static void main(String[] args) throws Exception {
+        KeyStore trust = KeyStore.getInstance(KeyStore.getDefaultType());
+        trust.load(null, null);
+        trust.setCertificateEntry("tokenproxy", CertificateFactory.getInstance("X.509")
+            .generateCertificate(new FileInputStream(args[1])));
+        TrustManagerFactory factory =
+            TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+        factory.init(trust);
+        SSLContext context = SSLContext.getInstance("TLS");
+        context.init(null, factory.getTrustManagers(), null);
+        HttpClient client = HttpClient.newBuilder()
+            .proxy(ProxySelector.of(new InetSocketAddress("127.0.0.1", Integer.parseInt(args[0]))))
+            .sslContext(context).version(HttpClient.Version.HTTP_1_1).build();
+        HttpResponse<String> response = client.send(
+            HttpRequest.newBuilder(URI.create(args[2])).build(),
+            HttpResponse.BodyHandlers.ofString());
+        System.out.println(response.statusCode() + " " + response.body());
+    }
+}
+"""
+
+
+async def test_java_httpclient_with_a_proxy_and_the_local_ca(
+    intercepting: tuple[RunningProxy, Path], upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    if shutil.which("java") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the Java client test: no java")
+        pytest.skip("no Java runtime")
+    proxy, ca = intercepting
+    source = tmp_path / "Fetch.java"
+    source.write_text(JAVA_CLIENT)
+    command = ["java", str(source), str(proxy.port), str(ca), "https://api.test/from-java"]
+    result = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    status, _, body = result.stdout.partition(" ")
+    assert status == "200" and orjson.loads(body)["path"] == "/from-java"
     assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]

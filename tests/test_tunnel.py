@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import STATIC_TOKEN, StartProxy, connector, status_of
+from tests.conftest import STATIC_TOKEN, StartProxy, connector, raw_request, status_of
 from tests.fakes import RecordingUpstream
+from tests.test_server import MALFORMED
 
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -27,7 +29,9 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 @pytest.fixture
 async def tunnel_proxy(start_proxy: StartProxy, upstream: RecordingUpstream) -> int:
-    proxy = await start_proxy({"connectors": {"api": connector(upstream.url, hosts=["api.test"])}})
+    other = connector(upstream.url, hosts=["other.test"], route="/other")
+    api = connector(upstream.url, hosts=["api.test"])
+    proxy = await start_proxy({"connectors": {"api": api, "other": other}})
     return proxy.port
 
 
@@ -148,3 +152,41 @@ async def test_node_undici_through_its_proxy_agents(
     status, _, body = out.decode().partition(" ")
     assert status == "200" and orjson.loads(body)["path"] == "/orders"
     assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["{proxy}/api/prefixed"], ["-x", "{proxy}", "http://api.test/prefixed"]],
+    ids=["route-prefix", "proxy-mode"],
+)
+async def test_curl_by_route_prefix_and_as_a_proxy(
+    start_proxy: StartProxy, upstream: RecordingUpstream, args: list[str]
+) -> None:
+    proxy = await start_proxy({"connectors": {"api": connector(upstream.url, hosts=["api.test"])}})
+    environ = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    command = ["curl", "-s", "--noproxy", "", *(a.format(proxy=proxy.url) for a in args)]
+    result = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=20, env=environ
+    )
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["path"] == "/prefixed"
+    assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED), ids=sorted(MALFORMED))
+async def test_hostile_bytes_inside_a_tunnel_get_the_answers_they_get_outside(
+    tunnel_proxy: int, upstream: RecordingUpstream, name: str
+) -> None:
+    hostile = MALFORMED[name].replace(b"localhost", b"api.test")
+    outside = await raw_request(tunnel_proxy, hostile)
+    reader, writer = await asyncio.open_connection("127.0.0.1", tunnel_proxy)
+    try:
+        async with asyncio.timeout(10):
+            writer.write(b"CONNECT api.test:80 HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(hostile)
+            inside = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    assert status_of(inside) == status_of(outside) == 400
+    assert upstream.requests == []

@@ -173,10 +173,10 @@ class Gateway:
             raise MethodNotAllowedError("TRACE is not forwarded")
 
         target = parse_target(request.raw_path)
-        if tunnel is not None:
-            return await self._in_tunnel(request, target, tunnel)
         if target.authority is None:
             self.browsers.check_host(request)  # absolute form: the authority routes instead
+        if tunnel is not None:
+            return await self._in_tunnel(request, target, tunnel)
         if target.authority is None and self.admin.owns(target.path):
             self.browsers.check_cross_site(request, allowed=self.admin.is_callback(target.path))
             return await self.admin.handle(request, target.path)
