@@ -109,19 +109,10 @@ async def test_leaves_are_reused_and_no_key_is_on_disk(
 async def test_node_undici_reaches_an_https_url_through_the_local_ca(
     intercepting: tuple[RunningProxy, Path], upstream: RecordingUpstream, agent: str
 ) -> None:
-    from tests.test_tunnel import CLIENTS, needs_undici
+    from tests.test_tunnel import undici_fetch
 
-    needs_undici()
     proxy, ca = intercepting
-    process = await asyncio.create_subprocess_exec(
-        "node", str(CLIENTS / "undici_fetch.mjs"), agent, proxy.url,
-        "https://api.test/secure", str(ca), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(20):
-        out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    status, _, body = out.decode().partition(" ")
+    status, body = await undici_fetch(agent, proxy.url, "https://api.test/secure", str(ca))
     assert status == "200" and orjson.loads(body)["path"] == "/secure"
     assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
 

@@ -28,6 +28,7 @@ from tests.conftest import (
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, TLSServer
 from tests.test_cli import _stop, running
 from tests.test_tls import peer_subject, server_context
+from tests.test_token_store import rotating
 
 
 async def reload(client: aiohttp.ClientSession, proxy: RunningProxy) -> tuple[int, Any]:
@@ -223,11 +224,6 @@ async def test_readiness_turns_503_at_once_while_drain_delay_keeps_serving(
     assert "/ready answers 503 for 1.5s" in rest
 
 
-def refresh_grant(upstream: RecordingUpstream, idp: FakeIdP, seed: str) -> dict[str, Any]:
-    auth = {"grant": "refresh_token", "refresh_token": seed}
-    return {"connectors": {"api": oauth2_connector(upstream.url, idp.url, **auth)}}
-
-
 async def test_a_new_seed_refresh_token_starts_a_new_chain_on_reload(
     start_proxy: StartProxy,
     write_config: WriteConfig,
@@ -236,10 +232,10 @@ async def test_a_new_seed_refresh_token_starts_a_new_chain_on_reload(
     client: aiohttp.ClientSession,
     clock: FakeClock,
 ) -> None:
-    proxy = await start_proxy(refresh_grant(upstream, idp, idp.seed_refresh_token("alice")), clock)
+    proxy = await start_proxy(rotating(upstream, idp, idp.seed_refresh_token("alice")), clock)
     assert await http_status(client, proxy) == 200
     new_seed = idp.seed_refresh_token("bob")  # the operator switches accounts
-    write_config(refresh_grant(upstream, idp, new_seed))
+    write_config(rotating(upstream, idp, new_seed))
     status, body = await reload(client, proxy)
     assert status == 200 and body["kept_tokens"] == []
     clock.advance(400)
@@ -255,7 +251,7 @@ async def test_a_reload_during_a_renewal_loses_no_rotated_refresh_token(
     clock: FakeClock,
 ) -> None:
     """The provider rotates, then answers slowly; the old generation closes meanwhile."""
-    proxy = await start_proxy(refresh_grant(upstream, idp, idp.seed_refresh_token()), clock)
+    proxy = await start_proxy(rotating(upstream, idp, idp.seed_refresh_token()), clock)
     assert await http_status(client, proxy) == 200
 
     async def rotates_then_answers_slowly(request: web.BaseRequest) -> web.StreamResponse:

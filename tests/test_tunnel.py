@@ -125,6 +125,21 @@ async def test_client_keys_are_checked_on_the_connect(
 CLIENTS = Path(__file__).resolve().parent / "clients"
 
 
+async def undici_fetch(agent: str, proxy: str, target: str, *ca: str) -> tuple[str, str]:
+    """Fetch ``target`` with undici's ``agent`` through ``proxy`` (trusting ``ca``, if
+    given); the status and the body. Skips without Node or undici (fails under CI)."""
+    needs_undici()
+    process = await asyncio.create_subprocess_exec(
+        "node", str(CLIENTS / "undici_fetch.mjs"), agent, proxy, target, *ca,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    status, _, body = out.decode().partition(" ")
+    return status, body
+
+
 def needs_undici() -> None:
     """Skip with the reason without Node or undici (a failure under CI, which installs them)."""
     missing = shutil.which("node") is None or not (CLIENTS / "node_modules" / "undici").is_dir()
@@ -140,16 +155,9 @@ async def test_node_undici_through_its_proxy_agents(
     tunnel_proxy: int, upstream: RecordingUpstream, agent: str
 ) -> None:
     """undici (the engine of Node's fetch) opens CONNECT even for http:// targets."""
-    needs_undici()
-    process = await asyncio.create_subprocess_exec(
-        "node", str(CLIENTS / "undici_fetch.mjs"), agent, f"http://127.0.0.1:{tunnel_proxy}",
-        "http://api.test/orders?id=7", stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(20):
-        out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    status, _, body = out.decode().partition(" ")
+    status, body = await undici_fetch(
+        agent, f"http://127.0.0.1:{tunnel_proxy}", "http://api.test/orders?id=7"
+    )
     assert status == "200" and orjson.loads(body)["path"] == "/orders"
     assert upstream.header_values("Authorization") == [f"Bearer {STATIC_TOKEN}"]
 
