@@ -136,6 +136,22 @@ async def open_runtime(plan: Plan, clock: Clock | None = None) -> AsyncIterator[
             name: await open_connector(stack, connector, deadlines, clock, store)
             for name, connector in plan.connectors.items()
         }
+        link_subjects(connectors)
         runtime = Runtime(plan.settings, connectors, store, plan.site)
         runtime.intercept = plan.intercept
         yield runtime
+
+
+def link_subjects(connectors: Mapping[str, Connector]) -> None:
+    """Give each ``token_exchange`` credential its ``subject_connector``'s authenticator,
+    once all are open, so the order of connectors never matters. The config checks made
+    sure that each names another token-issuing connector, without cycles."""
+    from proxy.tokens.exchange import ExchangeGrant
+    from proxy.tokens.manager import TokenManager
+
+    for connector in connectors.values():
+        grant = getattr(connector.authenticator, "grant", None)
+        if isinstance(grant, ExchangeGrant) and grant.config.subject_connector is not None:
+            subject = connectors[grant.config.subject_connector].authenticator
+            assert isinstance(subject, TokenManager), "checked: it issues tokens"
+            grant.link(subject)

@@ -7,17 +7,24 @@ import asyncio
 import email.utils
 import secrets
 import ssl
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
 import orjson
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.config.grants import ACCESS_TOKEN_TYPE
 from proxy.demo.echo import describe_request, echo
 from proxy.demo.idp import DEMO_USERNAME, DemoIdentityProvider, OAuthError, RefreshFamily
 from proxy.tokens.endpoint import TokenRequest, TokenResponse
+from proxy.tokens.exchange import TOKEN_EXCHANGE_GRANT
+from proxy.tokens.jwt_bearer import JWT_BEARER_GRANT
 from proxy.tokens.oauth2 import ASSERTION_TYPE, DEVICE_GRANT
 
 Responder = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -103,7 +110,14 @@ class FakeIdP(DemoIdentityProvider):
     - ``delay``: seconds before each answer; ``script``: answers for the next calls, used
       before falling back to real OAuth2 behaviour;
     - ``overrides``: fields merged into every issued token (``None`` removes a field);
-    - ``reuse_detected``: a rotated refresh token was presented again (RFC 9700 §4.14).
+    - ``reuse_detected``: a rotated refresh token was presented again (RFC 9700 §4.14);
+    - RFC 7523 grants: an assertion is verified with ``bearer_keys[iss]`` (a public key),
+      its ``aud`` must be the token URL or one of ``bearer_audiences``, it must be valid now
+      (on ``clock``), live at most an hour, and carry a ``jti`` never seen before; the
+      verified claims and header go into the call (``grant_claims``, ``grant_header``);
+    - RFC 8693 exchanges: the subject must be a token it issued (type access_token) or one
+      of ``subject_tokens`` (value -> type), an actor one of ``actor_tokens``; what was
+      asked goes into the call (``exchange``), and the answer names the requested type.
     """
 
     def __init__(self, expires_in: int = 300) -> None:
@@ -125,6 +139,10 @@ class FakeIdP(DemoIdentityProvider):
         self.metadata: dict[str, dict[str, Any]] = {}  # well-known path -> metadata served
         self.url = ""  # set once the server listens
         self.clock: FakeClock | None = None  # when set, answers carry its time as ``Date``
+        self.bearer_keys: dict[str, Any] = {}  # assertion issuer -> its public key
+        self.bearer_audiences: set[str] = set()  # accepted besides the token URL
+        self.subject_tokens: dict[str, str] = {}  # subject token -> its type
+        self.actor_tokens: dict[str, str] = {}  # actor token -> its type
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "GET" and request.path in self.metadata:
@@ -138,13 +156,14 @@ class FakeIdP(DemoIdentityProvider):
             self.calls[-1] |= {"headers": headers, "browser_flow": True}
             return await super().__call__(request)
         is_json = request.content_type == "application/json"
-        form = {} if is_json else {k: str(v) for k, v in (await request.post()).items()}
+        pairs = [] if is_json else [(k, str(v)) for k, v in (await request.post()).items()]
         self.calls.append(
             {
                 "method": request.method,
                 "path": request.path,
                 "query": request.query_string,
-                "form": form,
+                "form": dict(pairs),
+                "pairs": pairs,
                 "json": await request.json() if is_json else None,
                 "headers": dict(request.headers),
             }
@@ -215,6 +234,10 @@ class FakeIdP(DemoIdentityProvider):
                 "expires_in": self.device_expires_in,
                 "interval": self.device_interval,
             }
+        if form.get("grant_type") == JWT_BEARER_GRANT:
+            return self.bearer_grant(request, form)
+        if form.get("grant_type") == TOKEN_EXCHANGE_GRANT:
+            return self.exchange(request, form)
         if form.get("grant_type") == DEVICE_GRANT:
             self.authenticate_client(request, form)
             code = form.get("device_code", "")
@@ -231,6 +254,70 @@ class FakeIdP(DemoIdentityProvider):
             return self.issue(decision, with_refresh=True)
         return super().grant(request, form)
 
+    def client_if_any(self, request: web.BaseRequest, form: dict[str, str]) -> str | None:
+        """The client, if the request authenticates one (the extension grants need none)."""
+        presented = ("client_id", "client_secret", "client_assertion") & form.keys()
+        if presented or "Authorization" in request.headers:
+            return self.authenticate_client(request, form)
+        return None
+
+    def bearer_grant(self, request: web.BaseRequest, form: dict[str, str]) -> dict[str, Any]:
+        """RFC 7523 §2.1 and §3, as strictly as a provider checks."""
+        self.client_if_any(request, form)
+        assertion = form.get("assertion", "")
+        try:
+            header = jwt.get_unverified_header(assertion)
+            issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss")
+            claims = jwt.decode(
+                assertion,
+                self.bearer_keys.get(issuer),
+                algorithms=["RS256", "PS256", "ES256"],
+                audience=[str(request.url.with_query(None)), *self.bearer_audiences],
+                options={
+                    "require": ["iss", "aud", "iat", "exp", "jti"],
+                    "verify_exp": False,  # checked below, on this provider's clock
+                    "verify_iat": False,
+                },
+            )
+        except (jwt.PyJWTError, TypeError, ValueError):
+            raise OAuthError("invalid_grant", description="bad assertion") from None
+        now = self.clock.wall() if self.clock is not None else time.time()
+        if not claims["iat"] - 60 <= now < claims["exp"]:
+            raise OAuthError("invalid_grant", description="assertion expired or not yet valid")
+        if claims["exp"] - claims["iat"] > 3600:
+            raise OAuthError("invalid_grant", description="assertion lives too long")
+        if claims["jti"] in self.seen_jti:
+            raise OAuthError("invalid_grant", description="assertion replayed")
+        self.seen_jti.add(claims["jti"])
+        self.calls[-1] |= {"grant_claims": claims, "grant_header": header}
+        scope = claims.get("scope") or form.get("scope")
+        return self.issue(claims.get("sub", claims["iss"]), with_refresh=False, scope=scope)
+
+    def exchange(self, request: web.BaseRequest, form: dict[str, str]) -> dict[str, Any]:
+        """RFC 8693 §2.1: the subject (and actor) must be tokens it knows, of their types."""
+        self.client_if_any(request, form)
+        subject = form.get("subject_token", "")
+        known = ACCESS_TOKEN_TYPE if subject in self.issued else self.subject_tokens.get(subject)
+        if known is None:
+            raise OAuthError("invalid_grant", description="unknown subject token")
+        if form.get("subject_token_type") != known:
+            raise OAuthError("invalid_request", description="wrong subject_token_type")
+        actor = form.get("actor_token")
+        if (actor is None) != ("actor_token_type" not in form):
+            raise OAuthError("invalid_request", description="actor_token_type without actor")
+        if actor is not None and self.actor_tokens.get(actor) != form["actor_token_type"]:
+            raise OAuthError("invalid_grant", description="unknown actor token")
+        requested = form.get("requested_token_type", ACCESS_TOKEN_TYPE)
+        self.calls[-1]["exchange"] = {
+            "subject_token": subject,
+            "actor_token": actor,
+            "audience": form.get("audience"),
+            "resource": [value for name, value in self.calls[-1]["pairs"] if name == "resource"],
+            "requested_token_type": form.get("requested_token_type"),
+        }
+        subject_of = self.subjects.get(subject, "exchanged-subject")
+        return self.issue(subject_of, with_refresh=False, scope=form.get("scope"), typed=requested)
+
     def approve(self, user_code: str, subject: str = DEMO_USERNAME, *, deny: bool = False) -> None:
         self.devices[self.device_codes[user_code]] = "denied" if deny else subject
 
@@ -241,10 +328,18 @@ class FakeIdP(DemoIdentityProvider):
         return refresh_token
 
     def issue(
-        self, subject: str, *, with_refresh: bool, scope: str | None = None
+        self,
+        subject: str,
+        *,
+        with_refresh: bool,
+        scope: str | None = None,
+        typed: str | None = None,
     ) -> dict[str, Any]:
+        """``typed``: the ``issued_token_type`` of an exchange's answer."""
         token = super().issue(subject, with_refresh=with_refresh, scope=scope)
         self.issued.add(token["access_token"])
+        if typed is not None:
+            token["issued_token_type"] = typed
         for key, value in self.overrides.items():
             if value is None:
                 token.pop(key, None)
@@ -383,3 +478,55 @@ class FakeTokenEndpoint:
 
     def forms(self, name: str) -> list[str | None]:
         return [(r.form or {}).get(name) for r in self.requests]
+
+
+def signing_key(alg: str = "RS256") -> tuple[str, Any]:
+    """A new private key for ``alg`` as unencrypted PKCS#8 PEM, and its public key."""
+    key: Any = (
+        ec.generate_private_key(ec.SECP256R1())
+        if alg == "ES256"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return pem, key.public_key()
+
+
+SERVICE_ACCOUNT_EMAIL = "tokenproxy@example-project.iam.gserviceaccount.com"
+
+
+def service_account_file(path: Path, token_uri: str, pem: str, **fields: Any) -> Path:
+    """A Google-style service-account key file (``fields`` replace or, as None, drop)."""
+    data = {
+        "type": "service_account",
+        "project_id": "example-project",
+        "private_key_id": "sa-key-1",
+        "private_key": pem,
+        "client_email": SERVICE_ACCOUNT_EMAIL,
+        "client_id": "1234567890",
+        "token_uri": token_uri,
+        **fields,
+    }
+    path.write_bytes(orjson.dumps({k: v for k, v in data.items() if v is not None}))
+    return path
+
+
+def example_material(directory: Path, token_uri: str) -> tuple[dict[str, str], Any]:
+    """The key files, service-account file and subject token that config/examples/ name
+    by ``${VAR}`` (made now, never committed): the environment to set, and the public key
+    that verifies them all."""
+    pem, public = signing_key("RS256")
+    key_file = directory / "jwt-bearer.key"
+    key_file.write_text(pem)
+    subject = directory / "workload-token"
+    subject.write_text("workload-identity-token-from-the-platform")
+    env = {
+        "SALESFORCE_KEY_FILE": str(key_file),
+        "DOCUSIGN_KEY_FILE": str(key_file),
+        "GOOGLE_APPLICATION_CREDENTIALS": str(
+            service_account_file(directory / "service-account.json", token_uri, pem)
+        ),
+        "WORKLOAD_TOKEN_FILE": str(subject),
+    }
+    return env, public

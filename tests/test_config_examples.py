@@ -9,6 +9,7 @@ import pytest
 from proxy.config.loader import load_settings
 from proxy.runtime import prepare
 from proxy.secrets.envelope import KEY_ENV, generate_key
+from tests.fakes import example_material
 from tests.test_tls import mtls_material
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -21,8 +22,10 @@ def test_there_are_examples() -> None:
 
 @pytest.fixture(autouse=True)
 def _example_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real files for the mTLS example's ${ERP_*} variables."""
-    for name, value in mtls_material(tmp_path).items():
+    """Real files for the ${VAR}s of the mTLS example (ERP_*) and the JWT bearer and token
+    exchange examples (keys, a service-account file, a subject token), made now."""
+    material, _ = example_material(tmp_path, "https://oauth2.googleapis.com/token")
+    for name, value in (mtls_material(tmp_path) | material).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv(KEY_ENV, generate_key())  # the redis example needs the fleet's key
 

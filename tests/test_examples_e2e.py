@@ -2,8 +2,10 @@
 
 Token endpoint and upstream URLs are pointed at the fake identity provider and the recording
 upstream (their paths kept), the fake provider learns the example's credentials, and answers
-to custom requests are shaped by the example's own paths. Each example must then obtain a
-token, forward a request with it, and renew it once it expires.
+to custom requests are shaped by the example's own paths. Signing keys, service-account
+files and subject tokens named by ``${VAR}`` are made at test time (the service account's
+``token_uri`` is the fake's). Each example must then obtain a token, forward a request with
+it, and renew it once it expires.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.config.paths import JsonPath
 from proxy.secrets.envelope import KEY_ENV, generate_key
 from tests.conftest import RunningProxy, StartProxy
-from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
+from tests.fakes import (
+    SERVICE_ACCOUNT_EMAIL,
+    FakeClock,
+    FakeIdP,
+    RecordingUpstream,
+    answer,
+    example_material,
+)
 
 EXAMPLES = {
     path.stem: yaml.safe_load(path.read_text())
@@ -89,8 +98,18 @@ def script_custom(idp: FakeIdP, auth: CustomAuthConfig, wall: float, *, refreshi
     return token
 
 
-def teach(idp: FakeIdP, auth: OAuth2AuthConfig) -> None:
-    """Make the fake provider accept this example's client, user and refresh token."""
+def teach(idp: FakeIdP, auth: OAuth2AuthConfig, public_key: Any) -> None:
+    """Make the fake provider accept this example's client, user and refresh token, its
+    assertions' key and audience, or its subject token."""
+    if auth.grant == "jwt_bearer":
+        assertion = auth.assertion
+        idp.bearer_keys[(assertion and assertion.issuer) or SERVICE_ACCOUNT_EMAIL] = public_key
+        if assertion is not None and assertion.audience:
+            idp.bearer_audiences.add(assertion.audience)
+    if auth.subject_token is not None:
+        idp.subject_tokens[auth.subject_token.get_secret_value()] = auth.subject_token_type
+    if auth.grant in ("jwt_bearer", "token_exchange") and auth.client_secret is None:
+        return  # no client to know
     assert auth.client_id and auth.client_secret
     idp.clients[auth.client_id] = auth.client_secret.get_secret_value()
     if auth.username and auth.password:
@@ -122,7 +141,11 @@ async def test_example_end_to_end(
     example: dict[str, Any],
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    material, public_key = example_material(tmp_path, f"{idp.url}/token")
+    for variable, value in material.items():
+        monkeypatch.setenv(variable, value)
     config = pointed_at(example, idp.url, upstream.url)
     config.pop("state_dir", None)  # this test's own, beside its config file
     if config.get("cache", {}).get("backend") == "redis":
@@ -139,14 +162,14 @@ async def test_example_end_to_end(
     route = connector.route or ""
 
     if isinstance(auth, OAuth2AuthConfig) and auth.grant == "authorization_code":
-        teach(idp, auth)
+        teach(idp, auth, public_key)
         await consent_once(proxy, name)
     for refreshing in (False, True):
         if isinstance(auth, CustomAuthConfig):
             token = script_custom(idp, auth, clock.wall(), refreshing=refreshing)
         else:
             assert isinstance(auth, OAuth2AuthConfig)
-            teach(idp, auth)
+            teach(idp, auth, public_key)
         async with client.get(f"{proxy.url}{route}/items") as response:
             assert response.status == 200, await response.text()
         sent = upstream.header_values(getattr(auth, "header", "Authorization"))

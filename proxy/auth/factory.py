@@ -41,20 +41,35 @@ def plan_auth(
         case BasicAuthConfig():
             return basic_authenticator(config)
         case OAuth2AuthConfig():
-            key = None
-            if config.client_auth == "private_key_jwt":
-                from proxy.tokens.assertions import load_signing_key  # PyJWT: only when used
-
-                try:
-                    key = load_signing_key(config)
-                except ValueError as exc:
-                    raise ValueError(f"{where}.auth.private_key: {exc}") from None
-            links = None
-            if config.grant == "authorization_code" and site is not None:
-                links = ConsentLinks(name, site, config.redirect_uri)
-            return OAuth2Grant(config, name, key, links)
+            return _oauth2_grant(name, config, where, site)
         case CustomAuthConfig():
             return CustomGrant(config, name)
+
+
+def _oauth2_grant(
+    name: str, config: OAuth2AuthConfig, where: str, site: ConsentSite | None
+) -> OAuth2Grant:
+    """The grant, its keys loaded (and a service-account file read) now, once."""
+    key = None
+    if config.client_auth == "private_key_jwt":
+        from proxy.tokens.assertions import load_signing_key  # PyJWT: only when used
+
+        try:
+            key = load_signing_key(config)
+        except ValueError as exc:
+            raise ValueError(f"{where}.auth.private_key: {exc}") from None
+    if config.grant == "jwt_bearer":
+        from proxy.tokens.jwt_bearer import JwtBearerGrant, plan_assertion
+
+        return JwtBearerGrant(config, name, plan_assertion(config, f"{where}.auth"), key)
+    if config.grant == "token_exchange":
+        from proxy.tokens.exchange import ExchangeGrant
+
+        return ExchangeGrant(config, name, key)
+    links = None
+    if config.grant == "authorization_code" and site is not None:
+        links = ConsentLinks(name, site, config.redirect_uri)
+    return OAuth2Grant(config, name, key, links)
 
 
 def open_auth(
@@ -78,4 +93,9 @@ def open_auth(
     if store is not None:
         seed = plan.seed_refresh_token()
         shared = SharedToken(store, token_key(name, config, store.keys), name, seed, clock)
-    return TokenManager(name, config, plan, send, clock=clock, deadline=deadline, shared=shared)
+    manager = TokenManager
+    if getattr(config, "subject_connector", None) is not None:
+        from proxy.tokens.exchange import ExchangeTokenManager
+
+        manager = ExchangeTokenManager  # linked to its subject by the runtime
+    return manager(name, config, plan, send, clock=clock, deadline=deadline, shared=shared)

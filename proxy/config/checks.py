@@ -13,6 +13,7 @@ from yarl import URL
 
 from proxy.config.base import is_loopback_host
 from proxy.config.models import Settings
+from proxy.config.oauth2 import TokenLifecycleConfig
 
 
 @dataclass
@@ -21,12 +22,49 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def subject_connector_problems(settings: Settings) -> list[str]:
+    """Each ``subject_connector`` of a token exchange names a connector that issues tokens
+    (``oauth2`` or ``custom``), not its own, and following them never comes back."""
+    problems: list[str] = []
+    links: dict[str, str] = {}  # connector -> its own auth's subject connector
+    for name, connector in settings.connectors.items():
+        blocks = [(f"connectors.{name}.auth", connector.auth)]
+        clients = getattr(connector, "per_client", {})  # a client's may name its connector
+        blocks += [(f"connectors.{name}.per_client.{c}", auth) for c, auth in clients.items()]
+        for path, auth in blocks:
+            subject = getattr(auth, "subject_connector", None)
+            if subject is None:
+                continue
+            other = settings.connectors.get(subject)
+            own = path.endswith(".auth")
+            if own and subject == name:
+                problems.append(f"{path}.subject_connector: names its own connector")
+            elif other is None:
+                problems.append(f"{path}.subject_connector: no connector named {subject!r}")
+            elif not isinstance(other.auth, TokenLifecycleConfig):
+                problems.append(
+                    f"{path}.subject_connector: connector {subject!r} issues no tokens (its "
+                    "auth must be of type oauth2 or custom)"
+                )
+            elif own:
+                links[name] = subject
+    for name in links:
+        chain = [name]
+        while (after := links.get(chain[-1])) is not None and after not in chain:
+            chain.append(after)
+        if after == name:
+            cycle = " -> ".join([*chain, name])
+            problems.append(f"connectors.{name}.auth.subject_connector: a cycle ({cycle})")
+    return problems
+
+
 def _route_covers(prefix: str, path: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
 def cross_check(settings: Settings) -> CheckResult:
     result = CheckResult()
+    result.errors.extend(subject_connector_problems(settings))
     if not is_loopback_host(settings.listen.host) and not settings.clients.restricted:
         result.errors.append(
             f"listen.host: {settings.listen.host!r} is not a loopback address; a public "

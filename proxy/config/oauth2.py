@@ -1,7 +1,8 @@
 """Config of auth types that obtain tokens from an identity provider.
 
 :class:`TokenLifecycleConfig` holds what every token-issuing type shares (expiry, renewal,
-re-auth); :class:`OAuth2AuthConfig` adds the OAuth2 grants of RFC 6749.
+re-auth); :class:`OAuth2AuthConfig` adds the OAuth2 grants of RFC 6749, and the extension
+grants of :mod:`proxy.config.grants` (JWT bearer, token exchange).
 """
 
 from __future__ import annotations
@@ -14,12 +15,23 @@ from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.base import HeaderName, is_loopback_host
+from proxy.config.grants import EXTENSION_FIELDS_OF_GRANT, ExtensionGrantFields
 from proxy.config.paths import JsonPathField
 from proxy.config.tls import TLSConfig
 
 # Parameters the grant itself sets; extra_params may not smuggle a second copy of them.
 RESERVED_PARAMS = frozenset(
-    {"grant_type", "client_id", "client_secret", "username", "password", "refresh_token"}
+    {
+        "grant_type",
+        "client_id",
+        "client_secret",
+        "username",
+        "password",
+        "refresh_token",
+        "assertion",
+        "subject_token",
+        "actor_token",
+    }
 )
 # What the authorization request of the code flow sets itself (RFC 6749 §4.1.1, RFC 7636).
 RESERVED_AUTH_PARAMS = frozenset(
@@ -102,10 +114,6 @@ class TokenLifecycleConfig(InjectedAuthConfig):
         return value
 
 
-PLANNED_GRANTS = frozenset({"jwt_bearer", "token_exchange"})
-"""Grants of the contract that later versions bring."""
-
-
 _CODE = ("authorization_code",)
 _INTERACTIVE = ("authorization_code", "device_code")
 _FIELDS_OF_GRANT = {
@@ -117,18 +125,28 @@ _FIELDS_OF_GRANT = {
     "userinfo_url": _INTERACTIVE,
     "userinfo_fields": _INTERACTIVE,
     "device_authorization_url": ("device_code",),
+    **EXTENSION_FIELDS_OF_GRANT,
 }
 """Fields that only some grants read: set with another, they are a mistake worth naming."""
+_NO_CLIENT_NEEDED = ("jwt_bearer", "token_exchange")
 
 
-class OAuth2AuthConfig(TokenLifecycleConfig):
+class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
     """OAuth2 token endpoint (RFC 6749): client credentials, password or refresh-token grant;
-    or a grant a person authorizes once, an authorization code (one browser consent) or a
-    device authorization (RFC 8628), renewed by refresh tokens from then on."""
+    a signed JWT (``jwt_bearer``, RFC 7523) or another token (``token_exchange``, RFC 8693)
+    exchanged for one (no client needed: ``client_auth`` defaults to ``none``, or with a
+    ``client_secret`` to ``client_secret_basic``); or a grant a person authorizes once, an
+    authorization code or a device authorization (RFC 8628), renewed by refresh tokens."""
 
     type: Literal["oauth2"]
     grant: Literal[
-        "client_credentials", "password", "refresh_token", "authorization_code", "device_code"
+        "client_credentials",
+        "password",
+        "refresh_token",
+        "authorization_code",
+        "device_code",
+        "jwt_bearer",
+        "token_exchange",
     ]
     issuer: str | None = Field(
         None, description="discovery (RFC 8414 / OpenID): fills the endpoints not configured"
@@ -193,13 +211,6 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
     def _endpoint_or_issuer(cls, value: str | None) -> str | None:
         return None if value is None else token_endpoint_url(value)
 
-    @field_validator("grant", mode="before")
-    @classmethod
-    def _planned_grant(cls, value: Any) -> Any:
-        if value in PLANNED_GRANTS:
-            raise ValueError(f"grant {value!r} is not available in this version of tokenproxy")
-        return value
-
     @field_validator("refresh_url", "device_authorization_url", "authorization_url", "userinfo_url")
     @classmethod
     def _other_endpoint_url(cls, value: str | None) -> str | None:
@@ -233,18 +244,28 @@ class OAuth2AuthConfig(TokenLifecycleConfig):
 
     @model_validator(mode="after")
     def _grant_needs(self) -> OAuth2AuthConfig:
+        if self.grant in _NO_CLIENT_NEEDED and "client_auth" not in self.model_fields_set:
+            # A signed assertion or a subject token says who asks; no client is needed.
+            # Set quietly (not as if configured): discovery may still pick a method.
+            if self.client_secret is None:
+                self.__dict__["client_auth"] = "none"
+        problem = self.extension_grant_problem(self.grant)
+        if problem is not None:
+            raise ValueError(problem)
         needed = {
             "client_credentials": ("client_id",),
             "password": ("username", "password"),
             "refresh_token": ("refresh_token",),
             "authorization_code": ("client_id", "authorization_url"),
             "device_code": ("client_id", "device_authorization_url"),
+            "jwt_bearer": (),
+            "token_exchange": (),
         }[self.grant]
         if self.issuer is not None:  # discovery fills the endpoints
             discovered = ("device_authorization_url", "authorization_url")
             needed = tuple(n for n in needed if n not in discovered)
-        elif self.token_url is None:
-            needed += ("token_url",)
+        elif self.token_url is None and self.service_account_file is None:
+            needed += ("token_url",)  # a service-account file names its token_uri
         needed += {
             "client_secret_basic": ("client_id", "client_secret"),
             "client_secret_post": ("client_id", "client_secret"),

@@ -29,6 +29,21 @@ _ERROR_CODE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,40}/[a-z0-9!#$&^_.+-]{1,60}")
 
 
+FormValue = str | tuple[str, ...]
+"""A form parameter's value; a tuple is sent as the parameter repeated (RFC 8693 ``resource``)."""
+
+
+def form_pairs(form: Mapping[str, FormValue] | None) -> list[tuple[str, str]] | None:
+    """``form`` as the (name, value) pairs sent, a tuple's values each as its own pair."""
+    if form is None:
+        return None
+    return [
+        (name, item)
+        for name, value in form.items()
+        for item in ((value,) if isinstance(value, str) else value)
+    ]
+
+
 @dataclass(frozen=True)
 class TokenRequest:
     """A token request, built without I/O by a grant and sent by :func:`send_token_request`.
@@ -40,7 +55,7 @@ class TokenRequest:
 
     url: str
     method: str = "POST"
-    form: Mapping[str, str] | None = field(default=None, repr=False)
+    form: Mapping[str, FormValue] | None = field(default=None, repr=False)
     json: Any = field(default=None, repr=False)
     query: Mapping[str, str] | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -68,7 +83,7 @@ async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResp
                 request.method,
                 request.url,
                 params=request.query,
-                data=request.form,
+                data=form_pairs(request.form),
                 json=request.json,
                 headers=request.headers,
                 allow_redirects=False,

@@ -152,6 +152,15 @@ class TokenManager(Authenticator):
         except ProxyError:
             return None
 
+    async def access_token(self) -> str:
+        """The raw token :meth:`credential` hands out now (obtained first if need be), for
+        a connector that exchanges it (RFC 8693 chaining); raises like :meth:`credential`.
+        It goes through :meth:`credential`, so a chain of exchanges checks every link."""
+        credential = await self.credential()
+        if credential.query_param is not None or not self.config.token_prefix:
+            return credential.value
+        return credential.value.removeprefix(f"{self.config.token_prefix} ")
+
     def phase(self) -> Phase:
         held = self._held
         return Phase.EXPIRED if held is None else held.token.phase(self._clock.monotonic())

@@ -9,17 +9,22 @@ Client authentication (``client_auth``), never in both the header and the body:
   the token endpoint URL, a fresh ``jti`` and a 60-second life, made anew for every request;
 - ``tls_client_auth``: RFC 8705, the TLS client certificate authenticates; only the id is sent;
 - ``none``: a public client, only the id.
+
+The extension grants (``jwt_bearer``, ``token_exchange``) are subclasses that add their own
+parameters: :mod:`proxy.tokens.jwt_bearer`, :mod:`proxy.tokens.exchange`.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import TokenEndpointError
 from proxy.tokens.endpoint import (
+    FormValue,
     TokenRequest,
     TokenResponse,
     TokenSender,
@@ -51,6 +56,8 @@ _WIRE_GRANT = {
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# Grants that can always ask for a new token without a refresh token.
+_PRIMARY_GRANTS = ("client_credentials", "password", "jwt_bearer", "token_exchange")
 
 
 # Our preference among what a provider supports, given the material configured.
@@ -132,7 +139,7 @@ class OAuth2Grant:
         """False when only a refresh token can get a token: the ``refresh_token`` grant, and
         the interactive grants, which a person authorizes once (a browser, ``tokenproxy
         authorize``)."""
-        return self.config.grant == "client_credentials" or self.config.grant == "password"
+        return self.config.grant in _PRIMARY_GRANTS
 
     def authorization_endpoint(self) -> str:
         return self._endpoint("authorization_url")
@@ -186,8 +193,9 @@ class OAuth2Grant:
 
     @property
     def keeps_refresh_tokens(self) -> bool:
-        # RFC 6749 §4.4.3: no refresh token for client credentials; ignore one if sent.
-        return self.config.grant != "client_credentials"
+        # RFC 6749 §4.4.3: no refresh token for client credentials; ignore one if sent. The
+        # extension grants ignore theirs too (their modules' docstrings say why).
+        return self.config.grant not in ("client_credentials", "jwt_bearer", "token_exchange")
 
     def refresh_rejected(self, error: TokenEndpointError) -> bool:
         # RFC 6749 §5.2: invalid_grant means the refresh token is invalid, expired or revoked.
@@ -218,11 +226,15 @@ class OAuth2Grant:
         return form, {}
 
     def _request(
-        self, url: str, grant_form: dict[str, str], context: RequestContext, replayable: bool
+        self,
+        url: str,
+        grant_form: Mapping[str, FormValue],
+        context: RequestContext,
+        replayable: bool,
     ) -> TokenRequest:
         config = self.config
         auth_form, auth_headers = self._client_auth(url, context.now_wall)
-        form = {**grant_form, **auth_form}
+        form: dict[str, FormValue] = {**grant_form, **auth_form}
         for name, value in config.extra_params.items():
             form[name] = value.get_secret_value()
         headers = {name: value.get_secret_value() for name, value in config.headers.items()}
@@ -255,13 +267,17 @@ class OAuth2Grant:
         config = self.config
         payload = json_payload(response)
         token = validate_token(payload.get(config.token_field), config.token_field)
-        check_token_type(payload, custom_prefix=config.token_prefix.lower() != "bearer")
+        self.check_answer(payload)
         lifetime = parse_expires_in(payload.get("expires_in"))
         if lifetime is None:
             lifetime = jwt_lifetime(token, now_wall)
         if lifetime is None:
             lifetime = config.default_ttl
         return IssuedToken(token, bounded_lifetime(lifetime, config.max_ttl, self.connector))
+
+    def check_answer(self, payload: dict[str, Any]) -> None:
+        """Raise TokenEndpointError when the token is not one to use (its type)."""
+        check_token_type(payload, custom_prefix=self.config.token_prefix.lower() != "bearer")
 
     def refresh_token_in(self, response: TokenResponse, *, refreshing: bool) -> str | None:
         payload = json_object_or_none(response) if self.keeps_refresh_tokens else None
