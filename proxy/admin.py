@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
-from proxy.config.models import AdminConfig
+from proxy.config.models import AdminConfig, AuthConfig
 from proxy.connectors import Connector
 from proxy.consent.web import CONSENT_PATH, ConsentEndpoints
 from proxy.egress.tls import describe_tls
@@ -56,20 +56,30 @@ def _without_credentials(proxy: SecretStr | None) -> str | None:
     return str(URL(proxy.get_secret_value()).with_user(None).with_password(None))
 
 
+def _describe_auth(config: AuthConfig | None) -> dict[str, Any]:
+    if config is None:
+        return {"type": None}
+    auth: dict[str, Any] = {"type": config.type}
+    if isinstance(config, InjectedAuthConfig):
+        if config.query_param:
+            auth["query_param"] = config.query_param
+        else:
+            auth["header"] = config.header
+    return auth
+
+
 def describe_connector(connector: Connector) -> dict[str, Any]:
     config = connector.config
-    auth: dict[str, Any] = {"type": config.auth.type}
-    if isinstance(config.auth, InjectedAuthConfig):
-        if config.auth.query_param:
-            auth["query_param"] = config.auth.query_param
-        else:
-            auth["header"] = config.auth.header
+    clients = {
+        client: {"auth": _describe_auth(config.per_client[client]), **auth.describe()}
+        for client, auth in connector.clients.items()
+    }
     return {
         "name": connector.name,
         "route": None if config.route is None else config.route or "/",
         "hosts": list(config.hosts),
         "upstream": config.upstream,
-        "auth": auth,
+        "auth": _describe_auth(config.auth),
         "timeouts": config.timeouts.model_dump(),
         "tls": describe_tls(config.tls),
         **(
@@ -80,6 +90,7 @@ def describe_connector(connector: Connector) -> dict[str, Any]:
         "http_proxy": _without_credentials(config.http_proxy),
         "warmup": config.warmup,
         **connector.authenticator.describe(),
+        **({"clients": clients} if clients else {}),
     }
 
 
@@ -153,7 +164,8 @@ class AdminApi:
         waiting = [
             c.name
             for c in connectors
-            if c.config.warmup and c.authenticator.phase() is Phase.EXPIRED
+            if c.config.warmup
+            and any(a.phase() is Phase.EXPIRED for a in c.authenticators().values())
         ]
         store = self._describe_store()
         if self._runtime.draining:
@@ -176,14 +188,13 @@ class AdminApi:
         if connector is None:
             raise RouteNotFoundError(f"no connector named {name!r}")
         request[connector_key] = name  # errors and the access log name it
-        await connector.authenticator.refresh()
+        for authenticator in connector.authenticators().values():  # its clients' too
+            await authenticator.refresh()
         return json_response(describe_connector(connector))
 
     def _every_worker(self) -> tuple[Metrics, list[StateOf], tuple[str, bool] | None]:
         """This worker's counters and state, and every other worker's (``--workers``)."""
-        state = connector_state(
-            {c.name: c.authenticator.describe() for c in self._connectors.values()}, time.time()
-        )
+        state = connector_state(self._runtime.token_states(), time.time())
         store_up = None if self._store is None else self._store.health() == "ok"
         merged, states, reachable = Metrics(), [state], [store_up]
         merged.add(METRICS.dump())

@@ -24,7 +24,7 @@ from yarl import URL
 
 from proxy import __version__
 from proxy.config.loader import LoadedConfig, load_settings
-from proxy.config.models import ConnectorConfig, Settings
+from proxy.config.models import AuthConfig, ConnectorConfig, Settings
 from proxy.errors import ConfigError, ProxyError
 from proxy.logs import LOG_FORMAT_ENV, configure_logging
 from proxy.secrets.envelope import EnvelopeError, MasterKeys, generate_key, key_id
@@ -79,6 +79,9 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask the token endpoint for a new token (through the store's lease) even if "
         "a valid one is stored",
+    )
+    token.add_argument(
+        "--client", help="the token of this calling client (a per_client entry of the connector)"
     )
 
     authorize = commands.add_parser(
@@ -173,7 +176,13 @@ def _summary(connector: ConnectorConfig) -> str:
     """One line: where requests come in, what credential, from where, and where they go."""
     where = [] if connector.route is None else [f"route {connector.route or '/'}"]
     where += [f"host {host}" for host in connector.hosts]
-    auth = connector.auth
+    credential = _credential_summary(connector.auth) if connector.auth else "no auth of its own"
+    if connector.per_client:
+        credential += f"; per client: {', '.join(connector.per_client)}"
+    return f"{', '.join(where)}: {credential} -> {connector.upstream}"
+
+
+def _credential_summary(auth: AuthConfig) -> str:
     credential: str = auth.type
     grant = getattr(auth, "grant", None)
     if grant is not None:
@@ -185,7 +194,7 @@ def _summary(connector: ConnectorConfig) -> str:
         credential += f" from {URL(endpoint).with_query(None)}"
     if getattr(auth, "interactive", False):
         credential += " (authorized once by a person: tokenproxy authorize)"
-    return f"{', '.join(where)}: {credential} -> {connector.upstream}"
+    return credential
 
 
 # Commands import the server side only when they need it: `check` stays quick.
@@ -291,7 +300,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     async def acquire() -> int:
         async with open_runtime(plan) as runtime:
-            authenticator = runtime.connectors[args.name].authenticator
+            authenticator = runtime.connectors[args.name].authenticator_for(args.client)
 
             async def obtain() -> Credential | None:
                 if args.fresh:
@@ -310,12 +319,12 @@ def _cmd_token(args: argparse.Namespace) -> int:
             print(f"{args.name}: pass-through (auth type none): no credential")
             return 0
         where = credential.header or f"query parameter {credential.query_param}"
-        prefix = getattr(config.auth, "token_prefix", "") if credential.header else ""
+        auth = config.auth_of(args.client)
+        prefix = getattr(auth, "token_prefix", "") if credential.header else ""
         shown = (
             mask(credential.value.removeprefix(f"{prefix} ")) if prefix else mask(credential.value)
         )
         expires = state.get("expires_in")
-        auth = config.auth
         source = (
             getattr(auth, "token_url", None) or getattr(auth, "issuer", None) or "the config file"
         )
@@ -323,7 +332,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
             source += ", read from the token store"
         print(f"{args.name}: {where}: {prefix + ' ' if prefix else ''}{shown}")
         print(f"  expires in: {'never' if expires is None else f'{expires}s'}")
-        print(f"  source: {config.auth.type} from {source}")
+        print(f"  source: {getattr(auth, 'type', 'none')} from {source}")
         return 0
 
     return asyncio.run(acquire())

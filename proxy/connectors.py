@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,28 +17,34 @@ from yarl import URL
 
 from proxy.auth.base import Authenticator
 from proxy.auth.factory import AuthPlan, open_auth, plan_auth
-from proxy.config.models import ConnectorConfig, ServerConfig
+from proxy.auth.static import NoCredentials
+from proxy.config.models import AuthConfig, ConnectorConfig, ServerConfig
 from proxy.config.oauth2 import TokenLifecycleConfig
 from proxy.config.tls import TLSConfig
 from proxy.consent.links import ConsentSite
 from proxy.egress.deadlines import Deadlines
+from proxy.egress.retries import UpstreamRetries
 from proxy.egress.sessions import Egress, egress_options, token_session, upstream_session
 from proxy.egress.tls import TLSConfigError, client_ssl_context
 from proxy.store.base import TokenStore
 from proxy.store.files import FileStore
 from proxy.tokens.endpoint import send_token_request
-from proxy.tokens.model import Clock
+from proxy.tokens.model import Clock, SystemClock
 
 
 @dataclass(frozen=True, eq=False)
 class ConnectorPlan:
     name: str
     config: ConnectorConfig
-    auth: AuthPlan
+    auth: AuthPlan | None
+    """None: no auth of its own (clients without a ``per_client`` entry get 403)."""
+    clients: Mapping[str, AuthPlan]
+    """The ``per_client`` entries' plans, by client name."""
     upstream_tls: ssl.SSLContext | None
     """None for a plain http:// upstream."""
-    token_tls: ssl.SSLContext | None
-    """The token endpoint's context (``auth.tls``, else ``tls``); None without one."""
+    token_tls: Mapping[str | None, ssl.SSLContext]
+    """The token endpoint's context (``auth.tls``, else ``tls``) of each token-issuing auth
+    (None: the connector's own, else the client's); no entry for fixed credentials."""
     max_body: int
     """The connector's ``max_body``, else the server's."""
     body_timeout: float
@@ -63,24 +70,28 @@ def plan_connector(
 
     https = URL(config.upstream).scheme == "https"
     upstream_tls = context(config.tls, f"{where}.tls") if https or config.tls else None
-    token_tls = None
-    if isinstance(config.auth, TokenLifecycleConfig):
-        auth_tls = config.auth.tls
-        # The same profile as the upstream's is the same context: prepared once.
-        token_tls = context(
-            auth_tls or config.tls, f"{where}.auth.tls" if auth_tls else f"{where}.tls"
-        )
-    try:
-        auth = plan_auth(name, config.auth, where, site)
-    except ValueError as exc:
-        problems.append(str(exc))
+    token_tls: dict[str | None, ssl.SSLContext] = {}
+    plans: dict[str | None, AuthPlan] = {}
+    for client, path, auth in config.auth_blocks(where):
+        if isinstance(auth, TokenLifecycleConfig):
+            # The same profile as the upstream's is the same context: prepared once.
+            found = context(
+                auth.tls or config.tls, f"{path}.tls" if auth.tls else f"{where}.tls"
+            )
+            if found is not None:  # else its problem is listed
+                token_tls[client] = found
+        try:
+            plans[client] = plan_auth(token_owner(name, client), auth, path, site)
+        except ValueError as exc:
+            problems.append(str(exc))
     if problems:
         return None, problems
     max_body = server.max_body if config.max_body is None else config.max_body
     plan = ConnectorPlan(
         name,
         config,
-        auth,
+        plans.pop(None, None),
+        plans,  # type: ignore[arg-type]  # only client names are left
         upstream_tls if https else None,
         token_tls,
         max_body=int(max_body),
@@ -89,18 +100,38 @@ def plan_connector(
     return plan, []
 
 
+def token_owner(connector: str, client: str | None) -> str:
+    """The name a token is kept and logged under: the connector's, or ``connector/client``
+    for a ``per_client`` entry (connector names hold no ``/``, so no two owners clash)."""
+    return connector if client is None else f"{connector}/{client}"
+
+
 @dataclass(eq=False)
 class Connector:
     name: str
     config: ConnectorConfig
     authenticator: Authenticator
+    """The connector's own credential (:class:`NoCredentials` when it has none)."""
+    clients: Mapping[str, Authenticator]
+    """The ``per_client`` credentials, by client name."""
     upstream: Egress
+    retries: UpstreamRetries
     origin: str
     """``scheme://host[:port]`` of the upstream, exactly as configured."""
     base_path: str
     """The upstream's raw base path without its trailing slash (``""`` for the root)."""
     max_body: int
     body_timeout: float
+
+    def authenticator_for(self, client: str | None) -> Authenticator:
+        """The credential of a request from ``client``: its own, else the connector's."""
+        if client is None or not self.clients:
+            return self.authenticator
+        return self.clients.get(client, self.authenticator)
+
+    def authenticators(self) -> dict[str | None, Authenticator]:
+        """Every credential of the connector: its own (None), then each client's."""
+        return {None: self.authenticator} | dict(self.clients)
 
     def upstream_url(self, rest: str, query: str | None) -> URL:
         """``origin + base_path + rest [+ ?query]``, sent byte-exact (no re-encoding).
@@ -120,38 +151,55 @@ async def open_connector(
     clock: Clock | None = None,
     store: TokenStore | None = None,
 ) -> Connector:
-    """Open the connector's sessions and authenticator; each is closed by ``stack``."""
+    """Open the connector's sessions and authenticators; each is closed by ``stack``."""
     config = plan.config
     upstream = URL(config.upstream)
     connect, read = config.timeouts.connect, config.timeouts.read
     proxy = config.http_proxy.get_secret_value() if config.http_proxy else None
-    send = None
-    if plan.token_tls is not None:
-        assert isinstance(config.auth, TokenLifecycleConfig)
-        session = token_session(plan.token_tls)
-        stack.push_async_callback(session.close)
-        # The token endpoint gets the connector's timeouts too, as an overall bound: a
-        # provider dripping its answer must not hold every waiting request for ever. No
-        # sock_read, here or upstream: its timer can fire on a pooled connection
-        # (docs/design.md, "Upstream read timeouts").
-        timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect)
-        options = egress_options(config.auth.tls or config.tls, proxy)
-        send = functools.partial(
-            send_token_request, Egress(session, timeout, read, deadlines, options)
-        )
-    token_store = getattr(config.auth, "token_store", None)
-    if token_store is not None and store is not None:  # this connector's own file
-        store = FileStore.single(Path(token_store), store.keys)
-    authenticator = open_auth(
-        plan.name, config.auth, plan.auth, send, clock, connect + read, store=store
-    )
-    stack.push_async_callback(authenticator.close)  # before the session it uses is closed
+    token_egress: dict[int, Egress] = {}  # one token session per TLS profile
+
+    def open_one(client: str | None, auth: AuthConfig, auth_plan: AuthPlan) -> Authenticator:
+        send = None
+        if client in plan.token_tls:
+            assert isinstance(auth, TokenLifecycleConfig)
+            context = plan.token_tls[client]
+            egress = token_egress.get(id(context))
+            if egress is None:
+                session = token_session(context)
+                stack.push_async_callback(session.close)
+                # The token endpoint gets the connector's timeouts too, as an overall
+                # bound: a provider dripping its answer must not hold every waiting request
+                # for ever. No sock_read, here or upstream: its timer can fire on a pooled
+                # connection (docs/design.md, "Upstream read timeouts").
+                timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect)
+                options = egress_options(auth.tls or config.tls, proxy)
+                egress = token_egress[id(context)] = Egress(
+                    session, timeout, read, deadlines, options
+                )
+            send = functools.partial(send_token_request, egress)
+        kept = store
+        token_store = getattr(auth, "token_store", None)
+        if token_store is not None and store is not None:  # this connector's own file
+            kept = FileStore.single(Path(token_store), store.keys)
+        owner = token_owner(plan.name, client)
+        authenticator = open_auth(owner, auth, auth_plan, send, clock, connect + read, store=kept)
+        stack.push_async_callback(authenticator.close)  # before the session it uses is closed
+        return authenticator
+
+    own: Authenticator = NoCredentials(plan.name)
+    if config.auth is not None and plan.auth is not None:
+        own = open_one(None, config.auth, plan.auth)
+    clients = {
+        client: open_one(client, config.per_client[client], auth_plan)
+        for client, auth_plan in plan.clients.items()
+    }
     session = upstream_session(plan.upstream_tls)
     stack.push_async_callback(session.close)
     return Connector(
         name=plan.name,
         config=config,
-        authenticator=authenticator,
+        authenticator=own,
+        clients=clients,
         upstream=Egress(
             session,
             aiohttp.ClientTimeout(total=None, connect=connect),  # reads: see read_deadline
@@ -160,6 +208,7 @@ async def open_connector(
             egress_options(config.tls, proxy),
             uses_tls=plan.upstream_tls is not None,
         ),
+        retries=UpstreamRetries.of(config.retries, clock or SystemClock()),
         origin=str(upstream.origin()),
         base_path=upstream.raw_path.rstrip("/"),
         max_body=plan.max_body,

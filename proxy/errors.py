@@ -135,6 +135,9 @@ class UpstreamError(ProxyError):
     status = 502
     code = "upstream_unreachable"
     proxy_status = "destination_unavailable"
+    worth_another_try = False
+    """The connection failed before any byte of an answer, and not in TLS: an idempotent
+    request may be sent again (:mod:`proxy.egress.retries`)."""
 
 
 class UpstreamTLSError(UpstreamError):

@@ -37,11 +37,16 @@ connector_key = web.RequestKey("connector", str)
 aborted_key = web.RequestKey("aborted", bool)
 request_id_key = web.RequestKey("request_id", str)
 upstream_ms_key = web.RequestKey("upstream_ms", float)
+client_key = web.RequestKey("client", str)
+"""The calling client's name (the ``clients.api_keys`` entry its key matched)."""
+retries_key = web.RequestKey("retries", int)
+"""Sends to the upstream after the first (retries and the re-auth replay)."""
 
 
 class AccessLogger(AbstractAccessLogger):
-    """``peer "METHOD /path HTTP/1.1" status bytes duration connector=name id=request-id``,
-    with the same facts as fields for the JSON format."""
+    """``peer "METHOD /path HTTP/1.1" status bytes duration connector=name id=request-id``
+    (then ``client=name`` and ``retries=N`` when there are), with the same facts as
+    fields for the JSON format."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
@@ -51,8 +56,10 @@ class AccessLogger(AbstractAccessLogger):
         connector = request.get(connector_key)
         request_id = request.get(request_id_key)
         duration_ms = round(time * 1000, 2)
+        client = request.get(client_key)
+        retries = request.get(retries_key)
         self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.1fms connector=%s id=%s%s',
+            '%s "%s %s HTTP/%d.%d" %d %d %.1fms connector=%s id=%s%s%s%s',
             request.remote,
             request.method,
             path,
@@ -63,11 +70,15 @@ class AccessLogger(AbstractAccessLogger):
             duration_ms,
             connector or "-",
             request_id or "-",
+            "" if client is None else f" client={client}",
+            "" if retries is None else f" retries={retries}",
             " aborted" if request.get(aborted_key) else "",
             extra={
                 "request_id": request_id,
                 "connector": connector,
                 "client": request.remote,
+                "client_name": client,
+                "retries": retries,
                 "method": request.method,
                 "path": path,
                 "status": response.status,
@@ -110,11 +121,13 @@ _FIELDS = (
     "request_id",
     "connector",
     "client",
+    "client_name",
     "method",
     "path",
     "status",
     "duration_ms",
     "upstream_ms",
+    "retries",
     "bytes",
     "event",
     "error",

@@ -17,10 +17,16 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.config.models import Settings
-from proxy.connectors import Connector, ConnectorPlan, open_connector, plan_connector
+from proxy.connectors import (
+    Connector,
+    ConnectorPlan,
+    open_connector,
+    plan_connector,
+    token_owner,
+)
 from proxy.consent.links import ConsentSite
 from proxy.egress.deadlines import Deadlines
 from proxy.errors import ConfigError
@@ -46,7 +52,7 @@ class Plan:
 
     @property
     def needs_store(self) -> bool:
-        return any(c.token_tls is not None for c in self.connectors.values())
+        return any(c.token_tls for c in self.connectors.values())
 
 
 def prepare(settings: Settings) -> Plan:
@@ -113,6 +119,14 @@ class Runtime:
             hosts=[(host, c) for c in connectors.values() for host in c.config.hosts],
         )
 
+    def token_states(self) -> dict[str, dict[str, Any]]:
+        """``describe()`` of every credential, by owner (``crm``, ``crm/billing``)."""
+        return {
+            token_owner(connector.name, client): authenticator.describe()
+            for connector in self.connectors.values()
+            for client, authenticator in connector.authenticators().items()
+        }
+
     def route(self, target: Target, host_header: str | None) -> Match[Connector] | None:
         """Absolute-form targets match by their authority only; others by Host, then by path."""
         if target.authority is not None:
@@ -150,8 +164,9 @@ def link_subjects(connectors: Mapping[str, Connector]) -> None:
     from proxy.tokens.manager import TokenManager
 
     for connector in connectors.values():
-        grant = getattr(connector.authenticator, "grant", None)
-        if isinstance(grant, ExchangeGrant) and grant.config.subject_connector is not None:
-            subject = connectors[grant.config.subject_connector].authenticator
-            assert isinstance(subject, TokenManager), "checked: it issues tokens"
-            grant.link(subject)
+        for authenticator in connector.authenticators().values():
+            grant = getattr(authenticator, "grant", None)
+            if isinstance(grant, ExchangeGrant) and grant.config.subject_connector is not None:
+                subject = connectors[grant.config.subject_connector].authenticator
+                assert isinstance(subject, TokenManager), "checked: it issues tokens"
+                grant.link(subject)

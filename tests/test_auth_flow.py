@@ -76,7 +76,7 @@ async def test_send_renews_and_replays_at_most_once(
     closed: list[bool],
 ) -> None:
     upstream = Upstream(*statuses)
-    response = await Renewing(new).send(upstream, replayable=replayable)
+    response = await Renewing(new).send(upstream, replay=lambda: replayable)
     assert response.status == returned and response is upstream.responses[-1]
     assert [c.value.removeprefix("Bearer ") for c in upstream.seen if c] == sent
     assert [r.closed for r in upstream.responses] == closed
@@ -86,7 +86,7 @@ async def test_a_client_leaving_during_the_renewal_releases_the_rejected_respons
     auth = Renewing(NEW)
     auth.renewal.clear()  # the renewal takes as long as the token endpoint does
     upstream = Upstream(401, 200)
-    sending = asyncio.ensure_future(auth.send(upstream, replayable=True))
+    sending = asyncio.ensure_future(auth.send(upstream, replay=lambda: True))
     await asyncio.sleep(0)
     sending.cancel()  # the client disconnected: aiohttp cancels the handler
     with pytest.raises(asyncio.CancelledError):
@@ -102,5 +102,5 @@ async def test_pass_through_sends_without_a_credential_and_never_renews() -> Non
             return None
 
     upstream = Upstream(401)
-    response = await PassThrough().send(upstream, replayable=True)
+    response = await PassThrough().send(upstream, replay=lambda: True)
     assert (response.status, upstream.seen, response.closed) == (401, [None], False)

@@ -650,13 +650,11 @@ def test_cache_settings_are_checked(
 @pytest.mark.parametrize(
     ("config", "problem"),
     [
-        (base_config(per_client={"b": {}}), "connectors.crm.per_client: not available in this"),
         ({"tls_intercept": {"ca_cert_file": "x"}}, "tls_intercept.ca_key_file: Field required"),
         (
             {"tls_intercept": {"ca_cert_file": "/nonexistent", "ca_key_file": "/nonexistent"}},
             "tls_intercept.ca_cert_file: cannot read the CA",
         ),
-        (base_config(retries={"attempts": 2}), "connectors.crm.retries: not available in this"),
         ({"cache": {"backend": "memcached"}}, "cache.backend: Input should be 'memory' or"),
     ],
 )

@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from yarl import URL
 
 from proxy.config.custom import CustomAuthConfig
+from proxy.config.loader import parse_yaml
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.config.paths import JsonPath
 from proxy.secrets.envelope import KEY_ENV, generate_key
@@ -34,11 +34,13 @@ from tests.fakes import (
 )
 
 EXAMPLES = {
-    path.stem: yaml.safe_load(path.read_text())
+    path.stem: parse_yaml(path.read_text())
     for path in sorted(
         (Path(__file__).resolve().parent.parent / "config" / "examples").glob("*.yaml")
     )
-    if path.stem != "mtls"  # needs TLS servers: run end to end in test_tls.py
+    # mtls needs TLS servers (run end to end in test_tls.py); per-client-credentials needs a
+    # key per calling client (run end to end in test_per_client.py).
+    if path.stem not in ("mtls", "per-client-credentials")
 }
 TOKEN_URL_KEYS = {"url", "token_url", "refresh_url", "authorization_url", "userinfo_url"}
 

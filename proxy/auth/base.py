@@ -114,9 +114,10 @@ class Authenticator:
     async def close(self) -> None:
         return None
 
-    async def send(self, send: Send[ResponseT], *, replayable: bool) -> ResponseT:
+    async def send(self, send: Send[ResponseT], *, replay: Callable[[], bool]) -> ResponseT:
         """Send with the current credential; on a ``reauth_on`` status, renew (compare and
-        invalidate) and, if ``replayable``, send once more with the new credential.
+        invalidate) and, if ``replay()`` allows one more send (the body can be sent again
+        and the request's tries are not used up), send once more with the new credential.
 
         Every response but the one returned is closed, on every path: a client that goes
         away while the renewal runs must not leave a half-read answer holding a pooled
@@ -131,7 +132,7 @@ class Authenticator:
         except BaseException:
             response.close()
             raise
-        if renewed is None or not replayable:
+        if renewed is None or not replay():
             return response
         response.close()
         return await send(renewed)

@@ -31,8 +31,9 @@ def plan_auth(
     name: str, config: AuthConfig, where: str, site: ConsentSite | None = None
 ) -> AuthPlan:
     """What the connector's auth needs, made once. Raises ``ValueError`` as
-    ``field.path: message`` when material (a signing key) cannot be used. ``site``: where
-    this proxy serves the consent of ``authorization_code`` connectors."""
+    ``field.path: message`` when material (a signing key) cannot be used; ``where`` is the
+    auth block's own path (``connectors.crm.auth``, ``connectors.crm.per_client.billing``).
+    ``site``: where this proxy serves the consent of ``authorization_code`` connectors."""
     match config:
         case NoneAuthConfig():
             return FixedAuthenticator(None)
@@ -57,11 +58,11 @@ def _oauth2_grant(
         try:
             key = load_signing_key(config)
         except ValueError as exc:
-            raise ValueError(f"{where}.auth.private_key: {exc}") from None
+            raise ValueError(f"{where}.private_key: {exc}") from None
     if config.grant == "jwt_bearer":
         from proxy.tokens.jwt_bearer import JwtBearerGrant, plan_assertion
 
-        return JwtBearerGrant(config, name, plan_assertion(config, f"{where}.auth"), key)
+        return JwtBearerGrant(config, name, plan_assertion(config, where), key)
     if config.grant == "token_exchange":
         from proxy.tokens.exchange import ExchangeGrant
 

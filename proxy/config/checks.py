@@ -100,14 +100,20 @@ def cross_check(settings: Settings) -> CheckResult:
                 )
             else:
                 hosts[host] = name
-        token_tls = getattr(connector.auth, "tls", None) or connector.tls
-        if getattr(connector.auth, "client_auth", None) == "tls_client_auth" and not (
-            token_tls and token_tls.has_client_certificate
-        ):
-            result.errors.append(
-                f"{where}.auth.client_auth: tls_client_auth needs a client certificate in "
-                "auth.tls or tls (RFC 8705)"
-            )
+        for _, path, auth in connector.auth_blocks(where):
+            token_tls = getattr(auth, "tls", None) or connector.tls
+            if getattr(auth, "client_auth", None) == "tls_client_auth" and not (
+                token_tls and token_tls.has_client_certificate
+            ):
+                result.errors.append(
+                    f"{path}.client_auth: tls_client_auth needs a client certificate in "
+                    "auth.tls or tls (RFC 8705)"
+                )
+            if getattr(auth, "grant", None) == "password":
+                result.warnings.append(
+                    f"{path}.grant: the password grant is deprecated by RFC 9700 §2.4; "
+                    "prefer client credentials where the provider offers them"
+                )
         for tls, path in (
             (connector.tls, f"{where}.tls"),
             (getattr(connector.auth, "tls", None), f"{where}.auth.tls"),
@@ -117,11 +123,6 @@ def cross_check(settings: Settings) -> CheckResult:
                     f"{path}.insecure_skip_verify: certificates are NOT verified; anyone on the "
                     "path can read the credentials"
                 )
-        if getattr(connector.auth, "grant", None) == "password":
-            result.warnings.append(
-                f"{where}.auth.grant: the password grant is deprecated by RFC 9700 §2.4; "
-                "prefer client credentials where the provider offers them"
-            )
         token_store = getattr(connector.auth, "token_store", None)
         if token_store is not None:
             resolved = str(Path(token_store).resolve())
@@ -138,4 +139,24 @@ def cross_check(settings: Settings) -> CheckResult:
                 f"{where}.upstream: plain http:// to {upstream.host} sends the injected "
                 "credential unencrypted"
             )
+    result.errors.extend(per_client_problems(settings))
     return result
+
+
+def per_client_problems(settings: Settings) -> list[str]:
+    """Each ``per_client`` entry names a client of ``clients.api_keys``, and obtains its
+    tokens without a person (consent is per connector: one person, one account)."""
+    problems = []
+    clients = settings.clients.api_keys
+    for name, connector in settings.connectors.items():
+        for client, auth in connector.per_client.items():
+            where = f"connectors.{name}.per_client.{client}"
+            if client not in clients:
+                known = ", ".join(sorted(clients)) or "none: clients.api_keys is not set"
+                problems.append(f"{where}: no client of that name in clients.api_keys ({known})")
+            if getattr(auth, "interactive", False):
+                problems.append(
+                    f"{where}.grant: {getattr(auth, 'grant', '')} is authorized by a person per "
+                    "connector; give this client a connector of its own"
+                )
+    return problems

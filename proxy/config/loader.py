@@ -8,6 +8,7 @@ errors give only line and column, validation errors are printed without their in
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource
 
 from proxy.config.checks import cross_check
-from proxy.config.models import AUTH_TYPES, ENV_PREFIX, PLANNED_KEYS, Settings
+from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
 from proxy.config.sources import Location, resolve_tree
 from proxy.errors import ConfigError
 from proxy.secrets.redaction import REDACTOR, secret_values
@@ -42,27 +43,64 @@ def format_location(location: Location) -> str:
     cleaned = [
         part
         for index, part in enumerate(parts)
-        if not (index > 0 and parts[index - 1] == "auth" and part in AUTH_TYPES)
+        if not (part in AUTH_TYPES and _holds_auth(parts[:index]))
     ]
     return ".".join(cleaned) or "(top level)"
 
 
-def _planned(location: Location) -> bool:
-    parts = tuple(
-        "*" if i == 1 and location[0] == "connectors" else p for i, p in enumerate(location)
-    )
-    return parts in PLANNED_KEYS
+def _holds_auth(parents: list[str]) -> bool:
+    """``auth``, or ``per_client.<name>``: where an auth block's type tag follows."""
+    return parents[-1:] == ["auth"] or parents[-2:-1] == ["per_client"]
+
+
+def _inherited(location: Location, raw: Mapping[str, Any]) -> bool:
+    """An error of a ``per_client`` entry in a field it took over from the connector's
+    ``auth``: reported once, at ``auth``."""
+    parts = [str(part) for part in location]
+    if len(parts) < 5 or parts[0] != "connectors" or parts[2] != "per_client":
+        return False
+    fields = parts[5:] if parts[4] in AUTH_TYPES else parts[4:]
+    if not fields:
+        return False  # a rule of the whole entry
+    try:
+        connector = raw["connectors"][parts[1]]
+        entry, base = connector["per_client"][parts[3]], connector["auth"]
+    except (KeyError, TypeError):
+        return False
+    if not (isinstance(entry, Mapping) and isinstance(base, Mapping)):
+        return False
+    laid_over = entry.get("type", base.get("type")) == base.get("type")  # else it stands alone
+    return laid_over and fields[0] not in entry
 
 
 def _message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
-        return (
-            "not available in this version of tokenproxy"
-            if _planned(error["loc"])
-            else "unknown key"
-        )
+        return "unknown key"
     # pydantic prefixes the messages of our own validators; the path already says where.
     return str(error["msg"]).removeprefix("Value error, ")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML's safe loader with the YAML 1.2 booleans: only ``true`` and ``false``.
+
+    YAML 1.1 also reads ``on``, ``off``, ``yes``, ``no`` (and ``y``, ``n``) as booleans,
+    which turns the key ``on:`` of ``retries`` into ``True`` (and a country code ``NO``
+    into ``False``); pydantic still reads such *values* as booleans where a field wants one.
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rule) for tag, rule in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """The document in ``text``, read as YAML 1.2 reads scalars (see :class:`_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -73,7 +111,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: is not UTF-8 text"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         # str(exc) quotes the offending line, which may hold a secret: give the place only.
         mark = getattr(exc, "problem_mark", None)
@@ -130,8 +168,16 @@ def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Loa
     try:
         settings = Settings.model_validate(resolved)
     except ValidationError as exc:
-        for error in exc.errors(include_input=False, include_url=False):
-            add(format_location(error["loc"]), _message(error))
+        errors = [
+            (format_location(error["loc"]), _message(error))
+            for error in exc.errors(include_input=False, include_url=False)
+            if not _inherited(error["loc"], resolved)
+        ]
+        for where, message in errors:
+            # A per_client entry's whole-block rule that fails for the connector's auth too.
+            base = re.sub(r"\.per_client\.[^.]+$", ".auth", where)
+            if base == where or (base, message) not in errors:
+                add(where, message)
         raise ConfigError(problems) from None
     checked = cross_check(settings)
     for problem in checked.errors:

@@ -6,6 +6,7 @@ listener without client restrictions) are checked by :mod:`proxy.config.checks`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,6 +25,7 @@ from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.base import HostName, OriginValue, RoutePrefix, StrictModel
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.config.retries import RetriesConfig
 from proxy.config.tls import TLSConfig
 
 ENV_PREFIX = "TOKENPROXY_"
@@ -34,15 +36,6 @@ AuthConfig = Annotated[
     Field(discriminator="type"),
 ]
 AUTH_TYPES = ("none", "static", "basic", "oauth2", "custom")
-
-# Keys the contract documents for features this version does not have yet: refused with a
-# message that says so, instead of "unknown key" (``*`` stands for a connector's name).
-PLANNED_KEYS = frozenset(
-    {
-        ("connectors", "*", "retries"),
-        ("connectors", "*", "per_client"),
-    }
-)
 
 
 class TLSInterceptConfig(StrictModel):
@@ -205,7 +198,54 @@ class ConnectorConfig(StrictModel):
         False, description="serve cross-site browser requests (they carry the credential)"
     )
     max_body: ByteSize | None = Field(None, ge=0, description="overrides server.max_body")
-    auth: AuthConfig
+    retries: RetriesConfig | None = Field(
+        None, description="send again after these statuses or failures (default: connects only)"
+    )
+    auth: AuthConfig | None = Field(
+        None, description="the credential; optional with per_client (others then get 403)"
+    )
+    per_client: dict[str, AuthConfig] = Field(
+        default_factory=dict,
+        description="client name (clients.api_keys) -> auth fields laid over 'auth'",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_client_over_auth(cls, data: Any) -> Any:
+        """Each ``per_client`` entry is the connector's ``auth`` with the entry's fields laid
+        over it; an entry of another ``type`` stands alone."""
+        if not isinstance(data, dict) or not isinstance(data.get("per_client"), dict):
+            return data
+        base = data.get("auth")
+        base = base if isinstance(base, dict) else {}
+        merged = {
+            name: {**base, **entry}
+            if isinstance(entry, dict) and entry.get("type", base.get("type")) == base.get("type")
+            else entry
+            for name, entry in data["per_client"].items()
+        }
+        return {**data, "per_client": merged}
+
+    @model_validator(mode="after")
+    def _some_auth(self) -> ConnectorConfig:
+        if self.auth is None and not self.per_client:
+            raise ValueError("needs 'auth' (or 'per_client' credentials for its clients)")
+        return self
+
+    def auth_blocks(self, where: str) -> Iterator[tuple[str | None, str, AuthConfig]]:
+        """(None or the client's name, field path, auth) of the connector's own ``auth``
+        and of each ``per_client`` entry; ``where`` is the connector's own path."""
+        if self.auth is not None:
+            yield None, f"{where}.auth", self.auth
+        for client, auth in self.per_client.items():
+            yield client, f"{where}.per_client.{client}", auth
+
+    def auth_of(self, client: str | None) -> AuthConfig | None:
+        """What a request from ``client`` is sent with: its ``per_client`` entry, else the
+        connector's ``auth`` (None: the connector has none for it)."""
+        if client is not None and client in self.per_client:
+            return self.per_client[client]
+        return self.auth
 
     @field_validator("http_proxy")
     @classmethod

@@ -24,6 +24,14 @@ class Failure:
     message: str
     nothing_sent: bool
     """The request never left: trying again is always safe."""
+    unanswered: bool = False
+    """The request left, but the connection failed before any byte of an answer."""
+
+    @property
+    def worth_another_try(self) -> bool:
+        """An idempotent request may be sent again (it may have run once already, which is
+        what idempotent allows); never after a TLS failure, which another try repeats."""
+        return self.kind != "tls" and (self.nothing_sent or self.unanswered)
 
 
 def classify(exc: aiohttp.ClientError | TimeoutError, peer: str, *, tls: bool) -> Failure:
@@ -51,4 +59,5 @@ def classify(exc: aiohttp.ClientError | TimeoutError, peer: str, *, tls: bool) -
     message = f"{peer} closed the connection without answering"
     if tls and isinstance(exc, aiohttp.ServerDisconnectedError):
         message += f" ({REJECTED_CLIENT_CERT_HINT})"
-    return Failure("broken", "http_response_incomplete", message, False)
+    unanswered = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+    return Failure("broken", "http_response_incomplete", message, False, unanswered)

@@ -54,9 +54,11 @@ def upstream_session(context: ssl.SSLContext | None) -> aiohttp.ClientSession:
 
     No decompression (bodies pass byte-exact, no inflate bomb), no cookie jar (cookies belong
     to the client), no proxy from the environment (``HTTP_PROXY`` is usually set for the
-    legacy client and points at us), no automatic headers.
+    legacy client and points at us), no automatic headers, and no silent second send:
+    aiohttp sends an idempotent request again after a dropped connection, unseen by the
+    retry rules that must count every send (:mod:`proxy.egress.retries`).
     """
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100, ssl=True if context is None else context),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -64,6 +66,8 @@ def upstream_session(context: ssl.SSLContext | None) -> aiohttp.ClientSession:
         skip_auto_headers=_NO_AUTO_HEADERS,
         request_class=DeadlineRequest,
     )
+    session._retry_connection = False  # no public switch (aiohttp 3.14); see docs/design.md
+    return session
 
 
 def token_session(context: ssl.SSLContext) -> aiohttp.ClientSession:

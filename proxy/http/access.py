@@ -31,7 +31,9 @@ def peer_address(request: web.BaseRequest) -> ipaddress.IPv4Address | ipaddress.
 class ClientAccess:
     def __init__(self, config: ClientsConfig) -> None:
         self._networks = tuple(config.allow_cidrs)
-        self._keys = tuple(key.get_secret_value().encode() for key in config.keys)
+        self._keys = tuple(
+            (name, key.get_secret_value().encode()) for name, key in config.api_keys.items()
+        )
 
     def check_peer(self, request: web.BaseRequest) -> None:
         """Allow the socket peer only if it lies in ``allow_cidrs`` (headers never count)."""
@@ -46,18 +48,21 @@ class ClientAccess:
         address = peer_address(request)
         return address is not None and address.is_loopback
 
-    def check_key(self, request: web.BaseRequest) -> None:
+    def check_key(self, request: web.BaseRequest) -> str | None:
         """Require ``Proxy-Authorization: Bearer <key>`` with a configured key, compared in
-        constant time; exactly one such header."""
+        constant time; exactly one such header. Returns the name of the client whose key
+        it is (None when no keys are configured)."""
         if not self._keys:
-            return
+            return None
         values = request.headers.getall(hdrs.PROXY_AUTHORIZATION, ())
         if len(values) != 1:
             raise ForbiddenError("a client key is required (Proxy-Authorization: Bearer <key>)")
         scheme, _, presented = values[0].partition(" ")
         candidate = presented.encode("utf-8", "surrogateescape")
-        matched = False
-        for key in self._keys:  # every key is compared, so timing does not tell which matched
-            matched |= hmac.compare_digest(candidate, key)
-        if scheme.lower() != "bearer" or not matched:
+        matched = None
+        for name, key in self._keys:  # every key is compared: timing tells nothing
+            if hmac.compare_digest(candidate, key) and matched is None:
+                matched = name
+        if scheme.lower() != "bearer" or matched is None:
             raise ForbiddenError("client key not accepted")
+        return matched

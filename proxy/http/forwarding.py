@@ -35,7 +35,7 @@ from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
 from proxy.http.body import RequestBody
 from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.http.requestid import HEADER as REQUEST_ID
-from proxy.logs import aborted_key, request_id_key, upstream_ms_key
+from proxy.logs import aborted_key, client_key, request_id_key, retries_key, upstream_ms_key
 from proxy.metrics.registry import METRICS
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def map_client_errors(connector: Connector, body: RequestBody | None) -> Iterato
         failure = classify(exc, "the upstream", tls=connector.upstream.uses_tls)
         error_class = _UPSTREAM_ERRORS.get(failure.kind, UpstreamError)
         error = error_class(failure.message, proxy_status=failure.proxy_status)
+        error.worth_another_try = failure.worth_another_try
         logger.warning("connector %s: %s (%s)", connector.name, error.message, type(exc).__name__)
         raise error from None
 
@@ -68,7 +69,8 @@ def map_client_errors(connector: Connector, body: RequestBody | None) -> Iterato
 async def forward(
     request: web.BaseRequest, connector: Connector, rest: str, query: str | None
 ) -> web.StreamResponse:
-    auth = connector.authenticator
+    auth = connector.authenticator_for(request.get(client_key))
+    retries, method = connector.retries, request.method
     headers = filter_headers(request.headers, REQUEST_DROPPED)
     headers[REQUEST_ID] = request[request_id_key]  # the client's, or the one made for it
     source: RequestBody | None = None
@@ -79,15 +81,23 @@ async def forward(
         if length is not None:
             # Keep the client's framing: many APIs refuse chunked uploads.
             headers[hdrs.CONTENT_LENGTH] = str(length)
-        if auth.reauth_on and length is not None and length <= auth.replay_limit:
-            body = await source.read_all()  # small enough to replay after a 401
+        limit = max(auth.replay_limit if auth.reauth_on else 0, retries.body_limit(method))
+        if length is not None and length <= limit:
+            body = await source.read_all()  # small enough to send again (401, retries)
         else:
             body = source.chunks()
+    tries = retries.begin(connector.name, method, replayable=not isinstance(body, AsyncIterator))
 
     def send(credential: Credential | None) -> Awaitable[aiohttp.ClientResponse]:
-        return _send(request, connector, rest, query, headers, body, source, credential)
+        return tries.send(
+            lambda: _send(request, connector, rest, query, headers, body, source, credential)
+        )
 
-    upstream = await auth.send(send, replayable=body is None or isinstance(body, bytes))
+    try:
+        upstream = await auth.send(send, replay=lambda: tries.take("reauth"))
+    finally:
+        if tries.made:
+            request[retries_key] = tries.made
     try:
         return await _relay(request, upstream, connector)
     finally:

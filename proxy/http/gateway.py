@@ -43,7 +43,7 @@ from proxy.http.requestid import take_request_id
 from proxy.http.routing import Match
 from proxy.http.target import Target, check_method, parse_target
 from proxy.http.tunnel import NewConnection, connect_target, refuse_port, serve_tunnel
-from proxy.logs import connector_key
+from proxy.logs import client_key, connector_key
 from proxy.metrics.registry import METRICS
 from proxy.runtime import Runtime
 
@@ -118,7 +118,11 @@ class Gateway:
             if not self.active:
                 self._idle.set()
             elapsed = time.perf_counter() - started
-            METRICS.request_done(request.get(connector_key, ""), status, elapsed)
+            connector = request.get(connector_key, "")
+            METRICS.request_done(connector, status, elapsed)
+            client = request.get(client_key)
+            if client is not None:
+                METRICS.client_requests[connector, client] += 1
 
     async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = take_request_id(request)
@@ -160,12 +164,18 @@ class Gateway:
             )
         # Probes from the same machine (/health, /ready) need neither an address nor a key:
         # they show no connector detail. Everything else, admin included, is guarded.
-        tunnel = getattr(request.protocol, "tunnel_host", None)
+        protocol = request.protocol
+        tunnel = getattr(protocol, "tunnel_host", None)
         probe = self.admin.is_probe(request.raw_path) and self.access.peer_is_loopback(request)
         if not probe:
             self.access.check_peer(request)
-            if tunnel is None:  # inside a tunnel: the CONNECT carried the key
-                self.access.check_key(request)
+            # Inside a tunnel, the CONNECT carried the key: its client is the tunnel's.
+            if tunnel is None:
+                client = self.access.check_key(request)
+            else:
+                client = getattr(protocol, "tunnel_client", None)
+            if client is not None:
+                request[client_key] = client
         if request.method == hdrs.METH_CONNECT:
             return await self._connect(request, inside=tunnel is not None)
         if request.method == hdrs.METH_TRACE:
@@ -205,7 +215,9 @@ class Gateway:
         if not served or inside or self._new_connection is None:
             raise refuse_port(host, port, intercept is not None)
         tls = intercept.context_for(host) if port == 443 and intercept is not None else None
-        return await serve_tunnel(request, host, self._new_connection, tls)
+        return await serve_tunnel(
+            request, host, self._new_connection, tls, client=request.get(client_key)
+        )
 
     async def _in_tunnel(
         self, request: web.BaseRequest, target: Target, tunnel: str

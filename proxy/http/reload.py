@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config.models import Settings
+from proxy.connectors import token_owner
 from proxy.http.gateway import Gateway
 from proxy.http.tunnel import NewConnection
 from proxy.runtime import Plan, Runtime, open_runtime
@@ -112,10 +113,12 @@ def inherit_tokens(old: Runtime, new: Runtime) -> list[str]:
     kept = []
     for name, connector in new.connectors.items():
         predecessor = old.connectors.get(name)
-        manager, previous = connector.authenticator, getattr(predecessor, "authenticator", None)
-        if isinstance(manager, TokenManager) and isinstance(previous, TokenManager):
-            if manager.inherit(previous):
-                kept.append(name)
+        before = {} if predecessor is None else predecessor.authenticators()
+        for client, manager in connector.authenticators().items():
+            previous = before.get(client)
+            if isinstance(manager, TokenManager) and isinstance(previous, TokenManager):
+                if manager.inherit(previous):
+                    kept.append(token_owner(name, client))
     return kept
 
 

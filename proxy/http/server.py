@@ -96,6 +96,8 @@ class _ProxyRequestHandler(RequestHandler):
 
     tunnel_host: str | None = None
     """Set on the handler of a CONNECT tunnel: every request inside must name this host."""
+    tunnel_client: str | None = None
+    """The client whose key the tunnel's CONNECT carried (named ``clients.api_keys``)."""
     tunnel_closed: asyncio.Future[None] | None = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -299,8 +301,9 @@ class ProxyServer:
         Failures are logged by the token manager, and the next request tries again."""
 
         async def warm(connector: Connector) -> None:
-            with contextlib.suppress(ProxyError):
-                await connector.authenticator.refresh(force=False)
+            for authenticator in connector.authenticators().values():  # its clients' too
+                with contextlib.suppress(ProxyError):
+                    await authenticator.refresh(force=False)
 
         loop = asyncio.get_running_loop()
         # Interactive connectors too: they learn at once whether the store holds their
@@ -328,9 +331,8 @@ class ProxyServer:
         def state() -> tuple[StateOf, bool | None]:
             runtime = self.runtime
             assert runtime is not None
-            described = {c.name: c.authenticator.describe() for c in runtime.connectors.values()}
             store = runtime.store
-            return connector_state(described, time.time()), (
+            return connector_state(runtime.token_states(), time.time()), (
                 None if store is None else store.health() == "ok"
             )
 

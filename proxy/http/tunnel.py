@@ -51,10 +51,13 @@ async def serve_tunnel(
     host: str,
     new_connection: NewConnection,
     tls: ssl.SSLContext | None = None,
+    *,
+    client: str | None = None,
 ) -> web.StreamResponse:
     """Answer 200, hand the socket to a new connection handler bound to ``host`` (after a
     TLS handshake as that host with ``tls``), and return once the tunnel is closed (the
-    answer returned then goes nowhere: the socket is gone)."""
+    answer returned then goes nowhere: the socket is gone). ``client``: the name of the
+    client whose key the CONNECT carried; the requests inside are that client's."""
     transport = request.transport
     outer = request.protocol
     assert transport is not None
@@ -63,6 +66,7 @@ async def serve_tunnel(
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
     inner.tunnel_host = host  # type: ignore[attr-defined]  # the gateway routes by it
+    inner.tunnel_client = client  # type: ignore[attr-defined]
     inner.tunnel_closed = closed  # type: ignore[attr-defined]
     # What the client sent right after the CONNECT's headers is the tunnel's first bytes.
     tail, outer._message_tail = outer._message_tail, b""

@@ -92,6 +92,15 @@ class _Collector(Collector):
             "tokenproxy_token_store", "Tokens taken from the store (hit) or fetched (miss).",
             ["connector", "result"], m.store,
         )  # fmt: skip
+        yield _counter(
+            "tokenproxy_upstream_retries",
+            "Sends to the upstream after the first, by reason: connect, a status, reauth.",
+            ["connector", "reason"], m.upstream_retries,
+        )  # fmt: skip
+        yield _counter(
+            "tokenproxy_client_requests", "Requests of each named client, by connector.",
+            ["connector", "client"], m.client_requests,
+        )  # fmt: skip
         in_flight = GaugeMetricFamily(
             "tokenproxy_in_flight_requests", "Requests being answered now."
         )

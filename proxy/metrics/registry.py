@@ -42,7 +42,8 @@ class Histogram:
 
 class Metrics:
     """The counters of one process. Keys are label values: ``(connector, status)`` for
-    requests, ``(connector, outcome)`` for token requests, ``connector`` otherwise."""
+    requests, ``(connector, outcome)`` for token requests, ``connector`` otherwise. A
+    ``per_client`` token counts under ``connector/client``."""
 
     def __init__(self) -> None:
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -54,6 +55,10 @@ class Metrics:
         """``(connector, "hit"|"miss")``: a request served from the held token, or not."""
         self.store: defaultdict[tuple[str, str], int] = defaultdict(int)
         """``(connector, "hit"|"miss")``: a token taken from the store, or fetched."""
+        self.upstream_retries: defaultdict[tuple[str, str], int] = defaultdict(int)
+        """``(connector, reason)``: sends after the first (``connect``, a status, ``reauth``)."""
+        self.client_requests: defaultdict[tuple[str, str], int] = defaultdict(int)
+        """``(connector, client)``: requests of the clients named in ``clients.api_keys``."""
         self.in_flight = 0
 
     def request_done(self, connector: str, status: int, seconds: float) -> None:
@@ -70,12 +75,21 @@ class Metrics:
             "token_seconds": {k: h.dump() for k, h in self.token_seconds.items()},
             "cache": [[*key, value] for key, value in self.cache.items()],
             "store": [[*key, value] for key, value in self.store.items()],
+            "upstream_retries": [[*key, value] for key, value in self.upstream_retries.items()],
+            "client_requests": [[*key, value] for key, value in self.client_requests.items()],
             "in_flight": self.in_flight,
         }
 
     def add(self, dumped: dict[str, Any]) -> None:
         """Add another worker's :meth:`dump` to these counters."""
-        for name in ("requests", "token_requests", "cache", "store"):
+        for name in (
+            "requests",
+            "token_requests",
+            "cache",
+            "store",
+            "upstream_retries",
+            "client_requests",
+        ):
             table = getattr(self, name)
             for first, second, value in dumped.get(name, ()):
                 table[first, second] += value
