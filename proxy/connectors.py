@@ -75,9 +75,7 @@ def plan_connector(
     for client, path, auth in config.auth_blocks(where):
         if isinstance(auth, TokenLifecycleConfig):
             # The same profile as the upstream's is the same context: prepared once.
-            found = context(
-                auth.tls or config.tls, f"{path}.tls" if auth.tls else f"{where}.tls"
-            )
+            found = context(auth.tls or config.tls, f"{path}.tls" if auth.tls else f"{where}.tls")
             if found is not None:  # else its problem is listed
                 token_tls[client] = found
         try:
