@@ -21,6 +21,7 @@ import orjson
 from multidict import CIMultiDictProxy
 
 from proxy.egress.failures import classify
+from proxy.egress.retries import retry_after
 from proxy.egress.sessions import Egress
 from proxy.errors import TokenEndpointError, TokenEndpointTimeoutError
 
@@ -128,19 +129,6 @@ def provider_now(response: TokenResponse, local_wall: float) -> float:
     return moment.timestamp()
 
 
-def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _oauth_error(body: bytes) -> str | None:
     """The ``error`` code of an RFC 6749 §5.2 answer, if it is a plausible code."""
     try:
@@ -162,7 +150,7 @@ def check_status(response: TokenResponse) -> None:
         raise TokenEndpointError(
             f"the token endpoint answered {status}",
             retryable=True,
-            retry_after=_retry_after(response.headers),
+            retry_after=retry_after(response.headers.get("Retry-After"), time.time()),
             proxy_status="destination_unavailable",
         )
     if status >= 400:
