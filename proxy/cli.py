@@ -269,6 +269,22 @@ def mask(value: str) -> str:
     return f"{shown}…({len(value)} chars)"
 
 
+def _with_subjects(connectors: dict[str, ConnectorConfig], name: str) -> dict[str, ConnectorConfig]:
+    """Connector ``name`` and every connector whose token it exchanges (``subject_connector``,
+    followed through), in the config's order."""
+    wanted, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in wanted or current not in connectors:
+            continue
+        wanted.add(current)
+        for _, _, auth in connectors[current].auth_blocks(""):
+            subject = getattr(auth, "subject_connector", None)
+            if subject is not None:
+                todo.append(subject)
+    return {key: value for key, value in connectors.items() if key in wanted}
+
+
 def _one_connector(args: argparse.Namespace) -> tuple[ConnectorConfig, Plan] | int:
     """Connector ``args.name`` of ``args.config`` and a plan with it alone; or the exit
     status, once the problems are printed."""
@@ -282,7 +298,8 @@ def _one_connector(args: argparse.Namespace) -> tuple[ConnectorConfig, Plan] | i
         known = ", ".join(sorted(loaded.settings.connectors)) or "none"
         print(f"tokenproxy: no connector {args.name!r} (connectors: {known})", file=sys.stderr)
         return 1
-    plan = _build(loaded.settings.model_copy(update={"connectors": {args.name: config}}))
+    needed = _with_subjects(loaded.settings.connectors, args.name)
+    plan = _build(loaded.settings.model_copy(update={"connectors": needed}))
     if isinstance(plan, ConfigError):
         _print_problems(path, plan)
         return 1

@@ -272,3 +272,16 @@ async def test_subject_and_actor_tokens_never_reach_logs_errors_or_status(
     for secret in (SUBJECT, ACTOR):
         for text in (caplog.text, error_body, status):
             assert secret not in text
+
+
+async def test_tokenproxy_token_brings_the_subject_connector_along(
+    write_config: WriteConfig, upstream: RecordingUpstream, idp: FakeIdP
+) -> None:
+    api = connector(upstream.url, auth=exchange_auth(idp, subject_connector="login"))
+    login = {**oauth2_connector(upstream.url, idp.url), "route": "/login"}
+    other = {**connector(upstream.url), "route": "/other"}  # not needed: not opened
+    path = write_config({"connectors": {"other": other, "api": api, "login": login}})
+    shown = await asyncio.to_thread(tokenproxy, "token", "api", "-c", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("api: Authorization: Bearer ")
+    assert len(exchanges(idp)) == 1
