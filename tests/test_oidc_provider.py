@@ -47,22 +47,25 @@ def provider_available() -> None:
         pytest.skip(reason)
 
 
-StartProvider = Callable[[list[dict[str, Any]], int], Awaitable[str]]
+StartProvider = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
 async def start_provider(provider_available: None) -> AsyncIterator[StartProvider]:
-    """Start oidc-provider with these clients and this access-token lifetime; its issuer URL."""
+    """Start oidc-provider with these clients and this access-token lifetime (and more
+    settings of server.mjs); its issuer URL."""
     processes: list[asyncio.subprocess.Process] = []
 
-    async def start(clients: list[dict[str, Any]], ttl: int) -> str:
+    async def start(clients: list[dict[str, Any]], ttl: int, **more: Any) -> str:
+        """``more``: further settings of server.mjs (``bearerIssuers``)."""
+        settings = json.dumps({"clients": clients, "ttl": ttl, **more})
         process = await asyncio.create_subprocess_exec(
             "node",
             str(HERE / "server.mjs"),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "OIDC_TEST_CONFIG": json.dumps({"clients": clients, "ttl": ttl})},
+            env={**os.environ, "OIDC_TEST_CONFIG": settings},
         )
         processes.append(process)
         assert process.stdout is not None
