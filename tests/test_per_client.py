@@ -344,3 +344,15 @@ async def test_a_reload_hands_each_clients_token_over(
                 kept = (await response.json())["kept_tokens"]
                 assert kept == ["api", "api/billing", "api/reports"]
     assert len([c for c in idp.calls if c["path"] == "/token"]) == 1  # kept, not fetched again
+
+
+def test_a_warning_about_the_connectors_auth_is_given_once(write_config: WriteConfig) -> None:
+    api = oauth2_connector("https://api.example.test", "https://idp.example.test")
+    api["auth"] |= {"grant": "password", "username": "shared", "password": "pw"}
+    api["per_client"] = {"billing": {"username": "billing"}, "web": {"grant": "client_credentials"}}
+    config = {"clients": {"api_keys": KEYS}, "connectors": {"api": api}}
+    warnings = load_settings(write_config(config)).warnings
+    assert [w for w in warnings if "password grant" in w] == [
+        "connectors.api.auth.grant: the password grant is deprecated by RFC 9700 §2.4; "
+        "prefer client credentials where the provider offers them"
+    ]

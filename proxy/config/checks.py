@@ -100,7 +100,7 @@ def cross_check(settings: Settings) -> CheckResult:
                 )
             else:
                 hosts[host] = name
-        for _, path, auth in connector.auth_blocks(where):
+        for client, path, auth in connector.auth_blocks(where):
             token_tls = getattr(auth, "tls", None) or connector.tls
             if getattr(auth, "client_auth", None) == "tls_client_auth" and not (
                 token_tls and token_tls.has_client_certificate
@@ -109,7 +109,9 @@ def cross_check(settings: Settings) -> CheckResult:
                     f"{path}.client_auth: tls_client_auth needs a client certificate in "
                     "auth.tls or tls (RFC 8705)"
                 )
-            if getattr(auth, "grant", None) == "password":
+            grant = getattr(auth, "grant", None)
+            inherited = client is not None and grant == getattr(connector.auth, "grant", None)
+            if grant == "password" and not inherited:  # said once, where it was written
                 result.warnings.append(
                     f"{path}.grant: the password grant is deprecated by RFC 9700 §2.4; "
                     "prefer client credentials where the provider offers them"
