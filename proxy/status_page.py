@@ -73,7 +73,14 @@ def render_status_page(
 ) -> web.Response:
     """``described``: each connector's ``/connectors`` entry; ``rates``: (requests, 5xx) per
     second, empty until the page has been seen twice."""
-    rows = "".join(_row(name, info, rates.get(name)) for name, info in described.items())
+    rows = "".join(
+        _row(name, info, rates.get(name))
+        + "".join(  # a per_client credential: a row of its own under its connector
+            _row(f"{name} / {client}", {**state, "route": info.get("route")}, None)
+            for client, state in info.get("clients", {}).items()
+        )
+        for name, info in described.items()
+    )
     store_text = "no token store" if store is None else f"token store: {store['backend']}, "
     if store is not None:
         store_text += store["health"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from proxy.status_page import render_status_page
 from tests.conftest import STATIC_TOKEN, StartProxy, connector, http_status, oauth2_connector
 from tests.fakes import FakeIdP, RecordingUpstream
 
@@ -78,3 +79,17 @@ async def test_the_status_page_in_a_real_browser(
     ARTIFACTS.mkdir(exist_ok=True)
     await asyncio.to_thread(chromium.save_screenshot, str(ARTIFACTS / "status-page.png"))
     assert (ARTIFACTS / "status-page.png").stat().st_size > 1000
+
+
+def test_each_per_client_credential_gets_a_row_under_its_connector() -> None:
+    described = {
+        "crm": {
+            "state": "valid",
+            "auth": {"type": "oauth2"},
+            "route": "/crm",
+            "clients": {"billing<x>": {"state": "failing", "auth": {"type": "oauth2"}}},
+        }
+    }
+    page = render_status_page(described, None, {}).text or ""
+    assert page.count("<tr><td>") == 2
+    assert "<b>crm / billing&lt;x&gt;</b>" in page and "failing" in page
