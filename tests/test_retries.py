@@ -195,8 +195,9 @@ class DroppingUpstream:
     """Closes its first ``drops`` connections after reading the request, without a byte
     of answer (a pooled connection the upstream had just closed); answers 200 after."""
 
-    def __init__(self, drops: int) -> None:
+    def __init__(self, drops: int, answers: tuple[bytes, ...] = ()) -> None:
         self.drops = drops
+        self.answers = list(answers)  # what the connections after the drops get, then OK
         self.requests: list[bytes] = []
         self.port = 0
 
@@ -209,7 +210,10 @@ class DroppingUpstream:
         try:
             self.requests.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5))
             if len(self.requests) > self.drops:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                status = self.answers.pop(0) if self.answers else b"200 OK"
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass
@@ -259,6 +263,8 @@ async def test_a_connection_that_failed_before_any_answer_is_tried_again(
         (" 7 ", 7.0),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: at once
         ("soon", None),
+        ("²", None),  # a digit to str.isdigit, not to float()
+        ("١٢", None),
         ("-3", None),
         (None, None),
     ],
@@ -310,3 +316,35 @@ def test_retry_mistakes_are_refused_by_field_path(
         load_settings(write_config(config))
     (found,) = caught.value.problems
     assert found.startswith(problem), found
+
+
+async def test_a_failed_connection_never_costs_a_request_its_reauth_replay(
+    start_proxy: StartProxy,
+    idp: FakeIdP,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    dropping = DroppingUpstream(1, answers=(b"401 Unauthorized",))
+    server = await dropping.start()
+    try:
+        api = oauth2_connector(f"http://127.0.0.1:{dropping.port}", idp.url)
+        proxy = await start_proxy({"connectors": {"api": api}}, clock)
+        async with client.get(f"{proxy.url}/api/x") as response:
+            assert response.status == 200  # dropped, 401, renewed, replayed
+        assert len(dropping.requests) == 3
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_unreadable_retry_after_is_a_back_off_and_the_answer_is_released(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    proxy = await start_proxy(static_connector(upstream, retries=RETRIES), clock)
+    scripted(upstream, (503, {"Retry-After": "²"}))
+    async with client.get(f"{proxy.url}/api/x") as response:
+        assert response.status == 200
+    assert len(upstream.requests) == 2

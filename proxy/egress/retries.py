@@ -3,7 +3,9 @@
 Guarantees, per request:
 
 - it is sent at most ``1 + attempts`` times in all, the replay after a re-authentication
-  included (without a ``retries`` block, ``attempts`` is 1);
+  included. Without a ``retries`` block it may be sent twice more: once after a failed
+  connection, once as the re-auth replay (so a stale pooled connection never costs a
+  request its replay);
 - only a request whose body is held (or that has none) is sent again;
 - a connection that failed before any byte of an answer (refused, reset, closed
   unanswered, a connect timeout) is tried again for a listed method (idempotent ones by
@@ -43,7 +45,7 @@ def retry_after(value: str | None, now_wall: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²": str.isdigit takes any digit
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
@@ -70,6 +72,8 @@ class UpstreamRetries:
     """A connector's retry rules (from its ``retries``), and the clock its waits use."""
 
     attempts: int
+    connect_attempts: int
+    """Of those, at most this many after a failed connection."""
     statuses: frozenset[int]
     methods: frozenset[str]
     max_delay: float
@@ -77,9 +81,10 @@ class UpstreamRetries:
 
     @classmethod
     def of(cls, config: RetriesConfig | None, clock: Clock) -> UpstreamRetries:
-        if config is None:  # one replay: the re-auth's, or a failed connection's
-            return cls(1, frozenset(), frozenset(IDEMPOTENT_METHODS), 0.0, clock)
+        if config is None:  # the re-auth's replay, and one after a failed connection
+            return cls(2, 1, frozenset(), frozenset(IDEMPOTENT_METHODS), 0.0, clock)
         return cls(
+            config.attempts,
             config.attempts,
             frozenset(config.on),
             frozenset(config.methods),
@@ -93,30 +98,41 @@ class UpstreamRetries:
 
     def begin(self, connector: str, method: str, *, replayable: bool) -> Tries:
         """The sends of one request: none again unless its body can be sent again."""
-        return Tries(self, connector, method in self.methods, self.attempts if replayable else 0)
+        left = self.attempts if replayable else 0
+        return Tries(
+            self, connector, method in self.methods, left, min(left, self.connect_attempts)
+        )
 
 
 class Tries:
     """One request's sends after the first: how many are left, and why each was made."""
 
+    __slots__ = ("_connector", "_connects_left", "_left", "_method_listed", "_rules", "made")
+
     def __init__(
-        self, rules: UpstreamRetries, connector: str, method_listed: bool, left: int
+        self,
+        rules: UpstreamRetries,
+        connector: str,
+        method_listed: bool,
+        left: int,
+        connects_left: int,
     ) -> None:
         self._rules = rules
         self._connector = connector
         self._method_listed = method_listed
         self._left = left
+        self._connects_left = connects_left
         self.made = 0
         """Sends after the first so far (the access log's ``retries``)."""
-
-    def can_replay(self) -> bool:
-        """Whether one more send is allowed (the re-auth replay asks before it renews)."""
-        return self._left > 0
 
     def take(self, reason: str) -> bool:
         """Use one send, counted under ``reason``; False when none is left."""
         if self._left <= 0:
             return False
+        if reason == "connect":
+            if self._connects_left <= 0:
+                return False
+            self._connects_left -= 1
         self._left -= 1
         self.made += 1
         METRICS.upstream_retries[self._connector, reason] += 1
@@ -135,7 +151,11 @@ class Tries:
             else:
                 if answer.status not in rules.statuses or not self._method_listed:
                     return answer
-                asked = retry_after(answer.headers.get("Retry-After"), rules.clock.wall())
+                try:
+                    asked = retry_after(answer.headers.get("Retry-After"), rules.clock.wall())
+                except BaseException:  # never leave an answer holding its connection
+                    answer.close()
+                    raise
                 delay = self._backoff() if asked is None else asked
                 if delay > rules.max_delay or not self.take(str(answer.status)):
                     return answer
