@@ -30,6 +30,7 @@ from proxy.egress.tls import describe_tls
 from proxy.errors import (
     AdminUnauthorizedError,
     MethodNotAllowedError,
+    ProxyError,
     RouteNotFoundError,
 )
 from proxy.logs import connector_key
@@ -188,8 +189,14 @@ class AdminApi:
         if connector is None:
             raise RouteNotFoundError(f"no connector named {name!r}")
         request[connector_key] = name  # errors and the access log name it
+        failure: ProxyError | None = None
         for authenticator in connector.authenticators().values():  # its clients' too
-            await authenticator.refresh()
+            try:
+                await authenticator.refresh()
+            except ProxyError as exc:  # one failing credential must not spare the others
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return json_response(describe_connector(connector))
 
     def _every_worker(self) -> tuple[Metrics, list[StateOf], tuple[str, bool] | None]:

@@ -298,6 +298,11 @@ def _one_connector(args: argparse.Namespace) -> tuple[ConnectorConfig, Plan] | i
         known = ", ".join(sorted(loaded.settings.connectors)) or "none"
         print(f"tokenproxy: no connector {args.name!r} (connectors: {known})", file=sys.stderr)
         return 1
+    client = getattr(args, "client", None)
+    if client is not None and client not in loaded.settings.clients.api_keys:
+        known = ", ".join(loaded.settings.clients.api_keys) or "none"
+        print(f"tokenproxy: no client {client!r} in clients.api_keys ({known})", file=sys.stderr)
+        return 1
     needed = _with_subjects(loaded.settings.connectors, args.name)
     plan = _build(loaded.settings.model_copy(update={"connectors": needed}))
     if isinstance(plan, ConfigError):

@@ -20,6 +20,7 @@ from proxy.auth.factory import AuthPlan, open_auth, plan_auth
 from proxy.auth.static import NoCredentials
 from proxy.config.models import AuthConfig, ConnectorConfig, ServerConfig
 from proxy.config.oauth2 import TokenLifecycleConfig
+from proxy.config.per_client import token_owner
 from proxy.config.tls import TLSConfig
 from proxy.consent.links import ConsentSite
 from proxy.egress.deadlines import Deadlines
@@ -96,12 +97,6 @@ def plan_connector(
         body_timeout=server.body_timeout,
     )
     return plan, []
-
-
-def token_owner(connector: str, client: str | None) -> str:
-    """The name a token is kept and logged under: the connector's, or ``connector/client``
-    for a ``per_client`` entry (connector names hold no ``/``, so no two owners clash)."""
-    return connector if client is None else f"{connector}/{client}"
 
 
 @dataclass(eq=False)

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.config.models import Settings
+from proxy.config.per_client import token_owner
 from proxy.connectors import (
     Connector,
     ConnectorPlan,
     open_connector,
     plan_connector,
-    token_owner,
 )
 from proxy.consent.links import ConsentSite
 from proxy.egress.deadlines import Deadlines

@@ -260,6 +260,29 @@ async def test_a_tunnel_carries_its_connects_client(
             KEYS,
             ["connectors.api: needs 'auth' (or 'per_client' credentials for its clients)"],
         ),
+        (  # a single-use seed is never shared: each owner brings its own
+            {
+                "auth_extra": {"grant": "refresh_token", "refresh_token": "seed-of-the-connector"},
+                "per_client": {"billing": {"scopes": ["billing"]}},
+            },
+            KEYS,
+            [
+                "connectors.api.per_client.billing: grant 'refresh_token' with client_auth "
+                "'client_secret_basic' needs refresh_token"
+            ],
+        ),
+        (
+            {"per_client": {"billing": {}}},
+            {"billing": "one-key-for-two-0123456789", "web": "one-key-for-two-0123456789"},
+            ["clients.api_keys: billing and web have the same key; each needs its own"],
+        ),
+        (
+            {"per_client": {"bill.ing": {}}},
+            {"bill.ing": "a-key-0123456789abcdefgh"},
+            [
+                "clients.api_keys: client name 'bill.ing' may hold only letters, digits, - and _",
+            ],
+        ),
     ],
 )
 def test_per_client_mistakes_are_refused_by_field_path(
@@ -356,3 +379,36 @@ def test_a_warning_about_the_connectors_auth_is_given_once(write_config: WriteCo
         "connectors.api.auth.grant: the password grant is deprecated by RFC 9700 §2.4; "
         "prefer client credentials where the provider offers them"
     ]
+
+
+def test_an_entry_of_another_grant_takes_over_only_what_that_grant_reads(
+    write_config: WriteConfig,
+) -> None:
+    api = oauth2_connector("https://api.example.test", "https://idp.example.test")
+    api["auth"] |= {
+        "grant": "authorization_code",
+        "authorization_url": "https://idp.example.test/authorize",
+        "token_store": "consent-tokens.json",
+    }
+    api["per_client"] = {"billing": {"grant": "client_credentials", "scopes": ["billing"]}}
+    config = {"clients": {"api_keys": KEYS}, "connectors": {"api": api}}
+    billing = load_settings(write_config(config)).settings.connectors["api"].per_client["billing"]
+    assert isinstance(billing, OAuth2AuthConfig)
+    assert (billing.grant, billing.client_id, billing.scope) == (
+        "client_credentials",
+        "demo-client",
+        "billing",
+    )
+    assert billing.authorization_url is None and billing.token_store is None
+
+
+async def test_tokenproxy_token_refuses_a_client_it_does_not_know(
+    write_config: WriteConfig, upstream: RecordingUpstream, idp: FakeIdP
+) -> None:
+    path = write_config(per_client_config(upstream, idp))
+    shown = await asyncio.to_thread(
+        tokenproxy, "token", "api", "--client", "billin", "-c", str(path)
+    )
+    assert shown.returncode == 1
+    assert "no client 'billin' in clients.api_keys (billing, reports, web)" in shown.stderr
+    assert idp.calls == []

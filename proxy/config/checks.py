@@ -14,6 +14,7 @@ from yarl import URL
 from proxy.config.base import is_loopback_host
 from proxy.config.models import Settings
 from proxy.config.oauth2 import TokenLifecycleConfig
+from proxy.config.per_client import token_owner
 
 
 @dataclass
@@ -125,16 +126,17 @@ def cross_check(settings: Settings) -> CheckResult:
                     f"{path}.insecure_skip_verify: certificates are NOT verified; anyone on the "
                     "path can read the credentials"
                 )
-        token_store = getattr(connector.auth, "token_store", None)
-        if token_store is not None:
-            resolved = str(Path(token_store).resolve())
+        for client, path, auth in connector.auth_blocks(where):
+            token_store = getattr(auth, "token_store", None)
+            if token_store is None:
+                continue
+            resolved, owner = str(Path(token_store).resolve()), token_owner(name, client)
             if resolved in token_files:
                 result.errors.append(
-                    f"{where}.auth.token_store: {token_store!r} is already the token store "
-                    f"of connector {token_files[resolved]!r} (each would overwrite the other's "
-                    "refresh token)"
+                    f"{path}.token_store: {token_store!r} is already the token store of "
+                    f"{token_files[resolved]!r} (each would overwrite the other's refresh token)"
                 )
-            token_files.setdefault(resolved, name)
+            token_files.setdefault(resolved, owner)
         upstream = URL(connector.upstream)
         if upstream.scheme == "http" and not is_loopback_host(upstream.host or ""):
             result.warnings.append(

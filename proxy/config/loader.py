@@ -20,6 +20,7 @@ from pydantic_settings import EnvSettingsSource
 
 from proxy.config.checks import cross_check
 from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
+from proxy.config.per_client import taken_over
 from proxy.config.sources import Location, resolve_tree
 from proxy.errors import ConfigError
 from proxy.secrets.redaction import REDACTOR, secret_values
@@ -69,8 +70,7 @@ def _inherited(location: Location, raw: Mapping[str, Any]) -> bool:
         return False
     if not (isinstance(entry, Mapping) and isinstance(base, Mapping)):
         return False
-    laid_over = entry.get("type", base.get("type")) == base.get("type")  # else it stands alone
-    return laid_over and fields[0] not in entry
+    return fields[0] not in entry and fields[0] in taken_over(base, entry)
 
 
 def _message(error: Any) -> str:

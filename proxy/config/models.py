@@ -25,6 +25,7 @@ from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.base import HostName, OriginValue, RoutePrefix, StrictModel
 from proxy.config.custom import CustomAuthConfig
 from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.config.per_client import lay_over_auth
 from proxy.config.retries import RetriesConfig
 from proxy.config.tls import TLSConfig
 
@@ -93,6 +94,21 @@ class ClientsConfig(StrictModel):
         default_factory=dict,
         description="keys sent as 'Proxy-Authorization: Bearer <key>'; a map names the clients",
     )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _one_name_per_key(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """A key names one client: under two names, the second's credentials would never
+        be used. Names are of the connector-name kind (they appear in field paths)."""
+        for name in value:
+            if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
+                raise ValueError(f"client name {name!r} may hold only letters, digits, - and _")
+        seen: dict[str, str] = {}
+        for name, key in value.items():
+            other = seen.setdefault(key.get_secret_value(), name)
+            if other != name:
+                raise ValueError(f"{other} and {name} have the same key; each needs its own")
+        return value
 
     @property
     def restricted(self) -> bool:
@@ -212,19 +228,9 @@ class ConnectorConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _per_client_over_auth(cls, data: Any) -> Any:
-        """Each ``per_client`` entry is the connector's ``auth`` with the entry's fields laid
-        over it; an entry of another ``type`` stands alone."""
-        if not isinstance(data, dict) or not isinstance(data.get("per_client"), dict):
-            return data
-        base = data.get("auth")
-        base = base if isinstance(base, dict) else {}
-        merged = {
-            name: {**base, **entry}
-            if isinstance(entry, dict) and entry.get("type", base.get("type")) == base.get("type")
-            else entry
-            for name, entry in data["per_client"].items()
-        }
-        return {**data, "per_client": merged}
+        """Each ``per_client`` entry made whole from the connector's ``auth``
+        (:mod:`proxy.config.per_client`)."""
+        return lay_over_auth(data)
 
     @model_validator(mode="after")
     def _some_auth(self) -> ConnectorConfig:

@@ -116,7 +116,7 @@ class TokenLifecycleConfig(InjectedAuthConfig):
 
 _CODE = ("authorization_code",)
 _INTERACTIVE = ("authorization_code", "device_code")
-_FIELDS_OF_GRANT = {
+FIELDS_OF_GRANT = {
     "authorization_url": _CODE,
     "redirect_uri": _CODE,
     "auth_params": _CODE,
@@ -280,8 +280,8 @@ class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
                 f"grant {self.grant!r} with client_auth {self.client_auth!r} needs "
                 + ", ".join(missing)
             )
-        misplaced = sorted(self.model_fields_set & _FIELDS_OF_GRANT.keys())
-        misplaced = [name for name in misplaced if self.grant not in _FIELDS_OF_GRANT[name]]
+        misplaced = sorted(self.model_fields_set & FIELDS_OF_GRANT.keys())
+        misplaced = [name for name in misplaced if self.grant not in FIELDS_OF_GRANT[name]]
         if misplaced:
             raise ValueError(f"{', '.join(misplaced)}: not used by grant {self.grant!r}")
         return self

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config.models import Settings
-from proxy.connectors import token_owner
+from proxy.config.per_client import token_owner
 from proxy.http.gateway import Gateway
 from proxy.http.tunnel import NewConnection
 from proxy.runtime import Plan, Runtime, open_runtime
