@@ -110,6 +110,9 @@ def teach(idp: FakeIdP, auth: OAuth2AuthConfig, public_key: Any) -> None:
             idp.bearer_audiences.add(assertion.audience)
     if auth.subject_token is not None:
         idp.subject_tokens[auth.subject_token.get_secret_value()] = auth.subject_token_type
+    if auth.subject_token_file is not None:
+        subject = Path(auth.subject_token_file).read_text().strip()
+        idp.subject_tokens[subject] = auth.subject_token_type
     if auth.grant in ("jwt_bearer", "token_exchange") and auth.client_secret is None:
         return  # no client to know
     assert auth.client_id and auth.client_secret

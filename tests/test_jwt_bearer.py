@@ -109,6 +109,7 @@ async def test_a_replayed_assertion_is_refused_by_the_fake(idp: FakeIdP) -> None
 
 
 @pytest.mark.parametrize("delegate", [None, "admin@example.com"])
+@pytest.mark.parametrize("given", ["path", "content"])
 async def test_a_google_service_account_file_is_all_it_takes(
     start_proxy: StartProxy,
     upstream: RecordingUpstream,
@@ -117,6 +118,7 @@ async def test_a_google_service_account_file_is_all_it_takes(
     client: aiohttp.ClientSession,
     tmp_path: Path,
     delegate: str | None,
+    given: str,
 ) -> None:
     pem, public = signing_key()
     idp.bearer_keys[SERVICE_ACCOUNT_EMAIL] = public
@@ -124,7 +126,8 @@ async def test_a_google_service_account_file_is_all_it_takes(
     auth: dict[str, Any] = {
         "type": "oauth2",
         "grant": "jwt_bearer",
-        "service_account_file": str(key_file),
+        # A path, or the JSON itself (file: and ${VAR} give the content: CI secrets do).
+        "service_account_file": str(key_file) if given == "path" else f"file:{key_file}",
         "scopes": ["https://www.googleapis.com/auth/a", "https://www.googleapis.com/auth/b"],
     }
     if delegate:
@@ -203,6 +206,7 @@ def test_assertion_problems_name_the_field(
         (b"[1]", "is not a JSON object"),
         ({"client_email": None, "private_key_id": None}, "missing client_email, private_key_id"),
         ({"private_key": "-----BEGIN PRIVATE KEY-----\nSECRETcanary\n"}, "its private_key must"),
+        ({"token_uri": "http://oauth2.example/token"}, "its token_uri must use https://"),
     ],
 )
 def test_service_account_file_problems_name_the_field_never_the_content(
@@ -213,11 +217,12 @@ def test_service_account_file_problems_name_the_field_never_the_content(
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif isinstance(content, dict):
-        service_account_file(path, "https://oauth2.example/token", pem, **content)
+        fields = {"token_uri": "https://oauth2.example/token", **content}
+        service_account_file(path, fields.pop("token_uri"), pem, **fields)
     auth = {"type": "oauth2", "grant": "jwt_bearer", "service_account_file": str(path)}
     (found,) = _problems(write_config, auth)
     assert found.startswith(f"connectors.api.auth.service_account_file: {problem}"), found
-    assert "SECRETcanary" not in found and pem not in found
+    assert "SECRETcanary" not in found and pem not in found and str(path) not in found
 
 
 def test_client_auth_is_none_unless_a_secret_is_given(write_config: WriteConfig) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -285,3 +286,52 @@ async def test_tokenproxy_token_brings_the_subject_connector_along(
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("api: Authorization: Bearer ")
     assert len(exchanges(idp)) == 1
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+async def test_a_restart_adopts_the_exchanged_token_from_the_store(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+    warmup: bool,
+) -> None:
+    """Warm-up adopts it before any subject token is known here: still no new exchange."""
+    api = connector(upstream.url, auth=exchange_auth(idp, subject_connector="login"))
+    api["warmup"] = warmup
+    login = {**oauth2_connector(upstream.url, idp.url), "route": "/login"}
+    config = {"state_dir": str(tmp_path / "state"), "connectors": {"api": api, "login": login}}
+    for _ in range(2):
+        proxy = await start_proxy(config, clock)
+        async with client.get(f"{proxy.url}/api/x") as response:
+            assert response.status == 200
+        await proxy.server.stop()
+    assert len(exchanges(idp)) == 1
+
+
+async def test_a_subject_token_file_is_read_again_for_each_exchange(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    subject = tmp_path / "projected-token"
+    rotated = ["SUBJECTcanary-projected-one-1", "SUBJECTcanary-projected-two-2"]
+    for value in rotated:
+        idp.subject_tokens[value] = JWT_TYPE
+    auth = exchange_auth(idp, subject_token_file=str(subject), subject_token_type=JWT_TYPE)
+    proxy = await start_proxy({"connectors": {"api": connector(upstream.url, auth=auth)}}, clock)
+    for value in rotated:  # the platform rotates the file in place
+        subject.write_text(value + "\n")
+        async with client.post(f"{proxy.url}/_proxy/connectors/api/refresh") as response:
+            assert response.status == 200, await response.text()
+    assert exchanges(idp) == rotated
+    subject.unlink()
+    async with client.post(f"{proxy.url}/_proxy/connectors/api/refresh") as response:
+        body = await response.json()
+    assert body["message"] == "cannot read subject_token_file (No such file or directory)"
+    assert str(tmp_path) not in body["message"]

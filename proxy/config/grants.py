@@ -25,13 +25,14 @@ EXTENSION_FIELDS_OF_GRANT = {
     "service_account_file": ("jwt_bearer",),
     "subject_token": ("token_exchange",),
     "subject_connector": ("token_exchange",),
+    "subject_token_file": ("token_exchange",),
     "subject_token_type": ("token_exchange",),
     "actor_token": ("token_exchange",),
     "actor_token_type": ("token_exchange",),
     "requested_token_type": ("token_exchange",),
     "resource": ("token_exchange",),
 }
-"""Fields only these grants read (see ``_FIELDS_OF_GRANT`` in :mod:`proxy.config.oauth2`)."""
+"""Fields only these grants read (see ``FIELDS_OF_GRANT`` in :mod:`proxy.config.oauth2`)."""
 
 
 class AssertionConfig(StrictModel):
@@ -71,14 +72,23 @@ class ExtensionGrantFields(StrictModel):
     """The fields of ``grant: jwt_bearer`` and ``grant: token_exchange``."""
 
     assertion: AssertionConfig | None = Field(None, description="jwt_bearer: the JWT to sign")
-    service_account_file: str | None = Field(
-        None, min_length=1, description="jwt_bearer: a Google-style service-account JSON key"
+    service_account_file: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="jwt_bearer: a Google-style service-account JSON key: a file's path, or "
+        "the JSON itself (as ${VAR} or file: give it); secret either way",
     )
     subject_token: SecretStr | None = Field(
         None, description="token_exchange: the token to exchange (a fixed value)"
     )
     subject_connector: str | None = Field(
         None, min_length=1, description="token_exchange: exchange this connector's token"
+    )
+    subject_token_file: str | None = Field(
+        None,
+        min_length=1,
+        description="token_exchange: read the subject token from this file before each "
+        "exchange (a projected token that its platform rotates)",
     )
     subject_token_type: str = Field(ACCESS_TOKEN_TYPE, min_length=1)
     actor_token: SecretStr | None = Field(None, description="token_exchange: who acts")
@@ -104,9 +114,11 @@ class ExtensionGrantFields(StrictModel):
             if missing:
                 return f"grant 'jwt_bearer' needs service_account_file or {', '.join(missing)}"
         if grant == "token_exchange":
-            if (self.subject_token is None) == (self.subject_connector is None):
+            given = (self.subject_token, self.subject_token_file, self.subject_connector)
+            if sum(value is not None for value in given) != 1:
                 return (
-                    "grant 'token_exchange' needs exactly one of subject_token, subject_connector"
+                    "grant 'token_exchange' needs exactly one of subject_token, "
+                    "subject_token_file, subject_connector"
                 )
             if self.actor_token is not None and self.actor_token_type is None:
                 return "grant 'token_exchange' needs actor_token_type with actor_token"

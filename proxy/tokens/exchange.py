@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.auth.base import Credential
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import ProxyError, TokenEndpointError
+from proxy.secrets.redaction import REDACTOR
 from proxy.tokens.endpoint import FormValue, TokenRequest, TokenSender
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.manager import TokenManager
@@ -55,8 +57,22 @@ def shown_type(value: Any) -> str:
     return "a type it cannot name"
 
 
+def read_subject_token(path: str) -> str:
+    """The token in ``path`` (surrounding whitespace dropped), read now: platforms rotate
+    projected tokens in place (Kubernetes: hourly), so a copy read at start goes stale."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise TokenEndpointError(f"cannot read subject_token_file ({reason})") from None
+    if not token:
+        raise TokenEndpointError("subject_token_file is empty")
+    return token
+
+
 class ExchangeGrant(OAuth2Grant):
-    """Builds RFC 8693 requests from a fixed ``subject_token`` or a linked connector's."""
+    """Builds RFC 8693 requests from a fixed ``subject_token``, a ``subject_token_file``
+    read before each exchange, or a linked connector's current token."""
 
     def __init__(
         self,
@@ -91,8 +107,12 @@ class ExchangeGrant(OAuth2Grant):
         return self.subject_token
 
     async def prepare(self, send: TokenSender) -> None:
-        """Discovery, and with ``subject_connector`` its token now (before each exchange)."""
+        """Discovery, then the subject token now (before each exchange): the file's current
+        content (``subject_token_file``), or the subject connector's current token."""
         await super().prepare(send)
+        if self.config.subject_token_file is not None:
+            self.subject_token = read_subject_token(self.config.subject_token_file)
+            REDACTOR.hold(f"{self.connector}#subject", [self.subject_token])
         if self.config.subject_connector is None:
             return
         try:
@@ -160,7 +180,11 @@ class ExchangeTokenManager(TokenManager):
     async def credential(self) -> Credential:
         subject = await self.exchange.current_subject()
         held = self._held
-        if held is not None and subject != self._exchanged_from:
+        if held is not None and self._exchanged_from is None:
+            # Adopted from the store before any subject token was known here (warm-up):
+            # taken as exchanged from the subject's current one, as at any adoption.
+            self._exchanged_from = subject
+        elif held is not None and subject != self._exchanged_from:
             self._held = None  # requests from now on wait for the one new exchange
             self._event(
                 logging.INFO,

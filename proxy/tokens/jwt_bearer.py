@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from proxy.config.grants import AssertionConfig
-from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.config.oauth2 import OAuth2AuthConfig, token_endpoint_url
 from proxy.tokens.assertions import SigningKey, load_private_key, new_jti, sign
 from proxy.tokens.endpoint import FormValue, TokenRequest
 from proxy.tokens.grant import RequestContext
@@ -59,13 +59,17 @@ class AssertionPlan:
     """The service-account file's ``token_uri``; None without a file."""
 
 
-def read_service_account(path: str, where: str) -> dict[str, str]:
-    """The file's four fields; ``ValueError`` as ``where: message`` naming only the file and
-    the missing field names (a key file's contents are secret)."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{where}: cannot read {path} ({exc.strerror or 'error'})") from None
+def read_service_account(value: str, where: str) -> dict[str, str]:
+    """The four fields of a service-account key, given as a file's path or as the JSON
+    itself (``${GOOGLE_CREDENTIALS}``, ``file:``); ``ValueError`` as ``where: message``,
+    naming neither the value nor anything the key holds (it is secret either way)."""
+    if value.lstrip().startswith("{"):
+        raw = value.encode()
+    else:
+        try:
+            raw = Path(value).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{where}: cannot read the file ({exc.strerror or 'error'})") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -79,6 +83,10 @@ def read_service_account(path: str, where: str) -> dict[str, str]:
     ]
     if missing:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
+    try:  # RFC 6749 §3.2: the assertion and the token it buys travel to it
+        token_endpoint_url(data["token_uri"])
+    except ValueError as exc:
+        raise ValueError(f"{where}: its token_uri {exc}") from None
     return {name: data[name] for name in SERVICE_ACCOUNT_FIELDS}
 
 
@@ -88,7 +96,9 @@ def plan_assertion(config: OAuth2AuthConfig, where: str) -> AssertionPlan:
     given = config.assertion or AssertionConfig()
     file: dict[str, str] = {}
     if config.service_account_file is not None:
-        file = read_service_account(config.service_account_file, f"{where}.service_account_file")
+        file = read_service_account(
+            config.service_account_file.get_secret_value(), f"{where}.service_account_file"
+        )
     if given.private_key is not None:
         pem, what = given.private_key.get_secret_value(), f"{where}.assertion.private_key:"
     else:  # the config requires one or the other; the file was checked for its fields
