@@ -318,7 +318,9 @@ async def test_a_subject_token_file_is_read_again_for_each_exchange(
     clock: FakeClock,
     client: aiohttp.ClientSession,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     subject = tmp_path / "projected-token"
     rotated = ["SUBJECTcanary-projected-one-1", "SUBJECTcanary-projected-two-2"]
     for value in rotated:
@@ -335,3 +337,4 @@ async def test_a_subject_token_file_is_read_again_for_each_exchange(
         body = await response.json()
     assert body["message"] == "cannot read subject_token_file (No such file or directory)"
     assert str(tmp_path) not in body["message"]
+    assert not [value for value in rotated if value in caplog.text]
