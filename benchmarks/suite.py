@@ -20,6 +20,7 @@ and says so; without nginx it uses an aiohttp upstream and skips the nginx proxy
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -35,9 +36,10 @@ from pathlib import Path
 
 from aiohttp import web
 from harness import REPO, child_process, free_port, serve_forever, tokenproxy, wait_for_port
-from proxy_vs_direct import Sample, measure
+from proxy_vs_direct import Sample, _paced_load, measure
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PACED_RATE = 400  # req/s in all over 8 connections: latency without queueing
 SMALL = b"x" * 100
 LARGE_SIZE = 64 * 1024
 
@@ -134,8 +136,11 @@ def process(command: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         child.wait(10)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants (workers), in MB."""
+def rss_mb(pid: int, *, alone: bool = False) -> float:
+    """Resident memory of ``pid`` and all its descendants (workers), in MB; ``alone``:
+    of ``pid`` only (the supervising parent of ``--workers``)."""
+    if alone:
+        return _vm_rss_kb(pid) / 1024
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -146,12 +151,14 @@ def rss_mb(pid: int) -> float:
         more = {child for child, parent in parents.items() if parent in family} - family
         family |= more
         grew = bool(more)
-    total = 0
-    for member in family:
-        with contextlib.suppress(OSError, StopIteration):
-            status = Path(f"/proc/{member}/status").read_text().splitlines()
-            total += int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
-    return total / 1024
+    return sum(_vm_rss_kb(member) for member in family) / 1024
+
+
+def _vm_rss_kb(pid: int) -> int:
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
+    return 0
 
 
 def main() -> int:
@@ -202,6 +209,7 @@ def main() -> int:
             port = ports[f"tp{workers}"]
             pids[name] = stack.enter_context(tokenproxy(port, bench_connector, workers=workers)).pid
         idle = {name: rss_mb(pid) for name, pid in pids.items()}
+        idle["x2 parent"] = rss_mb(pids["tokenproxy x2"], alone=True)
         for base in targets.values():  # warm-up: connections, caches
             measure(base + paths[sizes[0]], connections[0], 0.5, have_wrk)
         for _ in range(args.rounds):
@@ -211,7 +219,15 @@ def main() -> int:
                         sample = measure(base + paths[size], conns, args.seconds, have_wrk)
                         cells[(target, size, conns)].samples.append(sample)
         loaded = {name: rss_mb(pid) for name, pid in pids.items()}
+        loaded["x2 parent"] = rss_mb(pids["tokenproxy x2"], alone=True)
+        paced: dict[str, list[Sample]] = {"direct": [], "tokenproxy x1": []}
+        for _ in range(args.rounds):  # added latency at low load, interleaved too
+            for target in paced:
+                url = targets[target] + paths["small"]
+                sample = asyncio.run(_paced_load(url, 8, args.seconds, PACED_RATE))
+                paced[target].append(sample)
     report(cells, targets, sizes, connections, idle, loaded, args, have_wrk)
+    report_goals(cells, idle, loaded, paced, sizes, connections)
     return 0
 
 
@@ -268,6 +284,50 @@ def report(
         (RESULTS / f"suite-{stamp}.md").write_text(text + "\n")
         (RESULTS / f"suite-{stamp}.json").write_text(json.dumps(rows, indent=2))
         print(f"\nwritten: benchmarks/results/suite-{stamp}.md and .json")
+
+
+def report_goals(
+    cells: dict[tuple[str, str, int], Cell],
+    idle: dict[str, float],
+    loaded: dict[str, float],
+    paced: dict[str, list[Sample]],
+    sizes: list[str],
+    connections: list[int],
+) -> None:
+    """Issue 17's goals, each measured in this run, with the value reached."""
+
+    def ratio(size: str, conns: int, target: str, base: str) -> float | None:
+        if (target, size, conns) not in cells or (base, size, conns) not in cells:
+            return None
+        return cells[(target, size, conns)].median("rps") / cells[(base, size, conns)].median("rps")
+
+    def added(name: str) -> float:
+        return statistics.median(getattr(s, name) for s in paced["tokenproxy x1"]) - (
+            statistics.median(getattr(s, name) for s in paced["direct"])
+        )
+
+    conns = max(connections)
+    goals = [
+        (f"x1 / minimal, small, {conns} conns", ratio("small", conns, "tokenproxy x1",
+         "minimal aiohttp"), ">=", 1.67),
+        (f"x1 / minimal, 64 KiB, {conns} conns", ratio("64KiB", conns, "tokenproxy x1",
+         "minimal aiohttp") if "64KiB" in sizes else None, ">=", 1.3),
+        (f"x2 / x1, small, {conns} conns", ratio("small", conns, "tokenproxy x2",
+         "tokenproxy x1"), ">=", 1.8),
+        (f"added p50 ms, paced {PACED_RATE} req/s, 8 conns", added("p50_ms"), "<", 0.3),
+        (f"added p99 ms, paced {PACED_RATE} req/s, 8 conns", added("p99_ms"), "<", 1.0),
+        ("RSS of a worker, idle MB", idle["tokenproxy x1"], "<", 45),
+        ("RSS of a worker, loaded MB", loaded["tokenproxy x1"], "<", 60),
+        ("RSS of the --workers parent, idle MB", idle["x2 parent"], "<", 20),
+    ]  # fmt: skip
+    lines = ["", "| goal (issue 17) | measured | wanted | met |", "|---|---|---|---|"]
+    for name, value, sense, wanted in goals:
+        if value is None:
+            lines.append(f"| {name} | - | {sense} {wanted:g} | - |")
+            continue
+        met = value >= wanted if sense == ">=" else value < wanted
+        lines.append(f"| {name} | {value:.2f} | {sense} {wanted:g} | {'yes' if met else 'no'} |")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
