@@ -1,5 +1,5 @@
 """``python -m proxy`` does what the ``tokenproxy`` console script does."""
 
-from proxy.cli import main
+from proxy.launch import main
 
 raise SystemExit(main())

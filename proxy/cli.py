@@ -11,22 +11,20 @@ import functools
 import getpass
 import logging
 import os
-import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from yarl import URL
 
-from proxy import __version__
+from proxy.arguments import build_parser, config_path
 from proxy.config.loader import LoadedConfig, load_settings
 from proxy.config.models import AuthConfig, ConnectorConfig, Settings
 from proxy.errors import ConfigError, ProxyError
-from proxy.logs import LOG_FORMAT_ENV, configure_logging
+from proxy.logs import configure_logging
 from proxy.secrets.envelope import EnvelopeError, MasterKeys, generate_key, key_id
 
 if TYPE_CHECKING:
@@ -34,80 +32,6 @@ if TYPE_CHECKING:
     from proxy.runtime import Plan
 
 T = TypeVar("T")
-
-DEFAULT_CONFIG = Path("config/tokenproxy.yaml")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _config_path(value: str | None) -> Path:
-    return Path(value or os.environ.get("TOKENPROXY_CONFIG") or DEFAULT_CONFIG)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tokenproxy",
-        description="Authenticating egress proxy: injects credentials into upstream requests.",
-    )
-    parser.add_argument("--version", action="version", version=f"tokenproxy {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    config_help = "config file (default: $TOKENPROXY_CONFIG, else config/tokenproxy.yaml)"
-    run = commands.add_parser("run", help="serve")
-    run.add_argument("-c", "--config", help=config_help)
-    run.add_argument("--host", help="listen address (overrides listen.host)")
-    run.add_argument("--port", type=int, help="listen port (overrides listen.port)")
-    run.add_argument(
-        "--workers", type=int, default=1, help="worker processes sharing the port (default 1)"
-    )
-    run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    run.add_argument(
-        "--log-format",
-        choices=("json", "text"),
-        help=f"default: ${LOG_FORMAT_ENV}, else text on a terminal and JSON otherwise",
-    )
-
-    check = commands.add_parser("check", help="validate the config and exit 0 (valid) or 1")
-    check.add_argument("-c", "--config", help=config_help)
-
-    token = commands.add_parser(
-        "token", help="acquire one token for a connector and show it masked"
-    )
-    token.add_argument("name", help="connector name")
-    token.add_argument("-c", "--config", help=config_help)
-    token.add_argument(
-        "--fresh",
-        action="store_true",
-        help="ask the token endpoint for a new token (through the store's lease) even if "
-        "a valid one is stored",
-    )
-    token.add_argument(
-        "--client", help="the token of this calling client (a per_client entry of the connector)"
-    )
-
-    authorize = commands.add_parser(
-        "authorize",
-        help="run a connector's interactive grant once (authorization_code, device_code)",
-    )
-    authorize.add_argument("name", help="connector name")
-    authorize.add_argument("-c", "--config", help=config_help)
-
-    ca = commands.add_parser("ca", help="the local CA of tls_intercept")
-    ca.add_argument("action", choices=("init", "cert"), help="make it / print its certificate")
-    ca.add_argument("-c", "--config", help=config_help)
-
-    commands.add_parser("keygen", help="print a new master key")
-    commands.add_parser(
-        "encrypt", help="read one secret on stdin, print it as enc:v1:... (master key from env)"
-    )
-    rekey = commands.add_parser(
-        "rekey", help="re-encrypt every enc:v1 value of a config file under the current key"
-    )
-    rekey.add_argument("-c", "--config", help=config_help)
-
-    demo = commands.add_parser("demo", help="run the proxy with a demo upstream on loopback")
-    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
-    demo.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    return parser
 
 
 def _load(path: Path, overrides: dict[str, Any] | None = None) -> LoadedConfig | ConfigError:
@@ -153,7 +77,7 @@ async def _open_and_close(plan: Plan) -> None:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """Load, then build the runtime and discard it: no network I/O, nothing left open."""
-    path = _config_path(args.config)
+    path = config_path(args.config)
     loaded = _load(path)
     if isinstance(loaded, ConfigError):
         _print_problems(path, loaded)
@@ -201,66 +125,95 @@ def _credential_summary(auth: AuthConfig) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from proxy.http.server import serve
-
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before serving: nothing to reload
-    configure_logging(args.log_level, args.log_format)
-    listen = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    path = _config_path(args.config)
-    loaded = _load(path, {"listen": listen} if listen else None)
-    if isinstance(loaded, ConfigError):
-        _print_problems(path, loaded)
-        return 2
-    for warning in loaded.warnings:
-        logging.getLogger("proxy.config").warning("%s", warning)
     if args.workers < 1:
         print("tokenproxy: --workers must be 1 or more", file=sys.stderr)
         return 2
-    plan = _build(loaded.settings)  # once: forked workers inherit it
+    if args.workers > 1:
+        from proxy.supervisor import supervise
+
+        return supervise(args)
+    from proxy.http.server import serve
+
+    built = _load_for_run(args)
+    if isinstance(built, int):
+        return built
+    settings, plan, load = built
+    _run_async(lambda: serve(settings, plan=plan, load=load))
+    return 0
+
+
+def _load_for_run(
+    args: argparse.Namespace, port: int | None = None, *, quiet: bool = False
+) -> tuple[Settings, Plan, Callable[[], Settings]] | int:
+    """The settings of ``run`` (``--host``/``--port``, else ``port``: the one the parent of
+    ``--workers`` reserved), their plan and what loads them again for a reload; or the exit
+    status once the problems are printed. ``quiet``: no warnings (said once already)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before serving: nothing to reload
+    configure_logging(args.log_level, args.log_format)
+    chosen = args.port if port is None else port
+    listen = {k: v for k, v in (("host", args.host), ("port", chosen)) if v is not None}
+    path = config_path(args.config)
+    overrides = {"listen": listen} if listen else None
+    loaded = _load(path, overrides)
+    if isinstance(loaded, ConfigError):
+        _print_problems(path, loaded)
+        return 2
+    if not quiet:
+        for warning in loaded.warnings:
+            logging.getLogger("proxy.config").warning("%s", warning)
+    plan = _build(loaded.settings)
     if isinstance(plan, ConfigError):
         _print_problems(path, plan)
         return 2
 
     def load() -> Settings:
         """The file again, for a reload (raises ConfigError)."""
-        again = load_settings(path, {"listen": listen} if listen else None)
+        again = load_settings(path, overrides)
         for warning in again.warnings:
             logging.getLogger("proxy.config").warning("%s", warning)
         return again.settings
 
-    if args.workers == 1:
-        _run_async(lambda: serve(loaded.settings, plan=plan, load=load))
-        return 0
-    from proxy.workers import RELOAD_ALL, run_workers
+    return loaded.settings, plan, load
 
-    # Where the workers' metrics meet, so that one scrape covers them all.
-    metrics_dir = Path(tempfile.mkdtemp(prefix="tokenproxy-metrics-"))
 
-    parent = os.getpid()
+def listen_of_run(args: argparse.Namespace) -> tuple[str, int] | int:
+    """For the parent of ``--workers``, in a child of its own: check the config as ``run``
+    does (problems printed, warnings logged once) and say where to listen; or the exit
+    status."""
+    built = _load_for_run(args)
+    if isinstance(built, int):
+        return built
+    listen = built[0].listen
+    return listen.host, listen.port
+
+
+def serve_worker(args: argparse.Namespace, port: int, metrics_dir: Path) -> int:
+    """One worker of ``--workers``: its own load and build (the parent never imports them),
+    on the port the parent reserved."""
+    from proxy.http.server import serve
+    from proxy.workers import RELOAD_ALL
+
+    built = _load_for_run(args, port, quiet=True)
+    if isinstance(built, int):
+        return built
+    settings, plan, load = built
+    parent = os.getppid()
 
     def reload_all() -> None:
         if os.getppid() == parent:  # never another process's, should the parent be gone
             os.kill(parent, RELOAD_ALL)  # the parent sends SIGHUP to every worker
 
-    def worker(settings: Settings) -> int:
-        # The plan's port is the one the parent reserved; the rest is the same build.
-        built = replace(plan, settings=settings)
-        _run_async(
-            lambda: serve(
-                settings,
-                reuse_port=True,
-                plan=built,
-                metrics_dir=metrics_dir,
-                load=load,
-                reload_all=reload_all,
-            )
+    _run_async(
+        lambda: serve(
+            settings,
+            reuse_port=True,
+            plan=plan,
+            metrics_dir=metrics_dir,
+            load=load,
+            reload_all=reload_all,
         )
-        return 0
-
-    try:
-        return run_workers(loaded.settings, args.workers, worker)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    )
+    return 0
 
 
 def mask(value: str) -> str:
@@ -288,7 +241,7 @@ def _with_subjects(connectors: dict[str, ConnectorConfig], name: str) -> dict[st
 def _one_connector(args: argparse.Namespace) -> tuple[ConnectorConfig, Plan] | int:
     """Connector ``args.name`` of ``args.config`` and a plan with it alone; or the exit
     status, once the problems are printed."""
-    path = _config_path(args.config)
+    path = config_path(args.config)
     loaded = _load(path)
     if isinstance(loaded, ConfigError):
         _print_problems(path, loaded)
@@ -423,7 +376,7 @@ def _cmd_authorize(args: argparse.Namespace) -> int:
 def _cmd_ca(args: argparse.Namespace) -> int:
     """``ca init``: make the CA (refusing to overwrite); ``ca cert``: print its certificate."""
     configure_logging("warning")
-    path = _config_path(args.config)
+    path = config_path(args.config)
     loaded = _load(path)
     if isinstance(loaded, ConfigError):
         _print_problems(path, loaded)
@@ -489,7 +442,7 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
 
 
 def _cmd_rekey(args: argparse.Namespace) -> int:
-    path = _config_path(args.config)
+    path = config_path(args.config)
     try:
         keys = MasterKeys.from_environment()
         text = path.read_text(encoding="utf-8")
@@ -531,7 +484,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; its exit status."""
     try:
         return COMMANDS[args.command](args)
     except OSError as exc:  # e.g. the port is taken

@@ -24,12 +24,12 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from proxy.arguments import LOG_FORMAT_ENV
 from proxy.secrets import redaction
 from proxy.secrets.redaction import REDACTOR
 
 ACCESS_LOGGER = "tokenproxy.access"
 
-LOG_FORMAT_ENV = "TOKENPROXY_LOG_FORMAT"
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/]*@")
 
 # What the request path tells the access log.

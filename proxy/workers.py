@@ -1,10 +1,10 @@
 """``tokenproxy run --workers N``: N processes serving one port, the kernel spreading clients.
 
-The parent reserves the port with ``SO_REUSEPORT`` (so port 0 resolves once, for all), forks
-the workers, which each bind that port themselves, and then only supervises: SIGTERM or
-SIGINT is passed on to every worker; a worker that dies on its own stops the rest, and the
-parent exits non-zero. Each worker holds its own tokens until a shared cache exists, so N
-workers fetch N tokens per lifetime.
+Standard library only: the supervising parent (:mod:`proxy.supervisor`) never imports the
+server stack. It reserves the port with ``SO_REUSEPORT`` (so port 0 resolves once, for
+all), forks the workers, which each bind that port themselves, and then only supervises:
+SIGTERM or SIGINT is passed on to every worker, SIGHUP (and a worker's SIGUSR1) becomes a
+SIGHUP to each; a worker that dies on its own stops the rest, and the parent exits non-zero.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
-
-from proxy.config.models import Settings
+from typing import NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -24,20 +24,19 @@ RELOAD_ALL = signal.SIGUSR1
 """What a worker sends its parent to have every worker reload."""
 
 
-def reserve_port(settings: Settings) -> tuple[socket.socket, Settings]:
-    """A bound, not listening, SO_REUSEPORT socket; the settings with its actual port."""
-    family = socket.AF_INET6 if ":" in settings.listen.host else socket.AF_INET
+def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """A bound, not listening, SO_REUSEPORT socket, and its actual port (for port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reserved = socket.socket(family, socket.SOCK_STREAM)
     reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reserved.bind((settings.listen.host, settings.listen.port))
-    port = reserved.getsockname()[1]
-    listen = settings.listen.model_copy(update={"port": port})
-    return reserved, settings.model_copy(update={"listen": listen})
+    reserved.bind((host, port))
+    return reserved, reserved.getsockname()[1]
 
 
-def run_workers(settings: Settings, workers: int, serve: Callable[[Settings], int]) -> int:
-    """Fork ``workers`` processes running ``serve(settings)``; return the exit status."""
-    reserved, settings = reserve_port(settings)
+def run_workers(host: str, port: int, workers: int, serve: Callable[[int], int]) -> int:
+    """Fork ``workers`` processes running ``serve(port)`` on the reserved ``port``; return
+    the exit status."""
+    reserved, port = reserve_port(host, port)
     children: set[int] = set()
     # Until every worker serves, a reload has nothing to reload: ignored, never fatal.
     for sig in (signal.SIGHUP, RELOAD_ALL):
@@ -50,9 +49,9 @@ def run_workers(settings: Settings, workers: int, serve: Callable[[Settings], in
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = serve(settings)
+                code = serve(port)
             finally:
-                os._exit(code)  # never back into the parent's code (its clean-up is its own)
+                flush_and_exit(code)
         children.add(pid)
     reserved.close()
 
@@ -86,3 +85,12 @@ def run_workers(settings: Settings, workers: int, serve: Callable[[Settings], in
                 stop_all(signal.SIGTERM, None)
             status = 1
     return status
+
+
+def flush_and_exit(code: int) -> NoReturn:
+    """End a forked child now, never back into the parent's code (its clean-up is its own),
+    with what it printed written out first (``os._exit`` flushes nothing)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

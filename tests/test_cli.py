@@ -224,8 +224,18 @@ async def test_workers_share_the_port_and_stop_together(
                 async with session.get(f"http://127.0.0.1:{port}/api/x") as response:
                     assert response.status == 200
         assert len(workers) == 2 and process.pid not in workers
+        # The supervising parent never loaded the server stack (it stays ~15 MB).
+        mapped = await asyncio.to_thread(Path(f"/proc/{process.pid}/maps").read_text)
+        assert "aiohttp" not in mapped and "pydantic_core" not in mapped
         code, _ = await _stop(process, signal.SIGTERM)
     assert code == 0
+
+
+def test_workers_refuse_a_bad_config_once_and_warn_once(write_config: WriteConfig) -> None:
+    bad = write_config({"connectors": {"a": connector("https://a.example", route="nope")}})
+    result = tokenproxy("run", "-c", str(bad), "--port", "0", "--workers", "2")
+    assert result.returncode == 2
+    assert result.stderr.count("connectors.a.route: must start with '/'") == 1
 
 
 def test_workers_must_be_positive(write_config: WriteConfig) -> None:
