@@ -34,8 +34,8 @@ from proxy.errors import (
     RouteNotFoundError,
 )
 from proxy.logs import connector_key
-from proxy.metrics.exposition import CONTENT_TYPE, StateOf, connector_state, render
 from proxy.metrics.registry import METRICS, Metrics
+from proxy.metrics.state import CONTENT_TYPE, StateOf, connector_state
 from proxy.runtime import Runtime
 from proxy.status_page import Rates, render_status_page
 from proxy.tokens.model import Phase
@@ -219,6 +219,8 @@ class AdminApi:
         return merged, states, store
 
     async def _metrics(self) -> web.StreamResponse:
+        from proxy.metrics.exposition import render  # prometheus-client: at a scrape only
+
         body = render(*self._every_worker())
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 

@@ -36,7 +36,7 @@ from proxy.http.reload import (
     retire,
 )
 from proxy.logs import ACCESS_LOGGER, AccessLogger
-from proxy.metrics.exposition import StateOf, connector_state
+from proxy.metrics.state import StateOf, connector_state
 from proxy.metrics.workers import WorkerSnapshots
 from proxy.runtime import Plan, Runtime, prepare
 from proxy.tokens.model import Clock

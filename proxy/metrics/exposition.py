@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -19,26 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.metrics.registry import BUCKETS, Histogram, Metrics
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-StateOf = dict[str, dict[str, Any]]
-"""Per connector: ``expires_at`` (wall clock, or None) and ``backing_off`` (0 or 1)."""
-
-
-def connector_state(described: Mapping[str, Mapping[str, Any]], now_wall: float) -> StateOf:
-    """The gauges' inputs from each connector's ``describe()``."""
-    state: StateOf = {}
-    for name, info in described.items():
-        expires_in = info.get("expires_in")
-        state[name] = {
-            "expires_at": None if expires_in is None else now_wall + expires_in,
-            "backing_off": int(info.get("state") in _WAITING),
-        }
-    return state
-
-
-_WAITING = frozenset({"failing", "needs_authorization", "needs_refresh_token"})
+from proxy.metrics.state import StateOf
 
 
 def render(

@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from proxy.metrics.exposition import StateOf
 from proxy.metrics.registry import METRICS
+from proxy.metrics.state import StateOf
 
 INTERVAL = 1.0
 STALE_AFTER = 5 * INTERVAL
