@@ -160,6 +160,23 @@ async def warm(
     return upstream.header_values("Authorization")[0]
 
 
+async def failed_then_served(
+    client: aiohttp.ClientSession,
+    proxy: RunningProxy,
+    upstream: RecordingUpstream,
+    clock: FakeClock,
+) -> list[str]:
+    """Where a secret of /api's token requests must never show: the 502 body of a first
+    request whose token request was refused, then ``/connectors`` once a token was had."""
+    async with client.get(f"{proxy.url}/api/x") as response:
+        assert response.status == 502
+        refused = await response.text()
+    clock.advance(120)  # past the back-off
+    await warm(client, proxy, upstream)
+    async with client.get(f"{proxy.url}/_proxy/connectors") as response:
+        return [refused, await response.text()]
+
+
 STATIC_TOKEN = "tok_static_test_value"
 STATIC_AUTH = {"type": "static", "token": STATIC_TOKEN}
 

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pytest_aiohttp import AiohttpRawServer
 
 from tests.conftest import StartProxy
+from tests.fakes import signing_key
 from tests.test_oidc_provider import (  # the provider's fixtures, shared
     SECRET,
     IntrospectingUpstream,
@@ -50,18 +50,11 @@ def client(client_id: str, grant: str, **fields: Any) -> dict[str, Any]:
 
 def key_pair(alg: str) -> tuple[str, str]:
     """(private PKCS#8 PEM, public SPKI PEM) for ``alg``."""
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if alg == "ES256":
-        key = ec.generate_private_key(ec.SECP256R1())
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = key.public_key().public_bytes(
+    private, public = signing_key(alg)
+    spki = public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return private, public.decode()
+    return private, spki.decode()
 
 
 async def seen(session: aiohttp.ClientSession, issuer: str) -> dict[str, Any]:

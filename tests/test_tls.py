@@ -17,7 +17,6 @@ import trustme
 import yaml
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from proxy.config.loader import load_settings
@@ -26,7 +25,7 @@ from proxy.demo.echo import echo
 from proxy.egress.tls import client_ssl_context
 from proxy.errors import ConfigError
 from tests.conftest import StartProxy, check_config, connector, oauth2_connector
-from tests.fakes import FakeIdP, TLSServer, answer
+from tests.fakes import FakeIdP, TLSServer, answer, signing_key
 
 Serve = Callable[..., Awaitable[TLSServer]]
 MTLS_EXAMPLE = yaml.safe_load(
@@ -409,18 +408,6 @@ async def test_tls_client_auth(
     assert "Authorization" not in idp.calls[0]["headers"]
 
 
-def _private_key(alg: str) -> tuple[str, Any]:
-    key: Any = (
-        ec.generate_private_key(ec.SECP256R1())
-        if alg == "ES256"
-        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return pem, key.public_key()
-
-
 @pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256", "HS256"])
 async def test_signed_client_assertions(
     start_proxy: StartProxy,
@@ -441,7 +428,7 @@ async def test_signed_client_assertions(
         )
         idp.assertion_keys["signing-client"] = "shared-secret-of-32-bytes-length"
     else:
-        pem, public = _private_key(alg)
+        pem, public = signing_key(alg)
         auth.update(
             client_auth="private_key_jwt", private_key=pem, key_id="key-2026", signing_alg=alg
         )

@@ -29,15 +29,13 @@ def subject_connector_problems(settings: Settings) -> list[str]:
     problems: list[str] = []
     links: dict[str, str] = {}  # connector -> its own auth's subject connector
     for name, connector in settings.connectors.items():
-        blocks = [(f"connectors.{name}.auth", connector.auth)]
-        clients = getattr(connector, "per_client", {})  # a client's may name its connector
-        blocks += [(f"connectors.{name}.per_client.{c}", auth) for c, auth in clients.items()]
-        for path, auth in blocks:
+        # A client's entry may name its own connector: that is the connector's token.
+        for client, path, auth in connector.auth_blocks(f"connectors.{name}"):
             subject = getattr(auth, "subject_connector", None)
             if subject is None:
                 continue
             other = settings.connectors.get(subject)
-            own = path.endswith(".auth")
+            own = client is None
             if own and subject == name:
                 problems.append(f"{path}.subject_connector: names its own connector")
             elif other is None:
