@@ -70,12 +70,14 @@ async def test_every_module_imports_on_its_own() -> None:
 
 
 def test_the_serving_path_loads_no_cryptography_until_needed() -> None:
-    """8 MB of a worker's memory: only TLS identities, assertions and enc: values need it."""
+    """8 MB of a worker's memory: only TLS identities, assertions and enc: values need it
+    (and prometheus-client only a scrape)."""
     import subprocess
 
     code = (
         "import sys, proxy.cli, proxy.http.server, proxy.config.loader;"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'cryptography', 'jwt'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'cryptography', 'jwt', 'prometheus_client'}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60

@@ -412,3 +412,23 @@ async def test_tokenproxy_token_refuses_a_client_it_does_not_know(
     assert shown.returncode == 1
     assert "no client 'billin' in clients.api_keys (billing, reports, web)" in shown.stderr
     assert idp.calls == []
+
+
+async def test_an_admin_refresh_renews_every_credential_even_when_one_fails(
+    start_proxy: StartProxy,
+    upstream: RecordingUpstream,
+    idp: FakeIdP,
+    clock: FakeClock,
+) -> None:
+    config = per_client_config(upstream, idp)
+    config["connectors"]["api"]["per_client"]["billing"]["client_secret"] = "a-wrong-secret-1234"
+    proxy = await start_proxy(config, clock)
+    async with aiohttp.ClientSession(headers=as_client("web")) as admin:
+        async with admin.post(f"{proxy.url}/_proxy/connectors/api/refresh") as response:
+            assert response.status == 502  # billing's credentials are refused...
+    asked = sorted(who_asked(c) for c in idp.calls if c["path"] == "/token")
+    assert asked == [  # ...and the connector's own and reports' were renewed all the same
+        ("client_credentials", "billing-app", None),
+        ("client_credentials", "demo-client", None),
+        ("password", "demo-client", "reports-svc"),
+    ]
