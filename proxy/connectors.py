@@ -25,7 +25,13 @@ from proxy.config.tls import TLSConfig
 from proxy.consent.links import ConsentSite
 from proxy.egress.deadlines import Deadlines
 from proxy.egress.retries import UpstreamRetries
-from proxy.egress.sessions import Egress, egress_options, token_session, upstream_session
+from proxy.egress.sessions import (
+    Egress,
+    egress_options,
+    token_session,
+    upstream_client,
+    upstream_session,
+)
 from proxy.egress.tls import TLSConfigError, client_ssl_context
 from proxy.store.base import TokenStore
 from proxy.store.files import FileStore
@@ -126,15 +132,18 @@ class Connector:
         """Every credential of the connector: its own (None), then each client's."""
         return {None: self.authenticator} | dict(self.clients)
 
-    def upstream_url(self, rest: str, query: str | None) -> URL:
-        """``origin + base_path + rest [+ ?query]``, sent byte-exact (no re-encoding).
+    def upstream_target(self, rest: str, query: str | None) -> str:
+        """``base_path + rest [+ ?query]``, the raw request target, sent byte-exact.
 
         ``rest`` is a validated raw path: empty or starting with ``/``, free of dot-segments
         and encoded separators, so the result always lies under ``base_path``.
         """
         path = self.base_path + rest or "/"
-        url = self.origin + path if query is None else f"{self.origin}{path}?{query}"
-        return URL(url, encoded=True)
+        return path if query is None else f"{path}?{query}"
+
+    def upstream_url(self, rest: str, query: str | None) -> URL:
+        """``origin`` + :meth:`upstream_target`, for aiohttp (no re-encoding)."""
+        return URL(self.origin + self.upstream_target(rest, query), encoded=True)
 
 
 async def open_connector(
@@ -186,8 +195,13 @@ async def open_connector(
         client: open_one(client, config.per_client[client], auth_plan)
         for client, auth_plan in plan.clients.items()
     }
-    session = upstream_session(plan.upstream_tls)
-    stack.push_async_callback(session.close)
+    session, http1 = None, None
+    if proxy is None:
+        http1 = upstream_client(upstream, plan.upstream_tls, config.tls, connect)
+        stack.push_async_callback(http1.close)
+    else:
+        session = upstream_session(plan.upstream_tls)
+        stack.push_async_callback(session.close)
     return Connector(
         name=plan.name,
         config=config,
@@ -200,6 +214,7 @@ async def open_connector(
             deadlines,
             egress_options(config.tls, proxy),
             uses_tls=plan.upstream_tls is not None,
+            http1=http1,
         ),
         retries=UpstreamRetries.of(config.retries, clock or SystemClock()),
         origin=str(upstream.origin()),

@@ -102,6 +102,72 @@ class RawUpstream:
             await self._server.wait_closed()
 
 
+class KeepAliveUpstream:
+    """An upstream that reads request after request on each connection and answers the n-th
+    request (counted over all connections) with ``answers(n)``; it records each request's
+    raw bytes, and how many connections it was given.
+
+    An answer ending in ``CLOSE`` is followed by closing the connection.
+    """
+
+    CLOSE = b"<close>"
+
+    def __init__(self, answers: Callable[[int], bytes]) -> None:
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> KeepAliveUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            while True:
+                request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                request += await _request_body(reader, request)
+                index = len(self.requests)
+                self.requests.append(request)
+                answer = self.answers(index)
+                writer.write(answer.removesuffix(self.CLOSE))
+                await writer.drain()
+                if answer.endswith(self.CLOSE):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def _request_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body's raw bytes as framed on the wire (Content-Length or chunked)."""
+    lines = head.lower().split(b"\r\n")
+    length = next((int(line[15:]) for line in lines if line.startswith(b"content-length:")), 0)
+    if b"transfer-encoding: chunked" not in lines:
+        return await reader.readexactly(length)
+    body = b""
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.strip(), 16)
+        body += size_line + await reader.readexactly(size + 2)
+        if size == 0:
+            return body
+
+
 class FakeIdP(DemoIdentityProvider):
     """The demo identity provider, with knobs and counters for tests.
 

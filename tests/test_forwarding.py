@@ -360,9 +360,9 @@ async def test_upstream_connect_timeout_is_504(
 async def assert_nothing_left_behind(proxy: RunningProxy) -> None:
     """After a failure, no upstream connection is still held and no client connection (nor
     its handler task) lingers."""
-    session = proxy.server.runtime.connectors["api"].upstream.session
+    egress = proxy.server.runtime.connectors["api"].upstream
     async with asyncio.timeout(2):
-        while session.connector._acquired or proxy.server.client_connections:  # noqa: ASYNC110
+        while egress.in_use or proxy.server.client_connections:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 

@@ -74,7 +74,7 @@ async def test_stop_awaits_the_warm_ups_and_closes_every_session(
     server = ProxyServer(settings)
     await server.start()
     assert server.runtime is not None
-    sessions = [c.upstream.session for c in server.runtime.connectors.values()]
+    sessions = [c.upstream for c in server.runtime.connectors.values()]
 
     async def fetching() -> None:
         while not idp.calls:  # noqa: ASYNC110 - the fake offers no event
@@ -97,7 +97,7 @@ async def test_check_builds_and_discards_without_network_io(
     settings = load_settings(write_config(two_connectors(upstream, idp, port=0))).settings
     plan = prepare(settings)
     async with open_runtime(plan) as runtime:
-        sessions = [c.upstream.session for c in runtime.connectors.values()]
+        sessions = [c.upstream for c in runtime.connectors.values()]
     assert all(session.closed for session in sessions)
     assert idp.calls == [] and upstream.requests == []
 

@@ -16,6 +16,11 @@ import aiohttp
 from proxy.egress.tls import REJECTED_CLIENT_CERT_HINT, tls_failure
 
 
+class InvalidAnswer(aiohttp.ClientError):
+    """The upstream's bytes are no HTTP/1.1 answer (:mod:`proxy.egress.http1`'s word for
+    aiohttp's ``ClientResponseError``, which needs a request to describe)."""
+
+
 @dataclass(frozen=True)
 class Failure:
     kind: str
@@ -54,7 +59,7 @@ def classify(exc: aiohttp.ClientError | TimeoutError, peer: str, *, tls: bool) -
         refused = exc.os_error.errno == errno.ECONNREFUSED
         status = "connection_refused" if refused else "destination_unavailable"
         return Failure("connect", status, f"cannot connect to {peer}", True)
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, aiohttp.ClientResponseError | InvalidAnswer):
         return Failure("broken", "http_protocol_error", f"{peer} sent an invalid response", False)
     message = f"{peer} closed the connection without answering"
     if tls and isinstance(exc, aiohttp.ServerDisconnectedError):

@@ -1,11 +1,13 @@
-"""How requests leave the proxy: one pooled session per TLS profile, with its options.
+"""How requests leave the proxy: one pool per TLS profile, with its options.
 
 The SSL contexts come prepared from the build step (:mod:`proxy.runtime`), which also owns
-the sessions and closes them.
+the pools and closes them.
 
 Each connector has one :class:`Egress` for its upstream and one for its token endpoint, so
 connections with different TLS identities, SNI or proxies are never pooled together, and a
-slow token endpoint never starves the upstream pool.
+slow token endpoint never starves the upstream pool. An upstream is reached by the lean
+client of :mod:`proxy.egress.http1` (:func:`upstream_client`), unless its connector goes
+through an egress proxy (``http_proxy``): then by an aiohttp session, as token endpoints are.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from proxy.config.tls import TLSConfig
 from proxy.egress.deadlines import DeadlineRequest, Deadlines, ReadDeadline
+from proxy.egress.http1.client import Http1Client
+from proxy.egress.http1.pool import UpstreamPool
 
 # aiohttp adds these when absent; a transparent proxy must send only what the client sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -25,7 +30,8 @@ _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 @dataclass(frozen=True)
 class Egress:
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession | None
+    """None when :attr:`http1` carries the requests."""
     timeout: aiohttp.ClientTimeout
     read_timeout: float
     """The answer must start within this many seconds of the last request bytes sent."""
@@ -34,6 +40,24 @@ class Egress:
     """Per-request keyword arguments: ``server_hostname``, ``proxy`` (it may hold a password)."""
     uses_tls: bool = False
     """The upstream speaks https (token endpoints may differ per request: see the URL)."""
+    http1: Http1Client | None = None
+    """The lean client of an upstream reached directly."""
+
+    @property
+    def closed(self) -> bool:
+        return self.http1.pool.closed if self.http1 is not None else self._session().closed
+
+    @property
+    def in_use(self) -> int:
+        """Connections carrying a request now."""
+        if self.http1 is not None:
+            return self.http1.pool.in_use
+        connector = self._session().connector
+        return 0 if connector is None else len(connector._acquired)  # no public count
+
+    def _session(self) -> aiohttp.ClientSession:
+        assert self.session is not None  # one of the two is always set
+        return self.session
 
     def read_deadline(self) -> ReadDeadline:
         """A deadline for the answer of one request (``async with``)."""
@@ -47,6 +71,17 @@ def egress_options(tls: TLSConfig | None, proxy: str | None) -> dict[str, Any]:
     if proxy is not None:
         options["proxy"] = proxy
     return options
+
+
+def upstream_client(
+    upstream: URL, context: ssl.SSLContext | None, tls: TLSConfig | None, connect: float | None
+) -> Http1Client:
+    """The lean client of ``upstream`` (``context`` None for plain http), which alters
+    nothing it relays, as :func:`upstream_session` promises."""
+    assert upstream.raw_host is not None and upstream.port is not None  # checked at load
+    server_name = tls.server_name if tls is not None else None
+    pool = UpstreamPool(upstream.raw_host, upstream.port, context, server_name, connect)
+    return Http1Client(pool, upstream.host_port_subcomponent or upstream.raw_host)
 
 
 def upstream_session(context: ssl.SSLContext | None) -> aiohttp.ClientSession:

@@ -31,6 +31,7 @@ from multidict import CIMultiDict
 from proxy.auth.base import Credential
 from proxy.connectors import Connector
 from proxy.egress.failures import classify
+from proxy.egress.http1.client import UpstreamAnswer
 from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
 from proxy.http.body import RequestBody
 from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 Body = bytes | AsyncIterator[bytes] | None
 """What goes upstream: nothing, a held (replayable) body, or the client's body streaming."""
+
+Answer = UpstreamAnswer | aiohttp.ClientResponse
+"""The upstream's answer, from the lean client or, behind an egress proxy, from aiohttp's."""
 
 
 _UPSTREAM_ERRORS: dict[str, type[UpstreamError]] = {
@@ -88,7 +92,7 @@ async def forward(
             body = source.chunks()
     tries = retries.begin(connector.name, method, replayable=not isinstance(body, AsyncIterator))
 
-    def send(credential: Credential | None) -> Awaitable[aiohttp.ClientResponse]:
+    def send(credential: Credential | None) -> Awaitable[Answer]:
         return tries.send(
             lambda: _send(request, connector, rest, query, headers, body, source, credential)
         )
@@ -114,23 +118,29 @@ async def _send(
     body: Body,
     source: RequestBody | None,
     credential: Credential | None,
-) -> aiohttp.ClientResponse:
+) -> Answer:
     headers = headers.copy()
     if credential is not None:
         query = credential.apply(headers, query)
     egress = connector.upstream
     started = time.perf_counter()
+    upstream: Answer
     with map_client_errors(connector, source):
         async with egress.read_deadline():  # the response headers, in time
-            upstream = await egress.session.request(
-                request.method,
-                connector.upstream_url(rest, query),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=egress.timeout,
-                **egress.options,
-            )
+            if egress.http1 is not None:
+                target = connector.upstream_target(rest, query)
+                upstream = await egress.http1.request(request.method, target, headers, body)
+            else:
+                assert egress.session is not None
+                upstream = await egress.session.request(
+                    request.method,
+                    connector.upstream_url(rest, query),
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=egress.timeout,
+                    **egress.options,
+                )
     elapsed = time.perf_counter() - started
     METRICS.upstream_seconds[connector.name].observe(elapsed)
     request[upstream_ms_key] = round(elapsed * 1000, 2)
@@ -138,7 +148,7 @@ async def _send(
 
 
 async def _relay(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse, connector: Connector
+    request: web.BaseRequest, upstream: Answer, connector: Connector
 ) -> web.StreamResponse:
     if upstream.status == 101:
         raise UpstreamError("the upstream tried to switch protocols", connector=connector.name)
@@ -180,9 +190,7 @@ async def _relay(
     return response
 
 
-async def _copy_body(
-    upstream: aiohttp.ClientResponse, response: web.StreamResponse, idle_timeout: float
-) -> None:
+async def _copy_body(upstream: Answer, response: web.StreamResponse, idle_timeout: float) -> None:
     """Copy the upstream body, failing with ``TimeoutError`` if the upstream stalls.
 
     aiohttp's own ``sock_read`` timer is not used (docs/design.md, "Upstream read timeouts"), and

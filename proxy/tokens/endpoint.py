@@ -77,6 +77,7 @@ class TokenResponse:
 
 async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResponse:
     """Send ``request``; never follow a redirect; read at most 1 MiB of answer."""
+    assert egress.session is not None  # token endpoints always have one
     try:
         async with (
             egress.read_deadline(),

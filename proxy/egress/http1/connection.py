@@ -1,0 +1,167 @@
+"""One keep-alive HTTP/1.1 connection to an upstream, carrying one request at a time.
+
+An asyncio protocol around aiohttp's own response parser (its C parser, or the pure-Python
+one under ``AIOHTTP_NO_EXTENSIONS=1``), so answers are framed by exactly the rules, limits
+and errors of aiohttp's client: Content-Length, chunked, or read until the connection
+closes; 8190-byte lines and fields, 128 header lines; conflicting or malformed framing
+refused (a repeated Content-Length too, which only the C parser catches itself). What it
+adds to the parser is bookkeeping:
+
+- an answer's head arrives through a future; interim answers (``100 Continue``, ``103``)
+  are skipped, as aiohttp's client skips them;
+- the body streams through aiohttp's ``StreamReader``, which pauses reading the socket while
+  more than 128 KiB wait (the parser's flow control), so a slow client holds a bounded buffer;
+- every way the connection can fail ends the pending head or body with the exception
+  aiohttp's client would raise (:mod:`proxy.egress.failures` reads those): closed before an
+  answer, reset, an answer the parser refuses, a body cut short; a body is never left
+  neither complete nor failed;
+- the connection is :attr:`reusable` only after a complete answer to a completely sent
+  request, with no ``Connection: close`` and no byte beyond the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import hdrs
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.client_exceptions import (
+    ClientOSError,
+    ClientPayloadError,
+    ServerDisconnectedError,
+)
+from aiohttp.helpers import EMPTY_BODY_STATUS_CODES
+from aiohttp.http import HttpResponseParser, RawResponseMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+from proxy.egress.failures import InvalidAnswer
+
+READ_LIMIT = 2**16
+"""The body buffer's low-water mark (aiohttp's ``read_bufsize``): reading pauses at twice it."""
+
+Answer = tuple[RawResponseMessage, StreamReader]
+
+
+class UpstreamConnection(BaseProtocol):
+    """The protocol of one pooled connection; ``lost`` is called once when it closes."""
+
+    __slots__ = ("_answer", "_lost", "_payload", "_sent", "idle_since", "keep_alive")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, lost: Callable[[UpstreamConnection], None]
+    ) -> None:
+        super().__init__(loop)
+        self._lost = lost
+        self._answer: asyncio.Future[Answer] | None = None
+        self._payload: StreamReader | None = None
+        self._sent = False
+        self.keep_alive = False
+        self.idle_since = 0.0
+
+    def expect(self, *, head_only: bool) -> asyncio.Future[Answer]:
+        """Arm the connection for the answer to the request about to be written."""
+        self._parser = HttpResponseParser(
+            self,
+            self._loop,
+            READ_LIMIT,
+            payload_exception=ClientPayloadError,
+            response_with_body=not head_only,
+            read_until_eof=True,
+            auto_decompress=False,
+        )
+        self._payload, self._sent, self.keep_alive = None, False, False
+        self._answer = answer = self._loop.create_future()
+        return answer
+
+    def request_sent(self) -> None:
+        """The whole request is on its way; until then the connection cannot be reused."""
+        self._sent = True
+
+    @property
+    def reusable(self) -> bool:
+        payload = self._payload
+        return (
+            self.keep_alive
+            and self._sent
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and payload is not None
+            and payload.is_eof()
+            and payload.exception() is None
+        )
+
+    def finish(self) -> None:
+        """The answer was taken: bytes arriving now are not part of any answer."""
+        self._parser = None
+        self._answer = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, unsent bytes dropped: the request cannot be completed."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            # Nothing was asked: bytes now are a protocol error (or a second answer).
+            self.keep_alive = False
+            self.close()
+            return
+        try:
+            messages, _upgraded, _tail = parser.feed_data(data)
+        except Exception:
+            self._fail(InvalidAnswer("the upstream sent an invalid response"))
+            return
+        for message, payload in messages:
+            code = message.code
+            if 100 <= code < 200 and code != 101:
+                continue  # interim: the final answer follows on the same connection
+            answer = self._answer
+            if answer is None or answer.done():
+                self.keep_alive = False  # a second answer to one request
+                self.close()
+                return
+            if len(message.headers.getall(hdrs.CONTENT_LENGTH, ())) > 1:
+                # llhttp refuses this; aiohttp's pure-Python parser takes one of them.
+                self._fail(InvalidAnswer("the upstream sent two Content-Length headers"))
+                return
+            if code in EMPTY_BODY_STATUS_CODES:
+                payload = EMPTY_PAYLOAD
+            self._payload = payload
+            self.keep_alive = not message.should_close and code != 101
+            answer.set_result((message, payload))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.keep_alive = False
+        parser, self._parser = self._parser, None
+        payload = self._payload
+        if parser is not None:
+            try:
+                parser.feed_eof()  # ends a body read until the connection closes
+            except Exception:
+                pass  # cut short: failed below
+        if payload is not None and not payload.is_eof():
+            payload.set_exception(ClientPayloadError("Response payload is not completed"))
+        answer = self._answer
+        if answer is not None and not answer.done():
+            if isinstance(exc, OSError):
+                answer.set_exception(ClientOSError(*exc.args))
+            else:
+                answer.set_exception(ServerDisconnectedError())
+        self._lost(self)
+
+    def _fail(self, error: Exception) -> None:
+        self.keep_alive = False
+        self._parser = None
+        answer, payload = self._answer, self._payload
+        if answer is not None and not answer.done():
+            answer.set_exception(error)
+        elif payload is not None and not payload.is_eof():
+            payload.set_exception(ClientPayloadError("Response payload is not completed"))
+        self.close()

@@ -1,0 +1,237 @@
+"""The lean upstream client (proxy.egress.http1): what it writes on the wire, when it uses a
+connection again and when never, its pool's limit and keep-alive, and which connectors get
+it. Framing abuse and failures are tested through the proxy in test_forwarding.py, which
+the pure-Python parser runs too (Makefile)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from proxy.egress.http1.client import Http1Client
+from proxy.egress.http1.pool import UpstreamPool
+from tests.conftest import STATIC_TOKEN, RunningProxy, StartProxy, connector, eventually
+from tests.fakes import KeepAliveUpstream, RecordingUpstream
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def proxy_to(start_proxy: StartProxy, upstream: KeepAliveUpstream) -> RunningProxy:
+    return await start_proxy(
+        {"connectors": {"api": connector(f"http://127.0.0.1:{upstream.port}")}}
+    )
+
+
+@pytest.fixture
+async def keep_alive() -> KeepAliveUpstream:
+    upstream = await KeepAliveUpstream(lambda _: OK).start()
+    yield upstream
+    await upstream.close()
+
+
+async def test_requests_share_one_kept_alive_connection(
+    start_proxy: StartProxy, client: aiohttp.ClientSession, keep_alive: KeepAliveUpstream
+) -> None:
+    proxy = await proxy_to(start_proxy, keep_alive)
+    for _ in range(20):
+        async with client.get(f"{proxy.url}/api/x") as response:
+            assert (response.status, await response.read()) == (200, b"ok")
+    assert (len(keep_alive.requests), keep_alive.connections) == (20, 1)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", id="close"
+        ),
+        pytest.param(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", id="http-1.0"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n\r\nok" + KeepAliveUpstream.CLOSE, id="until-close"),
+        pytest.param(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra", id="bytes-beyond"),
+        pytest.param(OK + KeepAliveUpstream.CLOSE, id="closed-unannounced"),
+    ],
+)
+async def test_a_connection_is_used_again_only_after_a_clean_exchange(
+    start_proxy: StartProxy, client: aiohttp.ClientSession, first: bytes
+) -> None:
+    upstream = await KeepAliveUpstream(lambda n: first if n == 0 else OK).start()
+    try:
+        proxy = await proxy_to(start_proxy, upstream)
+        for _ in range(2):
+            async with client.get(f"{proxy.url}/api/x") as response:
+                assert (response.status, await response.read()) == (200, b"ok")
+            await asyncio.sleep(0.05)  # the upstream's close, if any, reaches the pool
+    finally:
+        await upstream.close()
+    assert (len(upstream.requests), upstream.connections) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "framing"),
+    [
+        pytest.param("GET", None, b"", id="get"),
+        pytest.param("DELETE", None, b"Content-Length: 0\r\n", id="delete-without-body"),
+        pytest.param("POST", None, b"Content-Length: 0\r\n", id="post-without-body"),
+        pytest.param("POST", b"hello", b"Content-Length: 5\r\n", id="held-body"),
+        pytest.param("PUT", "stream", b"Transfer-Encoding: chunked\r\n", id="streamed-body"),
+    ],
+)
+async def test_what_goes_on_the_wire(
+    start_proxy: StartProxy,
+    client: aiohttp.ClientSession,
+    keep_alive: KeepAliveUpstream,
+    method: str,
+    body: bytes | str | None,
+    framing: bytes,
+) -> None:
+    proxy = await proxy_to(start_proxy, keep_alive)
+
+    async def chunks():  # no length: the client sends it chunked, and so does the proxy
+        for part in (b"a" * 10, b"b" * 70_000):
+            yield part
+
+    data = chunks() if body == "stream" else body
+    headers = {"X-Custom": "kept", "Cookie": "c=1"}
+    async with client.request(method, f"{proxy.url}/api/p?q=1", data=data, headers=headers) as r:
+        assert r.status == 200
+    request = keep_alive.requests[0]
+    head, _, sent_body = request.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == f"{method} /p?q=1 HTTP/1.1".encode()
+    assert f"Host: 127.0.0.1:{keep_alive.port}".encode() in lines
+    assert b"X-Custom: kept" in lines and b"Cookie: c=1" in lines
+    assert b"Authorization: Bearer " + STATIC_TOKEN.encode() in lines
+    framing_lines = [line for line in lines if line.split(b":")[0].lower() in _FRAMING]
+    assert framing_lines == framing.split(b"\r\n")[:-1]
+    if body == "stream":
+        assert dechunked(sent_body) == b"a" * 10 + b"b" * 70_000
+    else:
+        assert sent_body == (body or b"")
+
+
+_FRAMING = {b"content-length", b"transfer-encoding"}
+
+
+def dechunked(body: bytes) -> bytes:
+    """The data of a chunked body; fails unless it ends with the last chunk."""
+    data = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert body == b"\r\n"
+            return data
+        data, body = data + body[:size], body[size + 2 :]
+
+
+async def test_interim_answers_are_skipped(
+    start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    upstream = await KeepAliveUpstream(lambda _: interim + OK).start()
+    try:
+        proxy = await proxy_to(start_proxy, upstream)
+        async with client.get(f"{proxy.url}/api/x") as response:
+            assert (response.status, await response.read()) == (200, b"ok")
+            assert "Link" not in response.headers
+    finally:
+        await upstream.close()
+
+
+async def test_an_early_answer_ends_the_upload_and_its_connection(
+    start_proxy: StartProxy, client: aiohttp.ClientSession, upstream: RecordingUpstream
+) -> None:
+    """An upstream refusing a streamed upload before reading it: the client gets that
+    answer, and the half-sent connection is never used again."""
+    from aiohttp import web
+
+    async def refuse(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(status=413, text="too big")
+
+    upstream.respond = refuse
+    proxy = await start_proxy({"connectors": {"api": connector(upstream.url)}})
+
+    async def slow_body():
+        yield b"x" * 1000
+        await asyncio.sleep(0.3)
+        yield b"y" * 1000
+
+    async with client.put(f"{proxy.url}/api/upload", data=slow_body()) as response:
+        assert (response.status, await response.text()) == (413, "too big")
+    upstream.respond = None
+    async with client.get(f"{proxy.url}/api/next") as response:
+        assert response.status == 200
+    egress = proxy.server.runtime.connectors["api"].upstream
+    await eventually(lambda: _true(egress.in_use == 0))
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_the_pool_keeps_to_its_limit_and_lets_idle_connections_go(
+    keep_alive: KeepAliveUpstream,
+) -> None:
+    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 5, limit=2, keepalive=0.3)
+    http1 = Http1Client(pool, f"127.0.0.1:{keep_alive.port}")
+
+    async def one() -> bytes:
+        answer = await http1.request("GET", "/", CIMultiDict(), None)
+        try:
+            return await answer.content.read()
+        finally:
+            answer.close()
+
+    try:
+        assert await asyncio.gather(*(one() for _ in range(8))) == [b"ok"] * 8
+        assert keep_alive.most_open <= 2 and keep_alive.connections == 2
+        await eventually(lambda: _true(keep_alive.open == 0), within=3)  # idle 0.3 s: closed
+        assert pool.in_use == 0
+    finally:
+        await http1.close()
+
+
+async def test_a_connect_timeout_counts_the_wait_for_a_free_connection(
+    keep_alive: KeepAliveUpstream,
+) -> None:
+    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 0.2, limit=1)
+    http1 = Http1Client(pool, "x")
+    held = await http1.request("GET", "/", CIMultiDict(), None)  # not closed: holds the one
+    try:
+        with pytest.raises(aiohttp.ConnectionTimeoutError):
+            await http1.request("GET", "/", CIMultiDict(), None)
+    finally:
+        held.close()
+        await http1.close()
+
+
+@pytest.mark.parametrize("via_proxy", [False, True], ids=["direct", "http_proxy"])
+async def test_the_lean_client_serves_every_connector_but_those_behind_an_egress_proxy(
+    start_proxy: StartProxy, keep_alive: KeepAliveUpstream, via_proxy: bool
+) -> None:
+    extra = {"http_proxy": "http://127.0.0.1:9"} if via_proxy else {}
+    proxy = await start_proxy(
+        {"connectors": {"api": connector(f"http://127.0.0.1:{keep_alive.port}", **extra)}}
+    )
+    egress = proxy.server.runtime.connectors["api"].upstream
+    assert (egress.http1 is None, egress.session is None) == (via_proxy, not via_proxy)
+
+
+async def test_an_invalid_answer_is_502_and_logs_no_secret(
+    start_proxy: StartProxy, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = await KeepAliveUpstream(lambda _: b"HTTP/1.1 2OO OK\r\n\r\n").start()
+    caplog.set_level(logging.DEBUG)
+    try:
+        proxy = await proxy_to(start_proxy, upstream)
+        async with client.get(f"{proxy.url}/api/x?api_key=canary-q-7781") as response:
+            body = await response.json()
+    finally:
+        await upstream.close()
+    assert (response.status, body["error"]) == (502, "upstream_unreachable")
+    assert body["message"] == "the upstream sent an invalid response"
+    assert "canary-q-7781" not in caplog.text and STATIC_TOKEN not in caplog.text
