@@ -105,6 +105,10 @@ class ReadDeadline:
     def sent(self) -> None:
         self.expires_at = time.monotonic() + self._seconds
 
+    def disarm(self) -> None:
+        """Not waiting on the peer now (until the next :meth:`sent`)."""
+        self.expires_at = math.inf
+
     def expire(self) -> None:
         self._deadlines._active.discard(self)
         if self._task is not None and not self._expired:

@@ -18,11 +18,9 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -30,9 +28,10 @@ from multidict import CIMultiDict
 
 from proxy.auth.base import Credential
 from proxy.connectors import Connector
+from proxy.egress.deadlines import ReadDeadline
 from proxy.egress.failures import classify
 from proxy.egress.http1.client import UpstreamAnswer
-from proxy.errors import UpstreamError, UpstreamTimeoutError, UpstreamTLSError
+from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamTLSError
 from proxy.http.body import RequestBody
 from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.http.requestid import HEADER as REQUEST_ID
@@ -55,19 +54,18 @@ _UPSTREAM_ERRORS: dict[str, type[UpstreamError]] = {
 }
 
 
-@contextmanager
-def map_client_errors(connector: Connector, body: RequestBody | None) -> Iterator[None]:
-    try:
-        yield
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        if body is not None and body.failure is not None:
-            raise body.failure from None  # the client's body failed, not the upstream
-        failure = classify(exc, "the upstream", tls=connector.upstream.uses_tls)
-        error_class = _UPSTREAM_ERRORS.get(failure.kind, UpstreamError)
-        error = error_class(failure.message, proxy_status=failure.proxy_status)
-        error.worth_another_try = failure.worth_another_try
-        logger.warning("connector %s: %s (%s)", connector.name, error.message, type(exc).__name__)
-        raise error from None
+def upstream_error(
+    exc: aiohttp.ClientError | TimeoutError, connector: Connector, body: RequestBody | None
+) -> ProxyError:
+    """What to answer for a failed send (logged here, once)."""
+    if body is not None and body.failure is not None:
+        return body.failure  # the client's body failed, not the upstream
+    failure = classify(exc, "the upstream", tls=connector.upstream.uses_tls)
+    error_class = _UPSTREAM_ERRORS.get(failure.kind, UpstreamError)
+    error = error_class(failure.message, proxy_status=failure.proxy_status)
+    error.worth_another_try = failure.worth_another_try
+    logger.warning("connector %s: %s (%s)", connector.name, error.message, type(exc).__name__)
+    return error
 
 
 async def forward(
@@ -90,7 +88,9 @@ async def forward(
             body = await source.read_all()  # small enough to send again (401, retries)
         else:
             body = source.chunks()
-    tries = retries.begin(connector.name, method, replayable=not isinstance(body, AsyncIterator))
+    # Not isinstance(body, AsyncIterator): an ABC check costs a microsecond per request.
+    replayable = body is None or isinstance(body, bytes)
+    tries = retries.begin(connector.name, method, replayable=replayable)
 
     def send(credential: Credential | None) -> Awaitable[Answer]:
         return tries.send(
@@ -125,7 +125,7 @@ async def _send(
     egress = connector.upstream
     started = time.perf_counter()
     upstream: Answer
-    with map_client_errors(connector, source):
+    try:  # (not a context manager: this is the hot path, and one costs microseconds)
         async with egress.read_deadline():  # the response headers, in time
             if egress.http1 is not None:
                 target = connector.upstream_target(rest, query)
@@ -141,6 +141,8 @@ async def _send(
                     timeout=egress.timeout,
                     **egress.options,
                 )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise upstream_error(exc, connector, source) from None
     elapsed = time.perf_counter() - started
     METRICS.upstream_seconds[connector.name].observe(elapsed)
     request[upstream_ms_key] = round(elapsed * 1000, 2)
@@ -175,7 +177,7 @@ async def _relay(
         response.content_length = upstream.content_length
     await response.prepare(request)
     try:
-        await _copy_body(upstream, response, connector.config.timeouts.read)
+        await _copy_body(upstream, response, connector.upstream.read_deadline())
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         if isinstance(exc, ConnectionResetError):
             return response  # the client went away; nothing left to tell it
@@ -190,21 +192,19 @@ async def _relay(
     return response
 
 
-async def _copy_body(upstream: Answer, response: web.StreamResponse, idle_timeout: float) -> None:
-    """Copy the upstream body, failing with ``TimeoutError`` if the upstream stalls.
+async def _copy_body(upstream: Answer, response: web.StreamResponse, idle: ReadDeadline) -> None:
+    """Copy the upstream body, failing with ``TimeoutError`` if the upstream stalls for
+    the read timeout (``idle``, armed for each read only: time spent writing to a slow
+    client does not count against the upstream).
 
-    aiohttp's own ``sock_read`` timer is not used (docs/design.md, "Upstream read timeouts"), and
-    would not be enough anyway: after its C parser rejects a chunk
-    header mid-body (aiohttp 3.14.5), the payload is neither fed nor failed and the read
-    timer is dropped, so the read would wait forever. Time spent writing to a slow client
-    does not count against the upstream.
+    aiohttp's own ``sock_read`` timer is not used (docs/design.md, "Upstream read timeouts"),
+    nor an event-loop timer per chunk: the runtime's deadline watchdog costs a float store.
     """
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(None) as idle:
+    async with idle:
         while True:
-            idle.reschedule(loop.time() + idle_timeout)
+            idle.sent()
             chunk = await upstream.content.readany()
-            idle.reschedule(None)
+            idle.disarm()
             if not chunk:
                 return
             await response.write(chunk)

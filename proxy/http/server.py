@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -360,6 +361,23 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def settle_heap() -> None:
+    """Once built, stop the garbage collector scanning what lives as long as the process.
+
+    Everything allocated at start (modules, config, runtime) moves to the permanent
+    generation, and young objects are collected every 50,000 allocations instead of 700. A
+    request allocates a few hundred objects and almost none in cycles, so the default
+    collected every few requests, scanning them all: a tenth of a small request's time,
+    measured side by side (benchmarks/README.md). Cyclic garbage still goes, a little later.
+    """
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -386,6 +404,7 @@ async def serve(
         reload_all=reload_all,
     )
     await server.start()
+    settle_heap()
     reloads: set[asyncio.Task[ReloadOutcome]] = set()
     if load is not None:
         loop = asyncio.get_running_loop()

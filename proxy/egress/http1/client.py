@@ -110,7 +110,7 @@ class Http1Client:
             answer = connection.expect(head_only=method == hdrs.METH_HEAD)
             transport = connection.transport
             assert transport is not None  # acquire() gives open connections only
-            if isinstance(body, AsyncIterator):
+            if body is not None and not isinstance(body, bytes):  # (no ABC check: slow)
                 transport.write(head)
                 progress()
                 writer = asyncio.get_running_loop().create_task(
