@@ -28,6 +28,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("log_line.py", ["text ", "json ", "metrics "]),
         # Without nginx or wrk it falls back to an aiohttp upstream and a built-in generator.
         ("suite.py", ["| small | 8 | direct |", "| small | 8 | tokenproxy x2 |"]),
+        # One worker on a core of its own, next to the minimal proxy, with CPU per request.
+        ("pinned.py", ["| small | 8 | minimal aiohttp |", "| small | 8 | tokenproxy |"]),
     ],
 )
 def test_benchmark_smoke(script: str, expected: list[str]) -> None:
