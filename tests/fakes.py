@@ -112,8 +112,9 @@ class KeepAliveUpstream:
 
     CLOSE = b"<close>"
 
-    def __init__(self, answers: Callable[[int], bytes]) -> None:
+    def __init__(self, answers: Callable[[int], bytes], host: str = "127.0.0.1") -> None:
         self.answers = answers
+        self.host = host
         self.requests: list[bytes] = []
         self.connections = 0
         self.open = 0
@@ -122,7 +123,7 @@ class KeepAliveUpstream:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> KeepAliveUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

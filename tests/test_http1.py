@@ -235,3 +235,41 @@ async def test_an_invalid_answer_is_502_and_logs_no_secret(
     assert (response.status, body["error"]) == (502, "upstream_unreachable")
     assert body["message"] == "the upstream sent an invalid response"
     assert "canary-q-7781" not in caplog.text and STATIC_TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("listen", "upstream_host", "host_header"),
+    [
+        pytest.param("::1", "[::1]", "[::1]", id="ipv6-literal"),
+        pytest.param("127.0.0.1", "localhost", "localhost", id="name-resolved"),
+    ],
+)
+async def test_upstreams_by_ipv6_literal_or_by_name(
+    start_proxy: StartProxy,
+    client: aiohttp.ClientSession,
+    listen: str,
+    upstream_host: str,
+    host_header: str,
+) -> None:
+    """``localhost`` may resolve to ::1 first while the upstream listens on 127.0.0.1 only:
+    Happy Eyeballs moves on to the next address."""
+    upstream = await KeepAliveUpstream(lambda _: OK, host=listen).start()
+    try:
+        proxy = await start_proxy(
+            {"connectors": {"api": connector(f"http://{upstream_host}:{upstream.port}")}}
+        )
+        async with client.get(f"{proxy.url}/api/x") as response:
+            assert (response.status, await response.read()) == (200, b"ok")
+    finally:
+        await upstream.close()
+    assert f"Host: {host_header}:{upstream.port}".encode() in upstream.requests[0].split(b"\r\n")
+
+
+async def test_an_unresolvable_upstream_is_a_dns_error(
+    start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy({"connectors": {"api": connector("http://upstream.invalid")}})
+    async with client.get(f"{proxy.url}/api/x") as response:
+        body = await response.json()
+    assert (response.status, body["error"]) == (502, "upstream_unreachable")
+    assert response.headers["Proxy-Status"] == "tokenproxy; error=dns_error"

@@ -5,6 +5,7 @@ Guarantees:
   (first come, first served) within its connect timeout, as with aiohttp's pool;
 - an idle connection is used again newest first, and closed once idle for ``keepalive``
   seconds (aiohttp's 15 s); one the upstream closed leaves the pool at once;
+- a new connection is resolved and opened with Happy Eyeballs (250 ms, as aiohttp);
 - a connection that fails to open raises what aiohttp's connector would raise (a connect
   timeout, refusal, DNS failure, certificate or handshake failure), so one table maps both
   clients' failures (:mod:`proxy.egress.failures`).
@@ -17,6 +18,7 @@ import socket
 import ssl
 from collections import deque
 
+import aiohappyeyeballs
 import aiohttp
 from aiohttp.client_reqrep import ConnectionKey
 
@@ -110,12 +112,20 @@ class UpstreamPool:
         self._open += 1
         loop = asyncio.get_running_loop()
         try:
+            # Resolved here and connected with Happy Eyeballs (RFC 8305), as aiohttp does:
+            # an unreachable IPv6 address must not cost the whole connect timeout.
+            addresses = await loop.getaddrinfo(
+                self._host, self._port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+            sock = await aiohappyeyeballs.start_connection(
+                addresses, happy_eyeballs_delay=0.25, interleave=1, loop=loop
+            )
+            tls = self._context is not None
             _, connection = await loop.create_connection(
                 lambda: UpstreamConnection(loop, self._lost),
-                self._host,
-                self._port,
+                sock=sock,
                 ssl=self._context,
-                server_hostname=self._server_hostname if self._context is not None else None,
+                server_hostname=(self._server_hostname or self._host) if tls else None,
             )
         except BaseException as exc:
             self._open -= 1
