@@ -13,6 +13,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.egress.http1.client import Http1Client
+from proxy.egress.http1.connection import UpstreamConnection
 from proxy.egress.http1.pool import UpstreamPool
 from tests.conftest import STATIC_TOKEN, RunningProxy, StartProxy, connector, eventually
 from tests.fakes import KeepAliveUpstream, RecordingUpstream
@@ -53,6 +54,7 @@ async def test_requests_share_one_kept_alive_connection(
         pytest.param(b"HTTP/1.1 200 OK\r\n\r\nok" + KeepAliveUpstream.CLOSE, id="until-close"),
         pytest.param(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra", id="bytes-beyond"),
         pytest.param(OK + KeepAliveUpstream.CLOSE, id="closed-unannounced"),
+        pytest.param(OK + b"HTTP/1.1 200 OK\r\nX-A: b", id="partial-beyond"),
     ],
 )
 async def test_a_connection_is_used_again_only_after_a_clean_exchange(
@@ -273,3 +275,83 @@ async def test_an_unresolvable_upstream_is_a_dns_error(
         body = await response.json()
     assert (response.status, body["error"]) == (502, "upstream_unreachable")
     assert response.headers["Proxy-Status"] == "tokenproxy; error=dns_error"
+
+
+async def test_a_connect_cancelled_after_the_connection_was_made_frees_its_slot_once(
+    keep_alive: KeepAliveUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 5, limit=1)
+    acquiring = asyncio.get_running_loop().create_task(pool.acquire())
+    made = UpstreamConnection.connection_made
+
+    def made_then_cancelled(self: UpstreamConnection, transport: asyncio.BaseTransport) -> None:
+        made(self, transport)
+        acquiring.cancel()  # the connect timeout firing, or the client leaving, just now
+
+    monkeypatch.setattr(UpstreamConnection, "connection_made", made_then_cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await acquiring
+    monkeypatch.undo()
+    await eventually(lambda: _true(keep_alive.open == 0))
+    assert pool.in_use == 0
+    connection = await pool.acquire()  # the one slot is free
+    pool.release(connection)
+    await pool.close()
+
+
+async def test_an_unfinished_exchange_frees_its_slot_at_once() -> None:
+    """An upstream that never reads: the request given up on (a read timeout) must not
+    hold its pool slot while its unsent body waits in the socket's buffer."""
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool("127.0.0.1", port, None, None, 1, limit=1)
+    http1 = Http1Client(pool, "x")
+    try:
+        for _ in range(3):  # each one needs the single slot
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await http1.request("POST", "/", CIMultiDict(), b"x" * 8_000_000)
+            await eventually(lambda: _true(pool.in_use == 0), within=2)
+    finally:
+        await http1.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_idle_connection_already_closing_is_never_handed_out(
+    keep_alive: KeepAliveUpstream,
+) -> None:
+    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 5)
+    http1 = Http1Client(pool, "x")
+    try:
+        answer = await http1.request("GET", "/", CIMultiDict(), None)
+        await answer.content.read()
+        answer.close()
+        (idle,) = pool._idle
+        assert idle.transport is not None
+        idle.transport.close()  # as when the upstream's FIN arrives: closing, not yet lost
+        assert await pool.acquire() is not idle
+    finally:
+        await http1.close()
+
+
+async def test_a_waiter_woken_then_cancelled_passes_its_turn_on(
+    keep_alive: KeepAliveUpstream,
+) -> None:
+    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 5, limit=1)
+    http1 = Http1Client(pool, "x")
+    held = await http1.request("GET", "/", CIMultiDict(), None)
+    await held.content.read()
+    first = asyncio.get_running_loop().create_task(pool.acquire())
+    second = asyncio.get_running_loop().create_task(pool.acquire())
+    await asyncio.sleep(0.05)  # both wait for the one slot
+    held.close()  # back to the pool: the first in line is woken...
+    first.cancel()  # ...and gone before it could take it
+    async with asyncio.timeout(2):
+        connection = await second
+    pool.release(connection)
+    assert first.cancelled()
+    await http1.close()

@@ -15,14 +15,16 @@ adds to the parser is bookkeeping:
   aiohttp's client would raise (:mod:`proxy.egress.failures` reads those): closed before an
   answer, reset, an answer the parser refuses, a body cut short; a body is never left
   neither complete nor failed;
-- the connection is :attr:`reusable` only after a complete answer to a completely sent
-  request, with no ``Connection: close`` and no byte beyond the answer.
+- the connection can be used again (:meth:`finish` says so) only after a complete answer to
+  a completely sent request, with no ``Connection: close`` (keep-alive for HTTP/1.0), no
+  upgrade, and no byte beyond the answer: not in the bytes that ended it, not after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import hdrs
 from aiohttp.base_protocol import BaseProtocol
@@ -33,6 +35,7 @@ from aiohttp.client_exceptions import (
 )
 from aiohttp.helpers import EMPTY_BODY_STATUS_CODES
 from aiohttp.http import HttpResponseParser, RawResponseMessage
+from aiohttp.http_parser import HttpParser
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from proxy.egress.failures import InvalidAnswer
@@ -46,13 +49,13 @@ Answer = tuple[RawResponseMessage, StreamReader]
 class UpstreamConnection(BaseProtocol):
     """The protocol of one pooled connection; ``lost`` is called once when it closes."""
 
-    __slots__ = ("_answer", "_lost", "_payload", "_sent", "idle_since", "keep_alive")
+    __slots__ = ("_answer", "_payload", "_sent", "idle_since", "keep_alive", "on_lost")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, lost: Callable[[UpstreamConnection], None]
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
-        self._lost = lost
+        self.on_lost: Callable[[UpstreamConnection], None] | None = None
+        """Called once the connection closes; set by the pool once it counts the connection
+        (a connect cancelled after ``connection_made`` is the connect's own failure)."""
         self._answer: asyncio.Future[Answer] | None = None
         self._payload: StreamReader | None = None
         self._sent = False
@@ -79,22 +82,25 @@ class UpstreamConnection(BaseProtocol):
         self._sent = True
 
     @property
-    def reusable(self) -> bool:
+    def complete(self) -> bool:
+        """The whole request was sent and the whole answer read, without an error."""
         payload = self._payload
         return (
-            self.keep_alive
-            and self._sent
-            and self.transport is not None
-            and not self.transport.is_closing()
-            and payload is not None
-            and payload.is_eof()
-            and payload.exception() is None
+            self._sent and payload is not None and payload.is_eof() and payload.exception() is None
         )
 
-    def finish(self) -> None:
-        """The answer was taken: bytes arriving now are not part of any answer."""
-        self._parser = None
-        self._answer = None
+    def finish(self) -> bool:
+        """The answer was taken: bytes arriving now are not part of any answer. Returns
+        whether the connection may carry another request."""
+        reusable = self.keep_alive and self.complete
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            reusable = False
+        parser = self._parser
+        if reusable and parser is not None and _holds_bytes(parser):
+            reusable = False  # the start of something more came with the end of the answer
+        self._parser, self._answer, self._payload = None, None, None
+        return reusable
 
     def close(self) -> None:
         if self.transport is not None:
@@ -106,17 +112,27 @@ class UpstreamConnection(BaseProtocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:
-            # Nothing was asked: bytes now are a protocol error (or a second answer).
-            self.keep_alive = False
-            self.close()
+        if not data:
+            if self._parser is not None:  # resume parsing what a pause held back
+                self._feed(self._parser, data)
             return
+        parser, payload = self._parser, self._payload
+        if parser is None or (payload is not None and payload.is_eof()):
+            # Nothing was asked, or the answer is over: bytes now are a protocol error (a
+            # second answer, a body after HEAD). Never read them as the next answer.
+            self.keep_alive = False
+            self.abort()
+            return
+        self._feed(parser, data)
+
+    def _feed(self, parser: HttpParser[Any], data: bytes) -> None:
         try:
-            messages, _upgraded, _tail = parser.feed_data(data)
+            messages, upgraded, _tail = parser.feed_data(data)
         except Exception:
             self._fail(InvalidAnswer("the upstream sent an invalid response"))
             return
+        if upgraded:  # what follows is no HTTP (the pure-Python parser's fake upgrade too)
+            self.keep_alive = False
         for message, payload in messages:
             code = message.code
             if 100 <= code < 200 and code != 101:
@@ -133,7 +149,7 @@ class UpstreamConnection(BaseProtocol):
             if code in EMPTY_BODY_STATUS_CODES:
                 payload = EMPTY_PAYLOAD
             self._payload = payload
-            self.keep_alive = not message.should_close and code != 101
+            self.keep_alive = not message.should_close and code != 101 and not upgraded
             answer.set_result((message, payload))
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -154,7 +170,8 @@ class UpstreamConnection(BaseProtocol):
                 answer.set_exception(ClientOSError(*exc.args))
             else:
                 answer.set_exception(ServerDisconnectedError())
-        self._lost(self)
+        if self.on_lost is not None:
+            self.on_lost(self)
 
     def _fail(self, error: Exception) -> None:
         self.keep_alive = False
@@ -165,3 +182,14 @@ class UpstreamConnection(BaseProtocol):
         elif payload is not None and not payload.is_eof():
             payload.set_exception(ClientPayloadError("Response payload is not completed"))
         self.close()
+
+
+def _holds_bytes(parser: HttpParser[Any]) -> bool:
+    """Whether the parser holds the start of another message (C: ``feed_eof`` returns it;
+    pure Python: it sits in the tail or the lines read so far)."""
+    if getattr(parser, "_tail", b"") or getattr(parser, "_lines", None):
+        return True
+    try:
+        return parser.feed_eof() is not None
+    except Exception:
+        return True

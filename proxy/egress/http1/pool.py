@@ -62,15 +62,9 @@ class UpstreamPool:
 
     async def acquire(self) -> UpstreamConnection:
         """A connection ready for one request; give it back with :meth:`release`."""
-        idle = self._idle
-        if idle:
-            loop = asyncio.get_running_loop()
-            oldest_allowed = loop.time() - self._keepalive
-            while idle:
-                connection = idle.pop()
-                if connection.idle_since >= oldest_allowed and connection.transport is not None:
-                    return connection
-                connection.close()  # its lost() call updates the count
+        connection = self._take_idle()
+        if connection is not None:
+            return connection
         try:
             async with asyncio.timeout(self._connect_timeout):
                 return await self._connect()
@@ -78,10 +72,14 @@ class UpstreamPool:
             raise aiohttp.ConnectionTimeoutError("timed out connecting") from None
 
     def release(self, connection: UpstreamConnection) -> None:
-        """Back to the pool if it can carry another request, else closed."""
-        connection.finish()
-        if self._closed or not connection.reusable:
-            connection.close()
+        """Back to the pool if it can carry another request, else closed: gracefully after
+        a complete exchange, else at once (unsent bytes must not hold the slot)."""
+        complete = connection.complete
+        if not connection.finish() or self._closed:
+            if complete:
+                connection.close()
+            else:
+                connection.abort()
             return
         loop = asyncio.get_running_loop()
         connection.idle_since = loop.time()
@@ -96,21 +94,50 @@ class UpstreamPool:
             self._sweeper.cancel()
             self._sweeper = None
         while self._idle:
-            self._idle.pop().close()
+            self._idle.pop().abort()
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        """The newest idle connection still open and young enough; older ones are closed."""
+        idle = self._idle
+        if not idle:
+            return None
+        oldest_allowed = asyncio.get_running_loop().time() - self._keepalive
+        while idle:
+            connection = idle.pop()
+            transport = connection.transport
+            if (
+                connection.idle_since >= oldest_allowed
+                and transport is not None
+                and not transport.is_closing()  # closed by the upstream, not yet lost
+            ):
+                return connection
+            connection.abort()  # its on_lost call updates the count
+        return None
 
     async def _connect(self) -> UpstreamConnection:
+        woken = False
         while self._open >= self._limit:
-            if self._idle:  # one came back while we waited
-                return self._idle.pop()
+            connection = self._take_idle()  # one came back while we waited
+            if connection is not None:
+                return connection
             turn = asyncio.get_running_loop().create_future()
-            self._waiting.append(turn)
+            if woken:
+                self._waiting.appendleft(turn)  # overtaken after our turn came: still first
+            else:
+                self._waiting.append(turn)
             try:
                 await turn
+            except BaseException:
+                if turn.done() and not turn.cancelled():
+                    self._wake()  # woken, then cancelled: the next in line gets the slot
+                raise
             finally:
                 if turn in self._waiting:
                     self._waiting.remove(turn)
+            woken = True
         self._open += 1
         loop = asyncio.get_running_loop()
+        sock: socket.socket | None = None
         try:
             # Resolved here and connected with Happy Eyeballs (RFC 8305), as aiohttp does:
             # an unreachable IPv6 address must not cost the whole connect timeout.
@@ -121,16 +148,18 @@ class UpstreamPool:
                 addresses, happy_eyeballs_delay=0.25, interleave=1, loop=loop
             )
             tls = self._context is not None
+            # A fully qualified name's trailing dot is no part of the certificate's names.
+            name = (self._server_hostname or self._host).rstrip(".") if tls else None
             _, connection = await loop.create_connection(
-                lambda: UpstreamConnection(loop, self._lost),
-                sock=sock,
-                ssl=self._context,
-                server_hostname=(self._server_hostname or self._host) if tls else None,
+                lambda: UpstreamConnection(loop), sock=sock, ssl=self._context, server_hostname=name
             )
         except BaseException as exc:
+            if sock is not None:
+                sock.close()  # (a no-op once a transport took it over)
             self._open -= 1
             self._wake()
             raise self._connect_error(exc) from None
+        connection.on_lost = self._lost  # counted from now: closing it frees the slot
         return connection
 
     def _connect_error(self, exc: BaseException) -> BaseException:
@@ -167,7 +196,7 @@ class UpstreamPool:
         oldest_allowed = loop.time() - self._keepalive
         idle = self._idle
         while idle and idle[0].idle_since < oldest_allowed:
-            idle.popleft().close()
+            idle.popleft().abort()
         if idle:
             wait = idle[0].idle_since - oldest_allowed
             self._sweeper = loop.call_later(max(wait, 0.1), self._sweep)
