@@ -527,6 +527,34 @@ async def test_a_pooled_connection_never_carries_a_stale_read_timer(
             assert response.status == 200
 
 
+async def test_time_spent_writing_to_a_paused_client_never_counts_as_an_upstream_stall(
+    start_proxy: StartProxy, upstream: RecordingUpstream
+) -> None:
+    """The body's idle timeout is armed only while the relay waits for the upstream: a
+    client that reads nothing for longer than timeouts.read still gets the whole answer."""
+    big = b"y" * (32 * 1024 * 1024)  # more than the socket buffers on both sides hold
+
+    async def respond(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=big)
+
+    upstream.respond = respond
+    api = connector(upstream.url, timeouts={"connect": 1, "read": 0.3})
+    proxy = await start_proxy({"connectors": {"api": api}})
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=2**16)
+    try:
+        writer.write(b"GET /api/big HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1)  # reading nothing: the proxy's writes to us wait meanwhile
+        received = 0
+        async with asyncio.timeout(20):
+            while chunk := await reader.read(2**16):
+                received += len(chunk)
+    finally:
+        writer.close()
+    assert received == len(big)
+
+
 async def test_an_upstream_bare_lf_ends_a_header_line_and_goes_out_as_crlf(
     start_proxy: StartProxy,
 ) -> None:

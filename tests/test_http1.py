@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from proxy.egress.http1.client import Http1Client
 from proxy.egress.http1.connection import UpstreamConnection
-from proxy.egress.http1.pool import UpstreamPool
+from proxy.egress.http1.pool import KEEPALIVE, UpstreamPool
 from tests.conftest import STATIC_TOKEN, RunningProxy, StartProxy, connector, eventually
 from tests.fakes import KeepAliveUpstream, RecordingUpstream
 
@@ -25,6 +25,14 @@ async def proxy_to(start_proxy: StartProxy, upstream: KeepAliveUpstream) -> Runn
     return await start_proxy(
         {"connectors": {"api": connector(f"http://127.0.0.1:{upstream.port}")}}
     )
+
+
+def lean_client(
+    port: int, connect: float = 5, limit: int = 100, keepalive: float = KEEPALIVE
+) -> Http1Client:
+    """A lean client of a plain-http upstream on ``port`` (its pool: ``.pool``)."""
+    pool = UpstreamPool("127.0.0.1", port, None, None, connect, limit, keepalive)
+    return Http1Client(pool, f"127.0.0.1:{port}")
 
 
 @pytest.fixture
@@ -178,8 +186,8 @@ async def _true(value: bool) -> bool:
 async def test_the_pool_keeps_to_its_limit_and_lets_idle_connections_go(
     keep_alive: KeepAliveUpstream,
 ) -> None:
-    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 5, limit=2, keepalive=0.3)
-    http1 = Http1Client(pool, f"127.0.0.1:{keep_alive.port}")
+    http1 = lean_client(keep_alive.port, limit=2, keepalive=0.3)
+    pool = http1.pool
 
     async def one() -> bytes:
         answer = await http1.request("GET", "/", CIMultiDict(), None)
@@ -200,8 +208,7 @@ async def test_the_pool_keeps_to_its_limit_and_lets_idle_connections_go(
 async def test_a_connect_timeout_counts_the_wait_for_a_free_connection(
     keep_alive: KeepAliveUpstream,
 ) -> None:
-    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 0.2, limit=1)
-    http1 = Http1Client(pool, "x")
+    http1 = lean_client(keep_alive.port, connect=0.2, limit=1)
     held = await http1.request("GET", "/", CIMultiDict(), None)  # not closed: holds the one
     try:
         with pytest.raises(aiohttp.ConnectionTimeoutError):
@@ -253,8 +260,10 @@ async def test_upstreams_by_ipv6_literal_or_by_name(
     upstream_host: str,
     host_header: str,
 ) -> None:
-    """``localhost`` may resolve to ::1 first while the upstream listens on 127.0.0.1 only:
-    Happy Eyeballs moves on to the next address."""
+    """An IPv6 literal is connected to and named in ``Host`` in brackets; a name is
+    resolved, and when ``localhost`` gives ::1 first while the upstream listens on
+    127.0.0.1 only, the next address is tried (a blackholed address, where Happy Eyeballs'
+    250 ms matter, cannot be made on loopback)."""
     upstream = await KeepAliveUpstream(lambda _: OK, host=listen).start()
     try:
         proxy = await start_proxy(
@@ -280,7 +289,7 @@ async def test_an_unresolvable_upstream_is_a_dns_error(
 async def test_a_connect_cancelled_after_the_connection_was_made_frees_its_slot_once(
     keep_alive: KeepAliveUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 5, limit=1)
+    pool = lean_client(keep_alive.port, limit=1).pool
     acquiring = asyncio.get_running_loop().create_task(pool.acquire())
     made = UpstreamConnection.connection_made
 
@@ -305,8 +314,8 @@ async def test_an_unfinished_exchange_frees_its_slot_at_once() -> None:
     accepted: list[asyncio.StreamWriter] = []
     server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    pool = UpstreamPool("127.0.0.1", port, None, None, 1, limit=1)
-    http1 = Http1Client(pool, "x")
+    http1 = lean_client(port, connect=1, limit=1)
+    pool = http1.pool
     try:
         for _ in range(3):  # each one needs the single slot
             with pytest.raises(TimeoutError):
@@ -324,8 +333,8 @@ async def test_an_unfinished_exchange_frees_its_slot_at_once() -> None:
 async def test_an_idle_connection_already_closing_is_never_handed_out(
     keep_alive: KeepAliveUpstream,
 ) -> None:
-    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 5)
-    http1 = Http1Client(pool, "x")
+    http1 = lean_client(keep_alive.port)
+    pool = http1.pool
     try:
         answer = await http1.request("GET", "/", CIMultiDict(), None)
         await answer.content.read()
@@ -341,8 +350,8 @@ async def test_an_idle_connection_already_closing_is_never_handed_out(
 async def test_a_waiter_woken_then_cancelled_passes_its_turn_on(
     keep_alive: KeepAliveUpstream,
 ) -> None:
-    pool = UpstreamPool("127.0.0.1", keep_alive.port, None, None, 5, limit=1)
-    http1 = Http1Client(pool, "x")
+    http1 = lean_client(keep_alive.port, limit=1)
+    pool = http1.pool
     held = await http1.request("GET", "/", CIMultiDict(), None)
     await held.content.read()
     first = asyncio.get_running_loop().create_task(pool.acquire())

@@ -13,9 +13,9 @@ import pytest
 
 from proxy.config.loader import load_settings
 from proxy.errors import ConfigError
-from proxy.http.server import ProxyServer
+from proxy.http.server import GC_YOUNG_THRESHOLD, ProxyServer, serve
 from proxy.runtime import open_runtime, prepare
-from tests.conftest import WriteConfig, connector, oauth2_connector
+from tests.conftest import WriteConfig, connector, eventually, oauth2_connector
 from tests.fakes import FakeIdP, RecordingUpstream
 
 
@@ -146,3 +146,29 @@ def test_build_problems_never_show_the_material(write_config: WriteConfig) -> No
         prepare(load_settings(write_config(config)).settings)
     assert len(info.value.problems) == 2
     assert canary not in str(info.value) and canary not in repr(info.value)
+
+
+async def test_serving_freezes_what_the_start_built_and_collects_young_objects_less_often(
+    write_config: WriteConfig, upstream: RecordingUpstream
+) -> None:
+    """The garbage collector no longer scans the start-up heap for every few requests."""
+    config = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "connectors": {"api": connector(upstream.url)},
+    }
+    settings = load_settings(write_config(config)).settings
+    threshold = gc.get_threshold()
+    stop = asyncio.Event()
+    serving = asyncio.get_running_loop().create_task(serve(settings, stop))
+
+    async def settled() -> bool:
+        return gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+
+    try:
+        await eventually(settled)
+        assert gc.get_freeze_count() > 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 10)
+        gc.unfreeze()  # this test process's collector as it was
+        gc.set_threshold(*threshold)
