@@ -43,7 +43,7 @@ from proxy.http.requestid import take_request_id
 from proxy.http.routing import Match
 from proxy.http.target import Target, check_method, parse_target
 from proxy.http.tunnel import NewConnection, connect_target, refuse_port, serve_tunnel
-from proxy.logs import client_key, connector_key
+from proxy.logs import client_key, connector_key, started_key
 from proxy.metrics.registry import METRICS
 from proxy.runtime import Runtime
 
@@ -102,6 +102,7 @@ class Gateway:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
+        request[started_key] = started
         METRICS.in_flight += 1
         self.active += 1
         status = 500
