@@ -25,9 +25,9 @@ from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from proxy.secrets.envelope import MasterKeys
 from proxy.store.base import Lease
