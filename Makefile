@@ -41,7 +41,7 @@ lint: $(VENV)/.installed
 # The client-input suite runs again on aiohttp's pure-Python HTTP parser: both parsers must
 # give hostile requests the same answers. The retry tests too: whether an upstream's answer
 # began before its connection failed is the response parser's to say.
-CLIENT_INPUT := tests/test_server.py tests/test_body.py tests/test_origin.py tests/test_target.py tests/test_access.py tests/test_tunnel.py tests/test_retries.py
+CLIENT_INPUT := tests/test_lean.py tests/test_server.py tests/test_body.py tests/test_origin.py tests/test_target.py tests/test_access.py tests/test_tunnel.py tests/test_retries.py
 # The upstream side: its answers go through the same parser as the clients' requests.
 UPSTREAM_INPUT := tests/test_forwarding.py tests/test_reauth.py tests/test_tls.py tests/test_deadlines.py tests/test_intercept.py tests/test_http1.py
 

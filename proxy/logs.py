@@ -53,6 +53,10 @@ class AccessLogger(AbstractAccessLogger):
     fields for the JSON format."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.record(request, response.status, response.body_length, time)
+
+    def record(self, request: web.BaseRequest, status: int, sent: int, time: float) -> None:
+        """One line for ``request``, answered ``status`` in ``sent`` bytes (head included)."""
         path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
         if "@" in path:  # an absolute-form target's user:password@ (a client's secret)
             path = _USERINFO.sub(r"\1", path)
@@ -72,8 +76,8 @@ class AccessLogger(AbstractAccessLogger):
             path,
             version.major,
             version.minor,
-            response.status,
-            response.body_length,
+            status,
+            sent,
             duration_ms,
             connector or "-",
             request_id or "-",
@@ -88,10 +92,10 @@ class AccessLogger(AbstractAccessLogger):
                 "retries": retries,
                 "method": request.method,
                 "path": path,
-                "status": response.status,
+                "status": status,
                 "duration_ms": duration_ms,
                 "upstream_ms": request.get(upstream_ms_key),
-                "bytes": response.body_length,
+                "bytes": sent,
             },
         )
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp.http_parser
 from aiohttp import web
@@ -28,6 +28,7 @@ from proxy.config.models import Settings
 from proxy.connectors import Connector
 from proxy.errors import BadRequestError, ConfigError, ProxyError
 from proxy.http.gateway import error_response
+from proxy.http.lean import LeanListener
 from proxy.http.reload import (
     Generation,
     ReloadOutcome,
@@ -111,9 +112,35 @@ _LINGERING_TIME = 5.0
 
 
 class _ProxyHTTPServer(web.Server):
+    """aiohttp's server whose connections start lean (:mod:`proxy.http.lean`): the usual
+    body-less request is answered there, and aiohttp's handler takes over the rest."""
+
+    lean: LeanListener | None = None
+
     def __call__(self) -> RequestHandler:
-        # web.Server offers no handler-class option; this mirrors its own __call__ (3.14).
+        if self.lean is None:
+            return self.handler()
+        # The listener's protocol factory; aiohttp's own type says a RequestHandler.
+        return self.lean()  # type: ignore[return-value]
+
+    def handler(self) -> RequestHandler:
+        """aiohttp's connection handler (web.Server offers no handler-class option; this
+        mirrors its own __call__, 3.14)."""
         return _ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    @property
+    def connections(self) -> list[RequestHandler]:
+        lean = self.lean.connections if self.lean is not None else ()
+        return [*super().connections, *cast(list[RequestHandler], list(lean))]
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for connection in self.lean.connections if self.lean is not None else ():
+            connection.close()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's)
+        lean = self.lean.shutdown(timeout) if self.lean is not None else asyncio.sleep(0)
+        await asyncio.gather(super().shutdown(timeout), lean)
 
 
 class ProxyServer:
@@ -198,9 +225,9 @@ class ProxyServer:
             self._stack = stack.pop_all()  # stop() closes it all
 
     def _new_connection(self) -> RequestHandler:
-        """A connection handler like the listener's (a CONNECT tunnel's)."""
-        assert self._http is not None
-        return self._http()
+        """aiohttp's connection handler, as the listener's take over (a CONNECT tunnel's)."""
+        assert isinstance(self._http, _ProxyHTTPServer)
+        return self._http.handler()
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._generation is not None
@@ -275,6 +302,7 @@ class ProxyServer:
 
     def _runner(self) -> web.ServerRunner:
         limits = self.settings.server
+        access = logging.getLogger(ACCESS_LOGGER) if limits.access_log else None
         handler = _ProxyHTTPServer(
             self._dispatch,
             handler_cancellation=True,  # a client that goes away cancels its upstream request
@@ -288,7 +316,16 @@ class ProxyServer:
             max_headers=limits.max_headers,
             auto_decompress=False,
             access_log_class=AccessLogger,
-            access_log=logging.getLogger(ACCESS_LOGGER) if limits.access_log else None,
+            access_log=access,
+        )
+        handler.lean = LeanListener(
+            handler=self._dispatch,
+            hand_over=handler.handler,
+            access=None if access is None else AccessLogger(access, ""),
+            keepalive_timeout=limits.keepalive_timeout,
+            max_line_size=limits.max_line_size,
+            max_field_size=limits.max_field_size,
+            max_headers=limits.max_headers,
         )
         return web.ServerRunner(
             handler, handle_signals=False, shutdown_timeout=limits.shutdown_timeout

@@ -1,0 +1,268 @@
+"""The client side of a connection: the usual request answered lean, the rest by aiohttp.
+
+Most requests a proxy sees are small, body-less and arrive whole in one read: ``GET /crm/...``
+and its headers. For those, aiohttp's connection handler (a waiter and a task per request,
+keep-alive timers reset twice, a stream writer and two coroutines to write the answer) costs
+more than the gateway and the upstream call together. :class:`LeanConnection` answers them
+itself, and gives the connection to aiohttp's handler, for good, the moment anything else
+arrives. Guarantees:
+
+- one parser, aiohttp's own (C, or pure Python under ``AIOHTTP_NO_EXTENSIONS``), with the
+  limits of ``server``; a request is taken here only when a read holds exactly one whole
+  message that ends the read, with no body, no ``Upgrade`` and not ``CONNECT``;
+- anything else (a body, a request split over reads, several in one read, bytes the parser
+  refuses) is handed with every byte not yet answered to aiohttp's handler, which parses it
+  from the start and answers exactly as if it had had the connection from the start;
+- the request is a real ``web.BaseRequest`` over this connection, so the gateway, its checks
+  and its answers are the same code either way; an answer is written as aiohttp would write
+  it (:mod:`proxy.http.wire`, or aiohttp's own writer for streamed ones);
+- one request at a time: bytes that arrive while one is answered wait (past 64 KiB, reading
+  pauses) and are taken next; an answer that closes, or ``Connection: close``, ends it;
+- like aiohttp's (``handler_cancellation``): a client that goes away cancels its request; an
+  idle connection closes after ``keepalive_timeout``, the first request's wait included; a
+  shutdown lets the request under way finish within the timeout, then cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from aiohttp import hdrs, web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
+from aiohttp.http_writer import StreamWriter
+from aiohttp.streams import EMPTY_PAYLOAD, EmptyStreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.http.wire import encode
+from proxy.logs import AccessLogger
+
+logger = logging.getLogger(__name__)
+
+_HELD_LIMIT = 2**16
+"""Bytes held while a request is answered before reading pauses (aiohttp's read buffer)."""
+
+
+@dataclass(slots=True)
+class LeanListener:
+    """What every connection of one listener shares; ``__call__`` is the protocol factory."""
+
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+    hand_over: Callable[[], RequestHandler]
+    """Makes the aiohttp connection handler that takes a connection over."""
+    access: AccessLogger | None
+    keepalive_timeout: float
+    max_line_size: int
+    max_field_size: int
+    max_headers: int
+    connections: set[LeanConnection] = field(default_factory=set)
+
+    def __call__(self) -> LeanConnection:
+        return LeanConnection(self)
+
+    async def shutdown(self, grace: float | None) -> None:
+        """Let every request under way finish within ``grace`` seconds; close every
+        connection."""
+        await asyncio.gather(*(c.shutdown(grace) for c in list(self.connections)))
+
+
+class LeanConnection(BaseProtocol):
+    """One client connection until it is handed to aiohttp (module docstring)."""
+
+    ssl_context = None  # web.BaseRequest reads it: plain TCP here (TLS tunnels are aiohttp's)
+
+    def __init__(self, listener: LeanListener) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(loop)
+        self._listener = listener
+        self._access = listener.access if listener.access and listener.access.enabled else None
+        self.peername: Any = None
+        self.sockname: Any = None
+        self._answering: asyncio.Task[None] | None = None
+        self._held = b""
+        self._closing = False
+        self._served = 0
+        self._idle_until = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.peername = transport.get_extra_info("peername")
+        self.sockname = transport.get_extra_info("sockname")
+        listener = self._listener
+        self._parser = HttpRequestParser(
+            self,
+            self._loop,
+            2**16,
+            max_line_size=listener.max_line_size,
+            max_field_size=listener.max_field_size,
+            max_headers=listener.max_headers,
+            auto_decompress=False,
+        )
+        listener.connections.add(self)
+        self._idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._answering is not None:
+            self._held += data  # the next request(s): taken once this one is answered
+            if len(self._held) > _HELD_LIMIT:
+                self._pause_transport_reading()
+            return
+        self._take(data)
+
+    def eof_received(self) -> None:
+        """The client closed its side: the transport closes (as aiohttp's handler does)."""
+
+    def _take(self, data: bytes) -> None:
+        message = self._whole_request(data)
+        if message is None:
+            self._hand_over(data)
+            return
+        self._served += 1
+        self._answering = self._loop.create_task(self._answer(message))
+
+    def _whole_request(self, data: bytes) -> RawRequestMessage | None:
+        """The one body-less request that ``data`` holds entirely, if that is what it holds."""
+        if not data.endswith(b"\r\n\r\n"):
+            return None  # a request split over reads, or a body: aiohttp's
+        assert self._parser is not None
+        try:
+            messages, upgraded, _ = self._parser.feed_data(data)
+        except HttpProcessingError:
+            return None  # aiohttp's handler parses it again and answers 400 its way
+        if upgraded or len(messages) != 1:
+            return None
+        message, payload = messages[0]
+        if type(payload) is not EmptyStreamReader or message.upgrade:
+            return None
+        if message.method == hdrs.METH_CONNECT:
+            return None
+        return cast(RawRequestMessage, message)
+
+    def _hand_over(self, data: bytes) -> None:
+        """Give the connection and ``data`` to aiohttp's handler, for good."""
+        transport = self.transport
+        assert transport is not None
+        self._forget()
+        self.transport = None
+        self._closing = True
+        handler = self._listener.hand_over()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._paused:  # the transport's write buffer is full: it will tell the handler
+            handler.pause_writing()
+        handler._request_count = self._served  # its log tells a first request from others
+        handler.data_received(data)
+        transport.resume_reading()  # in case held bytes had paused it
+
+    async def _answer(self, message: RawRequestMessage) -> None:
+        loop = self._loop
+        request = web.BaseRequest(
+            message,
+            EMPTY_PAYLOAD,
+            cast(RequestHandler, self),  # it reads ssl_context, peername, sockname, transport
+            StreamWriter(self, loop),
+            cast("asyncio.Task[None]", asyncio.current_task()),
+            loop,
+        )
+        keep = False
+        try:
+            response = await self._listener.handler(request)
+            keep = await self._send(request, response)
+        except (asyncio.CancelledError, ConnectionError):
+            pass  # the client went away, or a shutdown gave up on it: nothing to send
+        except Exception as exc:  # the gateway answers its own errors: this is a bug
+            logger.error("internal error answering a request: %s", type(exc).__name__)
+        finally:
+            self._answering = None
+        if not keep or self._closing or self.transport is None:
+            self._closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._idle()
+        held, self._held = self._held, b""
+        if held:
+            self._resume_transport_reading()
+            self._take(held)
+
+    async def _send(self, request: web.BaseRequest, response: web.StreamResponse) -> bool:
+        """Write ``response`` (if the gateway has not streamed it already); log it; whether
+        the connection stays open."""
+        encoded = encode(request, response)
+        if encoded is not None:
+            data, keep = encoded
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            transport.write(data)
+            sent = len(data)
+        else:
+            await response.prepare(request)
+            await response.write_eof()
+            keep, sent = bool(response.keep_alive), response.body_length
+        if self._access is not None:
+            # The gateway stamped the request's start; the logger measures from there.
+            self._access.record(request, response.status, sent, 0.0)
+        return keep
+
+    def _idle(self) -> None:
+        """(Re)start the idle countdown, reusing the timer (a request costs no timer)."""
+        timeout = self._listener.keepalive_timeout
+        if timeout <= 0:
+            return
+        self._idle_until = self._loop.time() + timeout
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(self._idle_until, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._answering is not None or self.transport is None:
+            return  # the end of the answer starts the countdown again
+        if self._loop.time() < self._idle_until:
+            self._idle_timer = self._loop.call_at(self._idle_until, self._idle_check)
+            return
+        self.force_close()
+
+    def _forget(self) -> None:
+        self._listener.connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self._forget()
+        self._closing = True
+        if self._answering is not None:
+            self._answering.cancel()  # the client went away: so does its upstream request
+
+    def close(self) -> None:
+        """Take no further request; close now if none is under way."""
+        self._closing = True
+        if self._answering is None and self.transport is not None:
+            self.transport.close()
+
+    def force_close(self) -> None:
+        """Close now (the gateway's refusals that must not linger)."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def shutdown(self, grace: float | None) -> None:
+        """Let the request under way finish within ``grace`` seconds, then cancel it; close."""
+        self.close()
+        task = self._answering
+        if task is not None:
+            await asyncio.wait({task}, timeout=grace)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1)
+        self.force_close()
