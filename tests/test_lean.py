@@ -6,7 +6,9 @@ Runs on both HTTP parsers (the Makefile's client-input suite)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import socket
 from io import BytesIO
 from typing import Any
 
@@ -19,8 +21,16 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import BytesIOPayload
 
 from proxy.http.wire import encode
-from tests.conftest import RunningProxy, hold_answers, status_of
-from tests.fakes import RecordingUpstream
+from proxy.logs import ACCESS_LOGGER
+from tests.conftest import (
+    RunningProxy,
+    StartProxy,
+    connector,
+    hold_answers,
+    raw_request,
+    status_of,
+)
+from tests.fakes import RawUpstream, RecordingUpstream
 
 # --- the bytes of an answer: proxy/http/wire.py against aiohttp's own writer ---------------
 
@@ -309,3 +319,92 @@ async def test_a_real_client_keeps_one_connection_across_lean_and_handed_over_re
 
     assert await asyncio.to_thread(session_requests) == [200] * 6
     assert upstream.requests[3]["body_bytes"] == 4
+
+
+# --- flow control, deadlines and logs, as aiohttp's handler keeps them (a review's findings) --
+
+
+async def test_a_client_that_stops_reading_is_sent_no_more_answers(
+    api_proxy: RunningProxy, upstream: RecordingUpstream
+) -> None:
+    async def large(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=b"x" * 32768)
+
+    upstream.respond = large
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", api_proxy.port)), 5)
+        served = 0
+        for n in range(300):  # one at a time, never reading an answer
+            await asyncio.wait_for(loop.sock_sendall(sock, GET % n), 5)
+            try:
+                async with asyncio.timeout(0.5):
+                    while len(upstream.requests) == served:  # noqa: ASYNC110 - its own state
+                        await asyncio.sleep(0.005)
+            except TimeoutError:
+                break  # the proxy waits for the client to read: what aiohttp's drain does
+            served += 1
+        buffered = sum(
+            c.transport.get_write_buffer_size()
+            for c in api_proxy.server._http.connections  # type: ignore[union-attr]
+            if c.transport is not None
+        )
+    assert served < 300 and buffered < 2**20  # was: all 300 answered, 7 MB held in the proxy
+
+
+async def test_a_connection_handed_over_keeps_aiohttps_read_pause(
+    api_proxy: RunningProxy, upstream: RecordingUpstream
+) -> None:
+    release = hold_answers(upstream)
+    _, writer = await asyncio.open_connection("127.0.0.1", api_proxy.port)
+    try:
+        writer.write(b"".join(GET % n for n in range(40)))  # aiohttp queues 32, then pauses
+        await asyncio.sleep(0.2)
+        (handler,) = api_proxy.server._http.connections  # type: ignore[union-attr]
+        assert handler.transport is not None
+        assert not handler.transport.is_reading()  # was resumed by the hand-over: no limit
+    finally:
+        release.set()
+        writer.close()
+
+
+async def test_the_idle_deadline_carries_over_to_aiohttps_handler(
+    start_proxy: StartProxy, upstream: RecordingUpstream
+) -> None:
+    proxy = await start_proxy(
+        {"server": {"keepalive_timeout": 1}, "connectors": {"api": connector(upstream.url)}}
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    loop = asyncio.get_running_loop()
+    try:
+        writer.write(GET % 1)
+        await _answers(reader, 1)
+        answered = loop.time()
+        await asyncio.sleep(0.8)
+        writer.write(b"GET /api/2 HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")  # handed over
+        async with asyncio.timeout(5):
+            while await reader.read(1024):  # until the proxy closes
+                pass
+    finally:
+        writer.close()
+    assert loop.time() - answered < 1.5  # one deadline in all, not a new one at the hand-over
+
+
+async def test_an_answer_the_upstream_cuts_off_is_logged_aborted(
+    start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    upstream = await RawUpstream([cut, b"5\r\nhello\r\n"]).start()
+    try:
+        proxy = await start_proxy(
+            {"connectors": {"api": connector(f"http://127.0.0.1:{upstream.port}")}}
+        )
+        with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+            await raw_request(proxy.port, GET % 1, until_close=True)
+            await asyncio.sleep(0.1)
+    finally:
+        await upstream.close()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert '"GET /api/1 HTTP/1.1" 200' in line and line.endswith(" aborted")

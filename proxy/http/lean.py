@@ -147,7 +147,9 @@ class LeanConnection(BaseProtocol):
         return cast(RawRequestMessage, message)
 
     def _hand_over(self, data: bytes) -> None:
-        """Give the connection and ``data`` to aiohttp's handler, for good."""
+        """Give the connection and ``data`` to aiohttp's handler, for good. Reading is not
+        paused here (held bytes are taken only after reading resumed): from now on the
+        handler's own flow control decides."""
         transport = self.transport
         assert transport is not None
         self._forget()
@@ -158,9 +160,15 @@ class LeanConnection(BaseProtocol):
         handler.connection_made(transport)
         if self._paused:  # the transport's write buffer is full: it will tell the handler
             handler.pause_writing()
+        # Private fields of aiohttp's handler, as its own connection_made sets them:
         handler._request_count = self._served  # its log tells a first request from others
+        if handler._keepalive_handle is not None:  # the idle time spent here counts
+            handler._keepalive_handle.cancel()
+            handler._next_keepalive_close_time = self._idle_until
+            handler._keepalive_handle = self._loop.call_at(
+                self._idle_until, handler._process_keepalive
+            )
         handler.data_received(data)
-        transport.resume_reading()  # in case held bytes had paused it
 
     async def _answer(self, message: RawRequestMessage) -> None:
         loop = self._loop
@@ -194,23 +202,29 @@ class LeanConnection(BaseProtocol):
             self._take(held)
 
     async def _send(self, request: web.BaseRequest, response: web.StreamResponse) -> bool:
-        """Write ``response`` (if the gateway has not streamed it already); log it; whether
-        the connection stays open."""
-        encoded = encode(request, response)
-        if encoded is not None:
-            data, keep = encoded
-            transport = self.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("the client went away")
-            transport.write(data)
-            sent = len(data)
-        else:
-            await response.prepare(request)
-            await response.write_eof()
-            keep, sent = bool(response.keep_alive), response.body_length
-        if self._access is not None:
-            # The gateway stamped the request's start; the logger measures from there.
-            self._access.record(request, response.status, sent, 0.0)
+        """Write ``response`` (if the gateway has not streamed it already) and wait until the
+        client takes it in (a client that stops reading is sent nothing more); log it; whether
+        the connection stays open. A client gone mid-answer is logged, then raised."""
+        sent = 0
+        try:
+            encoded = encode(request, response)
+            if encoded is not None:
+                data, keep = encoded
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client went away")
+                transport.write(data)
+                sent = len(data)
+                if self._paused:  # past the write buffer's high-water mark, as aiohttp's drain
+                    await self._drain_helper()
+            else:
+                await response.prepare(request)
+                await response.write_eof()
+                keep, sent = bool(response.keep_alive), response.body_length
+        finally:
+            if self._access is not None:
+                # The gateway stamped the request's start; the logger measures from there.
+                self._access.record(request, response.status, sent, 0.0)
         return keep
 
     def _idle(self) -> None:
