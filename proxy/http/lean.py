@@ -75,6 +75,7 @@ class LeanConnection(BaseProtocol):
     """One client connection until it is handed to aiohttp (module docstring)."""
 
     ssl_context = None  # web.BaseRequest reads it: plain TCP here (TLS tunnels are aiohttp's)
+    tunnel_host = tunnel_client = None  # the gateway asks: never a tunnel (those are aiohttp's)
 
     def __init__(self, listener: LeanListener) -> None:
         loop = asyncio.get_running_loop()

@@ -45,16 +45,15 @@ def encode(request: web.BaseRequest, response: web.StreamResponse) -> tuple[byte
         keep_alive = request.keep_alive
     headers = response.headers
     # Response._start, then StreamResponse._prepare_headers, in that order.
-    if hdrs.CONTENT_LENGTH not in headers and (
-        body or (status != 304 and method != hdrs.METH_HEAD)
-    ):
-        headers[hdrs.CONTENT_LENGTH] = str(len(body))
+    length = headers.get(hdrs.CONTENT_LENGTH)
+    if length is None and (body or (status != 304 and method != hdrs.METH_HEAD)):
+        length = headers[hdrs.CONTENT_LENGTH] = str(len(body))
     empty = must_be_empty_body(method, status)
     if empty:
-        if should_remove_content_length(method, status):
-            headers.popall(hdrs.CONTENT_LENGTH, None)
+        if length is not None and should_remove_content_length(method, status):
+            del headers[hdrs.CONTENT_LENGTH]
         headers.popall(hdrs.TRANSFER_ENCODING, None)
-    elif response.content_length != 0:
+    elif length is None or int(length) != 0:  # as aiohttp: a body, or an unknown length
         headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
     if hdrs.DATE not in headers:
         headers[hdrs.DATE] = rfc822_formatted_time()
