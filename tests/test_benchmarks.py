@@ -30,6 +30,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("suite.py", ["| small | 8 | direct |", "| small | 8 | tokenproxy x2 |"]),
         # One worker on a core of its own, next to the minimal proxy, with CPU per request.
         ("pinned.py", ["| small | 8 | minimal aiohttp |", "| small | 8 | tokenproxy |"]),
+        # The proxy's own work per request, sockets stubbed, layer by layer.
+        ("hot_path.py", ["| server |", "| + gateway |", "| + forwarding |"]),
     ],
 )
 def test_benchmark_smoke(script: str, expected: list[str]) -> None:
