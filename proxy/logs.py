@@ -37,8 +37,9 @@ connector_key = web.RequestKey("connector", str)
 aborted_key = web.RequestKey("aborted", bool)
 request_id_key = web.RequestKey("request_id", str)
 upstream_ms_key = web.RequestKey("upstream_ms", float)
-client_key = web.RequestKey("client", str)
-"""The calling client's name (the ``clients.api_keys`` entry its key matched)."""
+client_key: web.RequestKey[str | None] = web.RequestKey("client")
+"""The calling client's name (the ``clients.api_keys`` entry its key matched); None when no
+keys are configured (stored all the same: a lookup that misses raises inside aiohttp)."""
 retries_key = web.RequestKey("retries", int)
 """Sends to the upstream after the first (retries and the re-auth replay)."""
 started_key = web.RequestKey("started", float)

@@ -408,3 +408,17 @@ async def test_an_answer_the_upstream_cuts_off_is_logged_aborted(
         await upstream.close()
     (line,) = [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER]
     assert '"GET /api/1 HTTP/1.1" 200' in line and line.endswith(" aborted")
+
+
+async def test_a_gateway_that_fails_gets_the_contracts_500_and_a_closed_connection(
+    api_proxy: RunningProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(request: web.BaseRequest) -> web.StreamResponse:
+        raise RuntimeError("a bug, with a secret in its text: tok_static_test_value")
+
+    api_proxy.server._http.lean.handler = broken  # type: ignore[union-attr]
+    answer = await raw_request(api_proxy.port, GET % 1, until_close=True)
+    assert status_of(answer) == 500 and b'"error":"internal_error"' in answer
+    assert b"\r\nConnection: close\r\n" in answer
+    assert "internal error answering a request: RuntimeError" in caplog.text
+    assert "tok_static" not in caplog.text and b"tok_static" not in answer

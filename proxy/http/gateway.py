@@ -175,7 +175,7 @@ class Gateway:
                 client = self.access.check_key(request)
             else:
                 client = getattr(protocol, "tunnel_client", None)
-            request[client_key] = client  # None too: a lookup that misses costs a KeyError
+            request[client_key] = client
         if request.method == hdrs.METH_CONNECT:
             return await self._connect(request, inside=tunnel is not None)
         if request.method == hdrs.METH_TRACE:

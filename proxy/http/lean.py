@@ -55,6 +55,8 @@ class LeanListener:
     handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
     hand_over: Callable[[], RequestHandler]
     """Makes the aiohttp connection handler that takes a connection over."""
+    internal_error: Callable[[], web.Response]
+    """The answer when ``handler`` raises (it answers its own errors: a bug), closing."""
     access: AccessLogger | None
     keepalive_timeout: float
     max_line_size: int
@@ -183,12 +185,18 @@ class LeanConnection(BaseProtocol):
         )
         keep = False
         try:
-            response = await self._listener.handler(request)
+            try:
+                response = await self._listener.handler(request)
+            except ConnectionError:
+                raise
+            except Exception as exc:  # the gateway answers its own errors: this is a bug
+                logger.error("internal error answering a request: %s", type(exc).__name__)
+                response = self._listener.internal_error()  # as aiohttp's handler: a 500
             keep = await self._send(request, response)
         except (asyncio.CancelledError, ConnectionError):
             pass  # the client went away, or a shutdown gave up on it: nothing to send
-        except Exception as exc:  # the gateway answers its own errors: this is a bug
-            logger.error("internal error answering a request: %s", type(exc).__name__)
+        except Exception as exc:  # an answer aiohttp's serializer refuses: close, as it does
+            logger.error("internal error writing an answer: %s", type(exc).__name__)
         finally:
             self._answering = None
         if not keep or self._closing or self.transport is None:

@@ -86,14 +86,12 @@ class _ProxyRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             # Some of a response went out already: the connection is broken (aiohttp's rule).
             raise ConnectionError("a response is already under way; closing the connection")
-        error = (
-            BadRequestError("malformed HTTP request")
-            if status == 400
-            else ProxyError("internal error")
-        )
-        response = error_response(error)
-        response.set_status(status)
-        response.force_close()
+        if status == 400:
+            response = error_response(BadRequestError("malformed HTTP request"))
+            response.force_close()
+        else:
+            response = _internal_error()
+        response.set_status(status)  # 500, or aiohttp's 504 for a handler's TimeoutError
         return response
 
     tunnel_host: str | None = None
@@ -106,6 +104,14 @@ class _ProxyRequestHandler(RequestHandler):
         super().connection_lost(exc)
         if self.tunnel_closed is not None and not self.tunnel_closed.done():
             self.tunnel_closed.set_result(None)
+
+
+def _internal_error() -> web.Response:
+    """The contract's 500, closing the connection: what either connection handler answers
+    when the gateway itself fails (it answers its own errors, so this is a bug)."""
+    response = error_response(ProxyError("internal error"))
+    response.force_close()
+    return response
 
 
 _LINGERING_TIME = 5.0
@@ -321,6 +327,7 @@ class ProxyServer:
         handler.lean = LeanListener(
             handler=self._dispatch,
             hand_over=handler.handler,
+            internal_error=_internal_error,
             access=None if access is None else AccessLogger(access, ""),
             keepalive_timeout=limits.keepalive_timeout,
             max_line_size=limits.max_line_size,
