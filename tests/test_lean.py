@@ -26,9 +26,11 @@ from tests.conftest import (
     RunningProxy,
     StartProxy,
     connector,
+    eventually,
     hold_answers,
     raw_request,
     status_of,
+    upstream_received,
 )
 from tests.fakes import RawUpstream, RecordingUpstream
 
@@ -231,9 +233,7 @@ async def test_a_request_that_arrives_while_one_is_answered_waits_its_turn(
     reader, writer = await asyncio.open_connection("127.0.0.1", api_proxy.port)
     try:
         writer.write(GET % 1)
-        async with asyncio.timeout(5):
-            while not upstream.requests:  # noqa: ASYNC110 - the upstream's own state
-                await asyncio.sleep(0.01)
+        await eventually(lambda: upstream_received(upstream))
         writer.write(GET % 2)
         await asyncio.sleep(0.1)
         assert len(upstream.requests) == 1  # one at a time, as aiohttp's handler answers
