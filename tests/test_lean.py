@@ -180,25 +180,56 @@ async def _answers(reader: asyncio.StreamReader, count: int) -> list[bytes]:
     return answers
 
 
-async def test_a_connection_goes_to_aiohttp_at_its_first_body_and_keeps_serving(
-    api_proxy: RunningProxy, upstream: RecordingUpstream
+POST = b"POST /api/3 HTTP/1.1\r\nHost: localhost\r\n"
+LARGE = b"x" * 100_000
+BODIES = {
+    # what is written (a piece per read), whether the connection stays the lean one, and
+    # the statuses of what is answered after the two GETs before it
+    "whole-in-one-read": ([POST + b"Content-Length: 5\r\n\r\nhello"], True, [200, 200]),
+    "split-over-reads": ([POST + b"Content-Length: 5\r\n\r\n", b"hello"], False, [200, 200]),
+    "chunked": (
+        [POST + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+        False,
+        [200, 200],
+    ),
+    "expect-continue": (
+        [POST + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello"],
+        False,
+        [100, 200, 200],
+    ),
+    "request-behind": (
+        [POST + b"Content-Length: 5\r\n\r\nhello" + GET % 9],
+        False,
+        [200, 200, 200],
+    ),
+    "over-64k": ([POST + b"Content-Length: 100000\r\n\r\n" + LARGE], False, [200, 200]),
+}
+
+
+@pytest.mark.parametrize("case", BODIES)
+async def test_a_body_is_taken_lean_only_when_it_ends_the_read_and_aiohttp_takes_the_rest(
+    api_proxy: RunningProxy, upstream: RecordingUpstream, case: str
 ) -> None:
+    pieces, stays_lean, statuses = BODIES[case]
     reader, writer = await asyncio.open_connection("127.0.0.1", api_proxy.port)
     try:
         for n in (1, 2):
             writer.write(GET % n)
             assert status_of((await _answers(reader, 1))[0]) == 200
-        assert _lean_connections(api_proxy) == 1
-        writer.write(b"POST /api/3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # separate reads on the proxy's side
         writer.write(GET % 4)
-        answers = await _answers(reader, 2)
-        assert [status_of(a) for a in answers] == [200, 200]
-        assert _lean_connections(api_proxy) == 0
-        assert api_proxy.server.client_connections == 1  # the same connection, aiohttp's now
+        answers = await _answers(reader, len(statuses))
+        assert [status_of(a) for a in answers] == statuses
+        assert _lean_connections(api_proxy) == int(stays_lean)
+        assert api_proxy.server.client_connections == 1  # the same connection throughout
     finally:
         writer.close()
-    assert [r["path"] for r in upstream.requests] == [f"/base/{n}" for n in (1, 2, 3, 4)]
-    assert upstream.requests[2]["body_bytes"] == 5
+    paths = [r["path"] for r in upstream.requests]
+    assert paths == [f"/base/{n}" for n in (1, 2, 3, *([9] if case == "request-behind" else []), 4)]
+    assert upstream.requests[2]["body_bytes"] == (100_000 if case == "over-64k" else 5)
 
 
 @pytest.mark.parametrize(

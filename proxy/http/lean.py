@@ -1,26 +1,31 @@
 """The client side of a connection: the usual request answered lean, the rest by aiohttp.
 
-Most requests a proxy sees are small, body-less and arrive whole in one read: ``GET /crm/...``
-and its headers. For those, aiohttp's connection handler (a waiter and a task per request,
-keep-alive timers reset twice, a stream writer and two coroutines to write the answer) costs
-more than the gateway and the upstream call together. :class:`LeanConnection` answers them
-itself, and gives the connection to aiohttp's handler, for good, the moment anything else
-arrives. Guarantees:
+Most requests a proxy sees are small and arrive whole in one read: ``GET /crm/...`` and its
+headers, or a ``POST`` with a JSON body and its ``Content-Length``. For those, aiohttp's
+connection handler (a waiter and a task per request, keep-alive timers reset twice, a stream
+writer and two coroutines to write the answer) costs more than the gateway. A
+:class:`LeanConnection` answers them itself, and gives the connection to aiohttp's handler,
+for good, the moment anything else arrives. Guarantees:
 
 - one parser, aiohttp's own (C, or pure Python under ``AIOHTTP_NO_EXTENSIONS``), with the
-  limits of ``server``; a request is taken here only when a read holds exactly one whole
-  message that ends the read, with no body, no ``Upgrade`` and not ``CONNECT``;
-- anything else (a body, a request split over reads, several in one read, bytes the parser
-  refuses) is handed with every byte not yet answered to aiohttp's handler, which parses it
-  from the start and answers exactly as if it had had the connection from the start;
-- the request is a real ``web.BaseRequest`` over this connection, so the gateway, its checks
-  and its answers are the same code either way; an answer is written as aiohttp would write
-  it (:mod:`proxy.http.wire`, or aiohttp's own writer for streamed ones);
+  limits of ``server``; a request is taken here only when a read of at most 64 KiB holds
+  exactly one whole message and ends where it ends: no body, or a ``Content-Length`` body
+  (not chunked, no ``Expect``), no ``Upgrade``, not ``CONNECT``;
+- anything else (a body split over reads, a chunked one, a request split over reads,
+  several in one read, bytes the parser refuses) is handed with every byte not yet answered
+  to aiohttp's handler, which parses it from the start and answers exactly as if it had had
+  the connection from the start;
+- the request is a real ``web.BaseRequest`` over this connection (its body, all there, in
+  aiohttp's own stream), so the gateway, its checks and limits and its answers are the same
+  code either way; an answer is written as aiohttp would write it (:mod:`proxy.http.wire`,
+  or aiohttp's own writer for streamed ones), and the next request waits until the client
+  has taken it in;
 - one request at a time: bytes that arrive while one is answered wait (past 64 KiB, reading
   pauses) and are taken next; an answer that closes, or ``Connection: close``, ends it;
 - like aiohttp's (``handler_cancellation``): a client that goes away cancels its request; an
-  idle connection closes after ``keepalive_timeout``, the first request's wait included; a
-  shutdown lets the request under way finish within the timeout, then cancels it.
+  idle connection closes after ``keepalive_timeout``, the first request's wait included, and
+  a hand-over passes the deadline on; a shutdown lets the request under way finish within
+  the timeout, then cancels it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.http_writer import StreamWriter
-from aiohttp.streams import EMPTY_PAYLOAD, EmptyStreamReader
+from aiohttp.streams import EmptyStreamReader, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.http.wire import encode
@@ -46,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 _HELD_LIMIT = 2**16
 """Bytes held while a request is answered before reading pauses (aiohttp's read buffer)."""
+_WHOLE_LIMIT = 2**16
+"""The largest read taken here: its body stays under the body buffer's high-water mark."""
 
 
 @dataclass(slots=True)
@@ -124,17 +131,18 @@ class LeanConnection(BaseProtocol):
         """The client closed its side: the transport closes (as aiohttp's handler does)."""
 
     def _take(self, data: bytes) -> None:
-        message = self._whole_request(data)
-        if message is None:
+        request = self._whole_request(data)
+        if request is None:
             self._hand_over(data)
             return
         self._served += 1
-        self._answering = self._loop.create_task(self._answer(message))
+        self._answering = self._loop.create_task(self._answer(*request))
 
-    def _whole_request(self, data: bytes) -> RawRequestMessage | None:
-        """The one body-less request that ``data`` holds entirely, if that is what it holds."""
-        if not data.endswith(b"\r\n\r\n"):
-            return None  # a request split over reads, or a body: aiohttp's
+    def _whole_request(self, data: bytes) -> tuple[RawRequestMessage, StreamReader] | None:
+        """The one request that ``data`` holds entirely, ending where ``data`` ends, if that
+        is what it holds: without a body, or with a ``Content-Length`` body."""
+        if len(data) > _WHOLE_LIMIT:
+            return None  # more than a body buffer takes without pausing: aiohttp's
         assert self._parser is not None
         try:
             messages, upgraded, _ = self._parser.feed_data(data)
@@ -143,11 +151,19 @@ class LeanConnection(BaseProtocol):
         if upgraded or len(messages) != 1:
             return None
         message, payload = messages[0]
-        if type(payload) is not EmptyStreamReader or message.upgrade:
+        if message.upgrade or message.method == hdrs.METH_CONNECT:
             return None
-        if message.method == hdrs.METH_CONNECT:
+        if type(payload) is EmptyStreamReader:
+            # Nothing may follow the head: a request split over reads ends elsewhere.
+            return (message, payload) if data.endswith(b"\r\n\r\n") else None
+        headers = message.headers
+        length = headers.get(hdrs.CONTENT_LENGTH)
+        if length is None or hdrs.EXPECT in headers or not payload.is_eof():
+            return None  # chunked, waiting for 100 Continue, or not all here: aiohttp's
+        # The body ends where the read does: no byte of another request behind it.
+        if data.find(b"\r\n\r\n") + 4 + int(length) != len(data):
             return None
-        return cast(RawRequestMessage, message)
+        return message, payload
 
     def _hand_over(self, data: bytes) -> None:
         """Give the connection and ``data`` to aiohttp's handler, for good. Reading is not
@@ -173,11 +189,11 @@ class LeanConnection(BaseProtocol):
             )
         handler.data_received(data)
 
-    async def _answer(self, message: RawRequestMessage) -> None:
+    async def _answer(self, message: RawRequestMessage, payload: StreamReader) -> None:
         loop = self._loop
         request = web.BaseRequest(
             message,
-            EMPTY_PAYLOAD,
+            payload,
             cast(RequestHandler, self),  # it reads ssl_context, peername, sockname, transport
             StreamWriter(self, loop),
             cast("asyncio.Task[None]", asyncio.current_task()),
