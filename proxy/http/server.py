@@ -119,7 +119,7 @@ _LINGERING_TIME = 5.0
 
 class _ProxyHTTPServer(web.Server):
     """aiohttp's server whose connections start lean (:mod:`proxy.http.lean`): the usual
-    body-less request is answered there, and aiohttp's handler takes over the rest."""
+    request that arrives whole is answered there, and aiohttp's handler takes over the rest."""
 
     lean: LeanListener | None = None
 
