@@ -20,6 +20,7 @@ from aiohttp.http_parser import HttpRequestParser
 from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import BytesIOPayload
 
+from proxy.http.lean import LeanListener
 from proxy.http.wire import encode
 from proxy.logs import ACCESS_LOGGER
 from tests.conftest import (
@@ -453,3 +454,64 @@ async def test_a_gateway_that_fails_gets_the_contracts_500_and_a_closed_connecti
     assert b"\r\nConnection: close\r\n" in answer
     assert "internal error answering a request: RuntimeError" in caplog.text
     assert "tok_static" not in caplog.text and b"tok_static" not in answer
+
+
+class _RecordingTransport(asyncio.Transport):
+    """Records what the connection asks of its transport's reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading: list[str] = []
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name in ("peername", "sockname") else default
+
+    def pause_reading(self) -> None:
+        self.reading.append("pause")
+
+    def resume_reading(self) -> None:
+        self.reading.append("resume")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+async def test_held_bytes_keep_reading_paused_while_the_request_reads_its_body() -> None:
+    go, body_read = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        await go.wait()
+        await request.content.read()  # its stream asks the connection to resume reading
+        body_read.set()
+        await asyncio.Event().wait()  # still answering when the test looks (then cancelled)
+        raise AssertionError("unreachable")
+
+    listener = LeanListener(
+        handler=handler,
+        hand_over=lambda: pytest.fail("handed over"),  # type: ignore[arg-type,return-value]
+        internal_error=lambda: web.Response(status=500),
+        access=None,
+        keepalive_timeout=10,
+        max_line_size=8190,
+        max_field_size=8190,
+        max_headers=128,
+    )
+    connection, transport = listener(), _RecordingTransport()
+    connection.connection_made(transport)
+    connection.data_received(POST + b"Content-Length: 5\r\n\r\nhello")
+    await asyncio.sleep(0)
+    transport.reading.clear()  # (the parser's end of body asks for a resume: not paused then)
+    connection.data_received(b"Z" * 70_000)  # pipelined while answering: past 64 KiB held
+    assert transport.reading == ["pause"]
+    go.set()
+    await asyncio.wait_for(body_read.wait(), 5)
+    assert transport.reading == ["pause"]  # was resumed by the body's read: one more read in
+    connection.connection_lost(None)  # cancels the request
+    await asyncio.sleep(0.01)

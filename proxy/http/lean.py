@@ -118,12 +118,13 @@ class LeanConnection(BaseProtocol):
         self._idle()
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or not data:  # (b"": a body stream's resume_reading, nothing new)
             return
         if self._answering is not None:
             self._held += data  # the next request(s): taken once this one is answered
-            if len(self._held) > _HELD_LIMIT:
-                self._pause_transport_reading()
+            if len(self._held) > _HELD_LIMIT and not self._buffer_paused:
+                # aiohttp's own buffer pause: a body stream's resume_reading respects it
+                self._pause_reading_for_buffer()
             return
         self._take(data)
 
@@ -222,8 +223,9 @@ class LeanConnection(BaseProtocol):
             return
         self._idle()
         held, self._held = self._held, b""
+        if self._buffer_paused:
+            self._resume_reading_for_buffer()
         if held:
-            self._resume_transport_reading()
             self._take(held)
 
     async def _send(self, request: web.BaseRequest, response: web.StreamResponse) -> bool:
