@@ -353,6 +353,24 @@ async def test_a_real_client_keeps_one_connection_across_lean_and_handed_over_re
     assert upstream.requests[3]["body_bytes"] == 4
 
 
+async def test_curl_reuses_one_connection_for_gets_a_post_and_a_head(
+    api_proxy: RunningProxy, upstream: RecordingUpstream
+) -> None:
+    base = api_proxy.url + "/api"
+    segments = [[f"{base}/1"], [f"{base}/2"], ["-d", "body", f"{base}/3"], [f"{base}/4"]]
+    segments.append(["-I", f"{base}/5"])
+    command = ["curl", "-s", "--max-time", "5"]
+    for index, segment in enumerate(segments):
+        command += [*(["--next"] if index else []), "-o", "/dev/null"]
+        command += ["-w", "%{http_code} %{num_connects}\n", *segment]
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+    output, _ = await asyncio.wait_for(process.communicate(), 10)
+    # One connection made by the first request, reused by all the others.
+    assert output.decode().split() == ["200", "1", *(["200", "0"] * 4)]
+    assert [r["method"] for r in upstream.requests] == ["GET", "GET", "POST", "GET", "HEAD"]
+    assert upstream.requests[2]["body_bytes"] == 4
+
+
 # --- flow control, deadlines and logs, as aiohttp's handler keeps them (a review's findings) --
 
 
