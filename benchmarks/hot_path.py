@@ -6,8 +6,8 @@
 
 A real ``ProxyServer`` (static credential, access log off) gets ``GET /bench/small`` on a lean
 connection whose transport only counts bytes; the connector's upstream client is replaced by
-one that parses a canned ~100-byte nginx answer with aiohttp's response parser, as the real
-one does. No syscall, no other process: what is left is Python, in three layers, each
+one that feeds a canned ~100-byte nginx answer to the real client's connection protocol (its
+parser, its checks). No syscall, no other process: what is left is Python, in three layers, each
 measured with the ones below it stubbed:
 
 - ``server``: the lean connection (parse, request object, task, answer encoding);
@@ -40,13 +40,11 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import web
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.client_exceptions import ClientPayloadError
-from aiohttp.http_parser import HttpResponseParser
 
 import proxy.http.gateway as gateway
 from proxy.config.loader import load_settings
 from proxy.egress.http1.client import UpstreamAnswer
+from proxy.egress.http1.connection import UpstreamConnection
 from proxy.http.server import ProxyServer, settle_heap
 
 LAYERS = ("server", "+ gateway", "+ forwarding")
@@ -106,21 +104,15 @@ async def serve(layer: str, warm: int, rounds: int, count: int) -> list[float]:
     server = ProxyServer(settings)
     await server.start()
     settle_heap()
-    loop = asyncio.get_running_loop()
-    upstream_protocol = BaseProtocol(loop)
+    upstream = UpstreamConnection(asyncio.get_running_loop())
 
     async def parsed_answer(*_: Any) -> UpstreamAnswer:
-        parser = HttpResponseParser(
-            upstream_protocol,
-            loop,
-            2**16,
-            payload_exception=ClientPayloadError,
-            response_with_body=True,
-            read_until_eof=True,
-            auto_decompress=False,
-        )
-        ((message, payload),) = parser.feed_data(ANSWER)[0]
-        return UpstreamAnswer(message, payload, None, _Pool(), None)  # type: ignore[arg-type]
+        """The upstream client's own answer path, fed the canned bytes."""
+        answer = upstream.expect(head_only=False)
+        upstream.request_sent()
+        upstream.data_received(ANSWER)
+        message, content = answer.result()
+        return UpstreamAnswer(message, content, upstream, _Pool(), None)  # type: ignore[arg-type]
 
     async def answered(*_: Any) -> web.StreamResponse:
         return _small_answer()

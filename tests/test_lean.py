@@ -21,6 +21,7 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import BytesIOPayload
 
 from proxy.http.lean import LeanListener
+from proxy.http.server import _ProxyHTTPServer
 from proxy.http.wire import encode
 from proxy.logs import ACCESS_LOGGER
 from tests.conftest import (
@@ -163,10 +164,21 @@ async def test_what_only_aiohttp_can_write_is_left_to_it(kind: str) -> None:
 GET = b"GET /api/%d HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
-def _lean_connections(proxy: RunningProxy) -> int:
+def _http(proxy: RunningProxy) -> _ProxyHTTPServer:
+    """The proxy's listening server: its lean connections and aiohttp's handlers."""
     http = proxy.server._http
-    assert http is not None
-    return len(http.lean.connections)  # type: ignore[attr-defined]
+    assert isinstance(http, _ProxyHTTPServer)
+    return http
+
+
+def _lean(proxy: RunningProxy) -> LeanListener:
+    listener = _http(proxy).lean
+    assert listener is not None
+    return listener
+
+
+def _lean_connections(proxy: RunningProxy) -> int:
+    return len(_lean(proxy).connections)
 
 
 async def _answers(reader: asyncio.StreamReader, count: int) -> list[bytes]:
@@ -398,7 +410,7 @@ async def test_a_client_that_stops_reading_is_sent_no_more_answers(
             served += 1
         buffered = sum(
             c.transport.get_write_buffer_size()
-            for c in api_proxy.server._http.connections  # type: ignore[union-attr]
+            for c in _http(api_proxy).connections
             if c.transport is not None
         )
     assert served < 300 and buffered < 2**20  # was: all 300 answered, 7 MB held in the proxy
@@ -412,7 +424,7 @@ async def test_a_connection_handed_over_keeps_aiohttps_read_pause(
     try:
         writer.write(b"".join(GET % n for n in range(40)))  # aiohttp queues 32, then pauses
         await asyncio.sleep(0.2)
-        (handler,) = api_proxy.server._http.connections  # type: ignore[union-attr]
+        (handler,) = _http(api_proxy).connections
         assert handler.transport is not None
         assert not handler.transport.is_reading()  # was resumed by the hand-over: no limit
     finally:
@@ -466,7 +478,7 @@ async def test_a_gateway_that_fails_gets_the_contracts_500_and_a_closed_connecti
     async def broken(request: web.BaseRequest) -> web.StreamResponse:
         raise RuntimeError("a bug, with a secret in its text: tok_static_test_value")
 
-    api_proxy.server._http.lean.handler = broken  # type: ignore[union-attr]
+    _lean(api_proxy).handler = broken
     answer = await raw_request(api_proxy.port, GET % 1, until_close=True)
     assert status_of(answer) == 500 and b'"error":"internal_error"' in answer
     assert b"\r\nConnection: close\r\n" in answer

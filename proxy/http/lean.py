@@ -49,10 +49,10 @@ from proxy.logs import AccessLogger
 
 logger = logging.getLogger(__name__)
 
-_HELD_LIMIT = 2**16
-"""Bytes held while a request is answered before reading pauses (aiohttp's read buffer)."""
-_WHOLE_LIMIT = 2**16
-"""The largest read taken here: its body stays under the body buffer's high-water mark."""
+_BUFFER = 2**16
+"""aiohttp's read buffer (``read_bufsize``): the parser's, the bytes held while a request is
+answered before reading pauses, and the largest read taken here (its body then stays under
+the body stream's high-water mark, twice this, so reading it never pauses)."""
 
 
 @dataclass(slots=True)
@@ -108,7 +108,7 @@ class LeanConnection(BaseProtocol):
         self._parser = HttpRequestParser(
             self,
             self._loop,
-            2**16,
+            _BUFFER,
             max_line_size=listener.max_line_size,
             max_field_size=listener.max_field_size,
             max_headers=listener.max_headers,
@@ -122,7 +122,7 @@ class LeanConnection(BaseProtocol):
             return
         if self._answering is not None:
             self._held += data  # the next request(s): taken once this one is answered
-            if len(self._held) > _HELD_LIMIT and not self._buffer_paused:
+            if len(self._held) > _BUFFER and not self._buffer_paused:
                 # aiohttp's own buffer pause: a body stream's resume_reading respects it
                 self._pause_reading_for_buffer()
             return
@@ -142,7 +142,7 @@ class LeanConnection(BaseProtocol):
     def _whole_request(self, data: bytes) -> tuple[RawRequestMessage, StreamReader] | None:
         """The one request that ``data`` holds entirely, ending where ``data`` ends, if that
         is what it holds: without a body, or with a ``Content-Length`` body."""
-        if len(data) > _WHOLE_LIMIT:
+        if len(data) > _BUFFER:
             return None  # more than a body buffer takes without pausing: aiohttp's
         assert self._parser is not None
         try:

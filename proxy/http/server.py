@@ -86,12 +86,12 @@ class _ProxyRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             # Some of a response went out already: the connection is broken (aiohttp's rule).
             raise ConnectionError("a response is already under way; closing the connection")
-        if status == 400:
-            response = error_response(BadRequestError("malformed HTTP request"))
-            response.force_close()
-        else:
-            response = _internal_error()
-        response.set_status(status)  # 500, or aiohttp's 504 for a handler's TimeoutError
+        response = _closing_answer(
+            BadRequestError("malformed HTTP request")
+            if status == 400
+            else ProxyError("internal error")
+        )
+        response.set_status(status)  # 400, 500, or aiohttp's 504 for a handler's TimeoutError
         return response
 
     tunnel_host: str | None = None
@@ -106,10 +106,11 @@ class _ProxyRequestHandler(RequestHandler):
             self.tunnel_closed.set_result(None)
 
 
-def _internal_error() -> web.Response:
-    """The contract's 500, closing the connection: what either connection handler answers
-    when the gateway itself fails (it answers its own errors, so this is a bug)."""
-    response = error_response(ProxyError("internal error"))
+def _closing_answer(error: ProxyError) -> web.Response:
+    """The contract's answer for ``error``, closing the connection: what either connection
+    handler answers for bytes it cannot parse, or when the gateway itself fails (it answers
+    its own errors, so that is a bug)."""
+    response = error_response(error)
     response.force_close()
     return response
 
@@ -327,7 +328,7 @@ class ProxyServer:
         handler.lean = LeanListener(
             handler=self._dispatch,
             hand_over=handler.handler,
-            internal_error=_internal_error,
+            internal_error=lambda: _closing_answer(ProxyError("internal error")),
             access=None if access is None else AccessLogger(access, ""),
             keepalive_timeout=limits.keepalive_timeout,
             max_line_size=limits.max_line_size,
