@@ -55,3 +55,15 @@ async def test_the_watchdog_stops_when_nothing_is_in_flight() -> None:
         deadline.sent()
     await asyncio.sleep(3 * TICK)
     assert deadlines._watchdog is None
+
+
+async def test_one_watchdog_serves_requests_that_follow_each_other() -> None:
+    deadlines = Deadlines()
+    watchdogs = set()
+    for _ in range(5):  # each over before the watchdog first runs, the next soon after
+        async with deadlines.deadline(1) as deadline:
+            deadline.sent()
+        watchdogs.add(deadlines._watchdog)
+        await asyncio.sleep(0)
+    assert len(watchdogs) == 1 and None not in watchdogs
+    await deadlines.close()
