@@ -113,6 +113,12 @@ class UpstreamConnection(BaseProtocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        # The body stream calls this after every read and at its end, paused or not; only
+        # a pause (the parser's or the socket's) has anything to resume.
+        if self._reading_paused or self._buffer_paused:
+            super().resume_reading(resume_parser)
+
     def data_received(self, data: bytes) -> None:
         if not data:
             if self._parser is not None:  # resume parsing what a pause held back
