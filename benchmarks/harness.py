@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import socket
 import subprocess
@@ -18,6 +19,45 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+PROXY_CPU, LOAD_CPU = 0, 1
+"""Where a single-worker proxy runs, and where the load and the upstream run (issue 17's
+set-up: a proxy never competes with its own load for a core)."""
+
+
+def can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+
+def family(pid: int) -> set[int]:
+    """``pid`` and all its descendants (the workers of ``--workers``, nginx's worker)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    members, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in members} - members
+        members |= more
+        grew = bool(more)
+    return members
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Run ``pid`` and its descendants on ``cpus`` only."""
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(member, cpus)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants so far."""
+    total = 0.0
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def free_port() -> int:

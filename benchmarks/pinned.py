@@ -20,19 +20,21 @@ import contextlib
 import os
 import statistics
 import sys
-from pathlib import Path
 
-from harness import REPO, child_process, free_port, serve_forever, tokenproxy, wait_for_port
+from harness import (
+    LOAD_CPU,
+    PROXY_CPU,
+    REPO,
+    can_pin,
+    child_process,
+    cpu_seconds,
+    free_port,
+    serve_forever,
+    tokenproxy,
+    wait_for_port,
+)
 from proxy_vs_direct import measure
 from suite import ensure_tools, nginx, process, rss_mb, sized_answers, upstream_config
-
-PROXY_CPU, LOAD_CPU = 0, 1
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -45,7 +47,7 @@ def main() -> int:
     if args.smoke:
         args.rounds, args.seconds, sizes, connections = 1, 1, {"small": "/small"}, [8]
     have_nginx, have_wrk = ensure_tools(args.smoke)
-    pinned = len(os.sched_getaffinity(0)) >= 2
+    pinned = can_pin()
     if pinned:
         os.sched_setaffinity(0, {LOAD_CPU})  # this script, wrk and nginx: CPU 1
     else:

@@ -9,8 +9,14 @@ each size and for 8 and 64 connections: direct; nginx as a proxy adding a static
 Authorization header; the minimal aiohttp proxy (benchmarks/minimal_proxy.py); tokenproxy
 with 1 worker; tokenproxy with --workers 2. Rounds interleave the targets, so drift on a
 shared machine hits all alike: compare ratios, not absolute numbers. It prints req/s, p50,
-p99 and RSS (idle and loaded, all processes of a target) and writes JSON and Markdown to
-benchmarks/results/.
+p99, the CPU time each proxy spent per request and RSS (idle and loaded, all processes of a
+target) and writes JSON and Markdown to benchmarks/results/.
+
+With two CPUs or more it pins as issue 17 sets up its measurements: each single-process
+proxy (nginx, the minimal proxy, tokenproxy x1) alone on CPU 0; wrk, the upstream and the
+paced load of the latency rows on CPU 1; --workers 2 on both. On a two-core machine that
+leaves --workers 2 only what wrk and the upstream do not take, so the goal table's context
+line also gives how many cores it had and what it served per core.
 
 nginx and wrk come from Debian packages: when missing they are installed if we are root
 (apt-get), otherwise the suite says how. Without wrk it uses a slower built-in load generator
@@ -35,7 +41,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from harness import REPO, child_process, free_port, serve_forever, tokenproxy, wait_for_port
+from harness import (
+    LOAD_CPU,
+    PROXY_CPU,
+    REPO,
+    can_pin,
+    child_process,
+    cpu_seconds,
+    family,
+    free_port,
+    pin,
+    serve_forever,
+    tokenproxy,
+    wait_for_port,
+)
 from proxy_vs_direct import Sample, _paced_load, measure
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,6 +69,10 @@ class Cell:
     size: str
     connections: int
     samples: list[Sample] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    """The proxy's CPU time per request, user + system, all its processes."""
+    cores: list[float] = field(default_factory=list)
+    """The proxy's CPU time per second of load: how many cores it had."""
 
     def median(self, name: str) -> float:
         return statistics.median(getattr(s, name) for s in self.samples)
@@ -139,19 +162,7 @@ def process(command: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
 def rss_mb(pid: int, *, alone: bool = False) -> float:
     """Resident memory of ``pid`` and all its descendants (workers), in MB; ``alone``:
     of ``pid`` only (the supervising parent of ``--workers``)."""
-    if alone:
-        return _vm_rss_kb(pid) / 1024
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-    family, grew = {pid}, True
-    while grew:
-        more = {child for child, parent in parents.items() if parent in family} - family
-        family |= more
-        grew = bool(more)
-    return sum(_vm_rss_kb(member) for member in family) / 1024
+    return sum(_vm_rss_kb(member) for member in ({pid} if alone else family(pid))) / 1024
 
 
 def _vm_rss_kb(pid: int) -> int:
@@ -174,6 +185,12 @@ def main() -> int:
     if args.smoke:
         args.rounds, args.seconds, sizes, connections = 1, 0.5, ["small"], [8]
     have_nginx, have_wrk = ensure_tools(args.smoke)
+    pinned = can_pin()
+    every_cpu = os.sched_getaffinity(0) if pinned else set()
+    if pinned:  # this script (the paced load), wrk and the upstream: CPU 1
+        os.sched_setaffinity(0, {LOAD_CPU})
+    else:
+        print("fewer than two CPUs: nothing pinned, proxies share the CPU with the load")
     ports = {name: free_port() for name in ("up", "nginx", "minimal", "tp1", "tp2")}
     bench_connector = (
         "  bench:\n    route: /bench\n"
@@ -192,22 +209,28 @@ def main() -> int:
     paths = {"small": "/small", "64KiB": "/large"}
     cells = {(t, s, c): Cell(t, s, c) for t in targets for s in sizes for c in connections}
     with contextlib.ExitStack() as stack:
+        proxies: dict[str, int] = {}  # the targets whose CPU time is counted
         if have_nginx:
             stack.enter_context(nginx(upstream_config(ports["up"])))
-            stack.enter_context(nginx(proxy_config(ports["nginx"], ports["up"])))
             wait_for_port(ports["up"])
+            proxy = stack.enter_context(nginx(proxy_config(ports["nginx"], ports["up"])))
             wait_for_port(ports["nginx"])
+            proxies["nginx proxy"] = proxy.pid
         else:
             stack.enter_context(
                 child_process(serve_forever, sized_answers, ports["up"], port=ports["up"])
             )
         baseline = [sys.executable, str(REPO / "benchmarks/minimal_proxy.py")]
         baseline += [str(ports["minimal"]), targets["direct"]]
-        minimal = stack.enter_context(process(baseline, ports["minimal"]))
-        pids = {"minimal aiohttp": minimal.pid}
+        proxies["minimal aiohttp"] = stack.enter_context(process(baseline, ports["minimal"])).pid
         for name, workers in (("tokenproxy x1", 1), ("tokenproxy x2", 2)):
             port = ports[f"tp{workers}"]
-            pids[name] = stack.enter_context(tokenproxy(port, bench_connector, workers=workers)).pid
+            started = stack.enter_context(tokenproxy(port, bench_connector, workers=workers))
+            proxies[name] = started.pid
+        if pinned:  # one worker alone on CPU 0; --workers 2 on both cores
+            for name, pid in proxies.items():
+                pin(pid, every_cpu if name == "tokenproxy x2" else {PROXY_CPU})
+        pids = {name: pid for name, pid in proxies.items() if name != "nginx proxy"}
         idle = {name: rss_mb(pid) for name, pid in pids.items()}
         idle["x2 parent"] = rss_mb(pids["tokenproxy x2"], alone=True)
         for base in targets.values():  # warm-up: connections, caches
@@ -216,8 +239,15 @@ def main() -> int:
             for size in sizes:
                 for conns in connections:
                     for target, base in targets.items():
+                        cell = cells[(target, size, conns)]
+                        before = cpu_seconds(proxies[target]) if target in proxies else 0.0
                         sample = measure(base + paths[size], conns, args.seconds, have_wrk)
-                        cells[(target, size, conns)].samples.append(sample)
+                        cell.samples.append(sample)
+                        if target in proxies:
+                            spent = cpu_seconds(proxies[target]) - before
+                            seconds = max(1, round(args.seconds))  # wrk's whole seconds
+                            cell.cores.append(spent / seconds)
+                            cell.cpu_us.append(spent / (sample.rps * seconds) * 1e6)
         loaded = {name: rss_mb(pid) for name, pid in pids.items()}
         loaded["x2 parent"] = rss_mb(pids["tokenproxy x2"], alone=True)
         paced: dict[str, list[Sample]] = {"direct": [], "tokenproxy x1": []}
@@ -226,7 +256,7 @@ def main() -> int:
                 url = targets[target] + paths["small"]
                 sample = asyncio.run(_paced_load(url, 8, args.seconds, PACED_RATE))
                 paced[target].append(sample)
-    report(cells, targets, sizes, connections, idle, loaded, args, have_wrk)
+    report(cells, targets, sizes, connections, idle, loaded, args, have_wrk, pinned)
     report_goals(cells, idle, loaded, paced, sizes, connections)
     return 0
 
@@ -250,14 +280,21 @@ def report(
     loaded: dict[str, float],
     args: argparse.Namespace,
     wrk: bool,
+    pinned: bool,
 ) -> None:
+    where = (
+        f"single-worker proxies on CPU {PROXY_CPU}, --workers 2 on both, load and upstream "
+        f"on CPU {LOAD_CPU}"
+        if pinned
+        else "nothing pinned: every target shares the CPU with the load"
+    )
     lines = [
         f"{args.rounds} interleaved rounds x {args.seconds:g} s per cell, load by "
-        f"{'wrk' if wrk else 'the built-in generator'}, medians; 2 cores shared by everything.",
+        f"{'wrk' if wrk else 'the built-in generator'}, medians; {where}.",
         "",
         "| size | conns | target | req/s | p50 ms | p99 ms | vs direct | vs nginx proxy "
-        "| RSS idle/loaded MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| CPU us/req (cores) | RSS idle/loaded MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for size in sizes:
@@ -270,9 +307,13 @@ def report(
                 versus_nginx = f"{rps / nginx_rps.median('rps'):.2f}" if nginx_rps else "-"
                 memory = f"{idle[target]:.0f} / {loaded[target]:.0f}" if target in idle else "-"
                 p50, p99 = cell.median("p50_ms"), cell.median("p99_ms")
+                cpu = "-"
+                if cell.cpu_us:
+                    cores = statistics.median(cell.cores)
+                    cpu = f"{statistics.median(cell.cpu_us):.0f} ({cores:.2f})"
                 lines.append(
                     f"| {size} | {conns} | {target} | {rps:.0f} | {p50:.2f} | {p99:.2f} | "
-                    f"{rps / direct:.2f} | {versus_nginx} | {memory} |"
+                    f"{rps / direct:.2f} | {versus_nginx} | {cpu} | {memory} |"
                 )
                 memory_mb = {"rss_idle_mb": idle.get(target), "rss_loaded_mb": loaded.get(target)}
                 rows.append({**asdict(cell), "rps": rps, **memory_mb})
@@ -327,7 +368,28 @@ def report_goals(
             continue
         met = value >= wanted if sense == ">=" else value < wanted
         lines.append(f"| {name} | {value:.2f} | {sense} {wanted:g} | {'yes' if met else 'no'} |")
+    lines += context(cells, conns)
     print("\n".join(lines))
+
+
+def context(cells: dict[tuple[str, str, int], Cell], conns: int) -> list[str]:
+    """What the goal rows rest on: CPU per request (the figure that drifts least), and how
+    many cores ``--workers 2`` actually had while wrk and the upstream shared the machine."""
+    one, two = cells[("tokenproxy x1", "small", conns)], cells[("tokenproxy x2", "small", conns)]
+    minimal = cells[("minimal aiohttp", "small", conns)]
+    if not (one.cpu_us and two.cpu_us and minimal.cpu_us):
+        return []
+    cores = statistics.median(two.cores)
+    per_core = (two.median("rps") / cores) / (one.median("rps") / statistics.median(one.cores))
+    return [
+        "",
+        f"Context, small answers, {conns} conns: CPU per request, minimal aiohttp "
+        f"{statistics.median(minimal.cpu_us):.0f} us, tokenproxy x1 "
+        f"{statistics.median(one.cpu_us):.0f} us, x2 {statistics.median(two.cpu_us):.0f} us. "
+        f"--workers 2 had {cores:.2f} of the machine's cores (wrk and the upstream took the "
+        f"rest) and served {per_core:.2f}x x1's requests per core used: "
+        f"{2 * per_core:.2f}x x1 on two free cores.",
+    ]
 
 
 if __name__ == "__main__":
