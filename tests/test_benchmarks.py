@@ -32,6 +32,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("pinned.py", ["| small | 8 | minimal aiohttp |", "| small | 8 | tokenproxy |"]),
         # The proxy's own work per request, sockets stubbed, layer by layer.
         ("hot_path.py", ["| server |", "| + gateway |", "| + forwarding |"]),
+        # A worker's RSS, and what each group of imports adds to a fresh interpreter.
+        ("memory.py", ["A worker idle: RSS", "| + pydantic, pydantic-settings |"]),
     ],
 )
 def test_benchmark_smoke(script: str, expected: list[str]) -> None:
