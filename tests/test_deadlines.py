@@ -15,7 +15,7 @@ async def test_an_armed_deadline_fires_as_a_timeout_within_a_tick() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(TimeoutError):
-        async with deadlines.deadline(0.1) as deadline:
+        with deadlines.deadline(0.1) as deadline:
             deadline.sent()
             await asyncio.sleep(5)
     assert 0.1 <= loop.time() - started < 0.1 + 3 * TICK
@@ -24,11 +24,11 @@ async def test_an_armed_deadline_fires_as_a_timeout_within_a_tick() -> None:
 
 async def test_progress_pushes_the_deadline_back_and_unarmed_ones_never_fire() -> None:
     deadlines = Deadlines()
-    async with deadlines.deadline(0.15) as deadline:
+    with deadlines.deadline(0.15) as deadline:
         for _ in range(6):  # 0.3 s in all, never 0.15 s without progress
             deadline.sent()
             await asyncio.sleep(0.05)
-    async with deadlines.deadline(0.05):  # never armed: headers not sent yet
+    with deadlines.deadline(0.05):  # never armed: headers not sent yet
         await asyncio.sleep(0.2)
     await deadlines.close()
 
@@ -37,7 +37,7 @@ async def test_another_cancellation_stays_a_cancellation() -> None:
     deadlines = Deadlines()
 
     async def request() -> None:
-        async with deadlines.deadline(10) as deadline:
+        with deadlines.deadline(10) as deadline:
             deadline.sent()
             await asyncio.sleep(5)
 
@@ -51,7 +51,7 @@ async def test_another_cancellation_stays_a_cancellation() -> None:
 
 async def test_the_watchdog_stops_when_nothing_is_in_flight() -> None:
     deadlines = Deadlines()
-    async with deadlines.deadline(1) as deadline:
+    with deadlines.deadline(1) as deadline:
         deadline.sent()
     await asyncio.sleep(3 * TICK)
     assert deadlines._watchdog is None
@@ -61,7 +61,7 @@ async def test_one_watchdog_serves_requests_that_follow_each_other() -> None:
     deadlines = Deadlines()
     watchdogs = set()
     for _ in range(5):  # each over before the watchdog first runs, the next soon after
-        async with deadlines.deadline(1) as deadline:
+        with deadlines.deadline(1) as deadline:
             deadline.sent()
         watchdogs.add(deadlines._watchdog)
         await asyncio.sleep(0)

@@ -48,8 +48,8 @@ class Deadlines:
         self._watchdog: asyncio.Task[None] | None = None
 
     def deadline(self, seconds: float) -> ReadDeadline:
-        """``async with`` it around one request (made by a session using
-        :class:`DeadlineRequest`)."""
+        """``with`` it around one request, in the request's task (made by a session using
+        :class:`DeadlineRequest`, or by the lean client)."""
         return ReadDeadline(self, seconds)
 
     def _enter(self, deadline: ReadDeadline) -> None:
@@ -91,13 +91,15 @@ class ReadDeadline:
         self._expired = False
         self.expires_at = math.inf
 
-    async def __aenter__(self) -> ReadDeadline:
+    # A plain context manager, entered in the request's task: an async one costs two
+    # coroutines per request, and nothing here waits.
+    def __enter__(self) -> ReadDeadline:
         self._task = asyncio.current_task()
         self._token = _ARMED.set(self)
         self._deadlines._enter(self)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> None:
         self._deadlines._active.discard(self)
         if self._token is not None:
             _ARMED.reset(self._token)

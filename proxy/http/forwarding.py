@@ -126,7 +126,7 @@ async def _send(
     started = time.perf_counter()
     upstream: Answer
     try:  # (not a context manager: this is the hot path, and one costs microseconds)
-        async with egress.read_deadline():  # the response headers, in time
+        with egress.read_deadline():  # the response headers, in time
             if egress.http1 is not None:
                 target = connector.upstream_target(rest, query)
                 upstream = await egress.http1.request(request.method, target, headers, body)
@@ -200,7 +200,7 @@ async def _copy_body(upstream: Answer, response: web.StreamResponse, idle: ReadD
     aiohttp's own ``sock_read`` timer is not used (docs/design.md, "Upstream read timeouts"),
     nor an event-loop timer per chunk: the runtime's deadline watchdog costs a float store.
     """
-    async with idle:
+    with idle:
         while True:
             idle.sent()
             chunk = await upstream.content.readany()

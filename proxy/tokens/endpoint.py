@@ -79,9 +79,8 @@ async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResp
     """Send ``request``; never follow a redirect; read at most 1 MiB of answer."""
     assert egress.session is not None  # token endpoints always have one
     try:
-        async with (
-            egress.read_deadline(),
-            egress.session.request(
+        with egress.read_deadline():
+            async with egress.session.request(
                 request.method,
                 request.url,
                 params=request.query,
@@ -91,14 +90,13 @@ async def send_token_request(egress: Egress, request: TokenRequest) -> TokenResp
                 allow_redirects=False,
                 timeout=egress.timeout,
                 **egress.options,
-            ) as response,
-        ):
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(65536):
-                body += chunk
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise TokenEndpointError("the token endpoint's answer is larger than 1 MiB")
-            return TokenResponse(response.status, response.headers, bytes(body))
+            ) as response:
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise TokenEndpointError("the token endpoint's answer is larger than 1 MiB")
+                return TokenResponse(response.status, response.headers, bytes(body))
     except (aiohttp.ClientError, TimeoutError) as exc:
         failure = classify(exc, "the token endpoint", tls=request.url.startswith("https:"))
         error = TokenEndpointTimeoutError if isinstance(exc, TimeoutError) else TokenEndpointError
