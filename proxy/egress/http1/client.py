@@ -104,7 +104,8 @@ class Http1Client:
             chunked = True
         head: bytes = _serialize_headers(f"{method} {target} HTTP/1.1", headers)
         pool = self._pool
-        connection = await pool.acquire()
+        # (A pooled connection costs no coroutine: most requests find one.)
+        connection = pool.take_idle() or await pool.acquire()
         writer: asyncio.Task[None] | None = None
         try:
             answer = connection.expect(head_only=method == hdrs.METH_HEAD)

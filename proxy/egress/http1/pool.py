@@ -62,7 +62,7 @@ class UpstreamPool:
 
     async def acquire(self) -> UpstreamConnection:
         """A connection ready for one request; give it back with :meth:`release`."""
-        connection = self._take_idle()
+        connection = self.take_idle()
         if connection is not None:
             return connection
         try:
@@ -96,8 +96,9 @@ class UpstreamPool:
         while self._idle:
             self._idle.pop().abort()
 
-    def _take_idle(self) -> UpstreamConnection | None:
-        """The newest idle connection still open and young enough; older ones are closed."""
+    def take_idle(self) -> UpstreamConnection | None:
+        """The newest idle connection still open and young enough (older ones are closed),
+        without waiting; None when there is none: then :meth:`acquire`."""
         idle = self._idle
         if not idle:
             return None
@@ -117,7 +118,7 @@ class UpstreamPool:
     async def _connect(self) -> UpstreamConnection:
         woken = False
         while self._open >= self._limit:
-            connection = self._take_idle()  # one came back while we waited
+            connection = self.take_idle()  # one came back while we waited
             if connection is not None:
                 return connection
             turn = asyncio.get_running_loop().create_future()
