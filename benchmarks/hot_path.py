@@ -5,15 +5,16 @@
     .venv/bin/python benchmarks/hot_path.py --smoke         # seconds; what the tests run
 
 A real ``ProxyServer`` (static credential, access log off) gets ``GET /bench/small`` on a lean
-connection whose transport only counts bytes; the connector's upstream client is replaced by
-one that feeds a canned ~100-byte nginx answer to the real client's connection protocol (its
-parser, its checks). No syscall, no other process: what is left is Python, in three layers, each
+connection whose transport only counts bytes; the connector's upstream pool holds one
+connection whose transport answers every request written to it with a canned ~100-byte nginx
+answer, fed to the real client's connection protocol (its parser, its checks) when the loop
+next runs. No syscall, no other process: what is left is Python, in three layers, each
 measured with the ones below it stubbed:
 
 - ``server``: the lean connection (parse, request object, task, answer encoding);
 - ``+ gateway``: the checks, routing, request id, metrics (forwarding answers at once);
 - ``+ forwarding``: headers both ways, credential, retries, read deadline, the upstream
-  client's answer parsing.
+  client (the request's head, the pool, the answer's parsing).
 
 Wall-clock figures drift with the machine; ``--instructions`` runs each layer twice under
 ``valgrind --tool=callgrind`` and prints instructions per request (the difference between
@@ -43,7 +44,6 @@ from aiohttp import web
 
 import proxy.http.gateway as gateway
 from proxy.config.loader import load_settings
-from proxy.egress.http1.client import UpstreamAnswer
 from proxy.egress.http1.connection import UpstreamConnection
 from proxy.http.server import ProxyServer, settle_heap
 
@@ -86,9 +86,20 @@ class CountingTransport:
         raise AssertionError("the benchmark's request was handed to aiohttp")
 
 
-class _Pool:
-    def release(self, connection: Any) -> None:
-        pass
+class UpstreamTransport(CountingTransport):
+    """The upstream's side of a pooled connection: every request written to it is answered
+    with the canned answer once the loop runs again, as a socket's next read would be."""
+
+    def __init__(self, connection: UpstreamConnection) -> None:
+        super().__init__()
+        self._connection = connection
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        asyncio.get_running_loop().call_soon(self._connection.data_received, ANSWER)
+
+    def abort(self) -> None:
+        """The pool closing at the end of the run (a failed exchange would close instead)."""
 
 
 def _small_answer() -> web.Response:
@@ -104,23 +115,19 @@ async def serve(layer: str, warm: int, rounds: int, count: int) -> list[float]:
     server = ProxyServer(settings)
     await server.start()
     settle_heap()
-    upstream = UpstreamConnection(asyncio.get_running_loop())
-
-    async def parsed_answer(*_: Any) -> UpstreamAnswer:
-        """The upstream client's own answer path, fed the canned bytes."""
-        answer = upstream.expect(head_only=False)
-        upstream.request_sent()
-        upstream.data_received(ANSWER)
-        message, content = answer.result()
-        return UpstreamAnswer(message, content, upstream, _Pool(), None)  # type: ignore[arg-type]
 
     async def answered(*_: Any) -> web.StreamResponse:
         return _small_answer()
 
     assert server.runtime is not None
-    for connector in server.runtime.connectors.values():
-        assert connector.upstream.http1 is not None
-        connector.upstream.http1.request = parsed_answer  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    (connector,) = server.runtime.connectors.values()
+    assert connector.upstream.http1 is not None
+    pool = connector.upstream.http1.pool
+    upstream = UpstreamConnection(loop)
+    upstream.connection_made(UpstreamTransport(upstream))  # type: ignore[arg-type]
+    upstream.idle_since = loop.time()
+    pool._idle.append(upstream)  # the pool's one connection
     listener = server._http.lean  # type: ignore[union-attr]
     original_forward = gateway.forward
     if layer == "server":
@@ -142,6 +149,8 @@ async def serve(layer: str, warm: int, rounds: int, count: int) -> list[float]:
             started = time.perf_counter()
             await run(count)
             results.append((time.perf_counter() - started) / count * 1e6)
+        # Every request went over the one pooled connection, and left it reusable.
+        assert list(pool._idle) == [upstream], "the upstream connection was not kept"
         return results
     finally:
         gateway.forward = original_forward
