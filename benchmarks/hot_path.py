@@ -126,7 +126,7 @@ async def serve(layer: str, warm: int, rounds: int, count: int) -> list[float]:
     pool = connector.upstream.http1.pool
     upstream = UpstreamConnection(loop)
     upstream.connection_made(UpstreamTransport(upstream))  # type: ignore[arg-type]
-    upstream.idle_since = loop.time()
+    upstream.idle_since = time.monotonic()
     pool._idle.append(upstream)  # the pool's one connection
     listener = server._http.lean  # type: ignore[union-attr]
     original_forward = gateway.forward

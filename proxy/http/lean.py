@@ -197,7 +197,7 @@ class LeanConnection(BaseProtocol):
             payload,
             cast(RequestHandler, self),  # it reads ssl_context, peername, sockname, transport
             StreamWriter(self, loop),
-            cast("asyncio.Task[None]", asyncio.current_task()),
+            cast("asyncio.Task[None]", self._answering),  # this coroutine's: set by _take
             loop,
         )
         keep = False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections import deque
 
 import aiohappyeyeballs
@@ -81,12 +82,11 @@ class UpstreamPool:
             else:
                 connection.abort()
             return
-        loop = asyncio.get_running_loop()
-        connection.idle_since = loop.time()
+        connection.idle_since = time.monotonic()  # (not the loop's clock: no lookup per request)
         self._idle.append(connection)
         self._wake()  # a request waiting for a free slot takes this one
         if self._sweeper is None:
-            self._sweeper = loop.call_later(self._keepalive, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
 
     async def close(self) -> None:
         self._closed = True
@@ -102,7 +102,7 @@ class UpstreamPool:
         idle = self._idle
         if not idle:
             return None
-        oldest_allowed = asyncio.get_running_loop().time() - self._keepalive
+        oldest_allowed = time.monotonic() - self._keepalive
         while idle:
             connection = idle.pop()
             transport = connection.transport
@@ -193,11 +193,10 @@ class UpstreamPool:
 
     def _sweep(self) -> None:
         self._sweeper = None
-        loop = asyncio.get_running_loop()
-        oldest_allowed = loop.time() - self._keepalive
+        oldest_allowed = time.monotonic() - self._keepalive
         idle = self._idle
         while idle and idle[0].idle_since < oldest_allowed:
             idle.popleft().abort()
         if idle:
             wait = idle[0].idle_since - oldest_allowed
-            self._sweeper = loop.call_later(max(wait, 0.1), self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(max(wait, 0.1), self._sweep)
