@@ -20,14 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.logs import (
-    ACCESS_LOGGER,
-    AccessLogger,
-    configure_logging,
-    connector_key,
-    request_id_key,
-    upstream_ms_key,
-)
+from proxy.logs import ACCESS_LOGGER, AccessLogger, RequestFacts, configure_logging, facts_key
 from proxy.metrics.registry import METRICS
 
 
@@ -52,9 +45,9 @@ def main() -> int:
     args = parser.parse_args()
     rounds = 2_000 if args.smoke else 100_000
     request = FakeRequest()
-    request[connector_key] = "crm"
-    request[request_id_key] = "7f3a0c2e9b1d4e5fa6b7c8d9e0f1a2b3"
-    request[upstream_ms_key] = 0.84
+    facts = request[facts_key] = RequestFacts(time.perf_counter())
+    facts.connector, facts.upstream_ms = "crm", 0.84
+    facts.request_id = "7f3a0c2e9b1d4e5fa6b7c8d9e0f1a2b3"
     response = SimpleNamespace(status=200, body_length=812)
     results = {}
     with open(os.devnull, "w") as sink:

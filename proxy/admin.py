@@ -33,7 +33,7 @@ from proxy.errors import (
     ProxyError,
     RouteNotFoundError,
 )
-from proxy.logs import connector_key
+from proxy.logs import facts_key
 from proxy.metrics.registry import METRICS, Metrics
 from proxy.metrics.state import CONTENT_TYPE, StateOf, connector_state
 from proxy.runtime import Runtime
@@ -188,7 +188,7 @@ class AdminApi:
         connector = self._connectors.get(name)
         if connector is None:
             raise RouteNotFoundError(f"no connector named {name!r}")
-        request[connector_key] = name  # errors and the access log name it
+        request[facts_key].connector = name  # errors and the access log name it
         failure: ProxyError | None = None
         for authenticator in connector.authenticators().values():  # its clients' too
             try:

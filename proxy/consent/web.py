@@ -38,7 +38,7 @@ from proxy.consent.flow import (
 from proxy.consent.links import ConsentLinks
 from proxy.consent.pages import PAGE_HEADERS, authorized_page, failed_page
 from proxy.errors import ProxyError, RouteNotFoundError, TokenEndpointError
-from proxy.logs import connector_key
+from proxy.logs import facts_key
 from proxy.runtime import Runtime
 from proxy.secrets.envelope import EnvelopeError
 from proxy.store.base import TokenStore
@@ -66,7 +66,7 @@ class ConsentEndpoints:
         if store is None:
             raise ProxyError("the authorization-code flow needs a token store (state_dir)")
         assert connector is not None
-        request[connector_key] = connector.name
+        request[facts_key].connector = connector.name
         if step == "start":
             return await self._start(request, connector, manager, links, store)
         return await self._callback(request, connector, manager, links, store)

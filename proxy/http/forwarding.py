@@ -35,7 +35,7 @@ from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, Upstre
 from proxy.http.body import RequestBody
 from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.http.requestid import HEADER as REQUEST_ID
-from proxy.logs import aborted_key, client_key, request_id_key, retries_key, upstream_ms_key
+from proxy.logs import RequestFacts, facts_key
 from proxy.metrics.registry import METRICS
 
 logger = logging.getLogger(__name__)
@@ -69,12 +69,16 @@ def upstream_error(
 
 
 async def forward(
-    request: web.BaseRequest, connector: Connector, rest: str, query: str | None
+    request: web.BaseRequest,
+    facts: RequestFacts,
+    connector: Connector,
+    rest: str,
+    query: str | None,
 ) -> web.StreamResponse:
-    auth = connector.authenticator_for(request.get(client_key))
+    auth = connector.authenticator_for(facts.client)
     retries, method = connector.retries, request.method
     headers = filter_headers(request.headers, REQUEST_DROPPED)
-    headers[REQUEST_ID] = request[request_id_key]  # the client's, or the one made for it
+    headers[REQUEST_ID] = facts.request_id  # the client's, or the one made for it
     source: RequestBody | None = None
     body: Body = None
     if request.body_exists:
@@ -94,16 +98,15 @@ async def forward(
 
     def send(credential: Credential | None) -> Awaitable[Answer]:
         return tries.send(
-            lambda: _send(request, connector, rest, query, headers, body, source, credential)
+            lambda: _send(request, facts, connector, rest, query, headers, body, source, credential)
         )
 
     try:
         upstream = await auth.send(send, replay=lambda: tries.take("reauth"))
     finally:
-        if tries.made:
-            request[retries_key] = tries.made
+        facts.retries = tries.made
     try:
-        return await _relay(request, upstream, connector)
+        return await _relay(request, facts, upstream, connector)
     finally:
         # Never leave a half-read connection in the pool (docs/design.md, "Hardening decisions").
         upstream.close()
@@ -111,6 +114,7 @@ async def forward(
 
 async def _send(
     request: web.BaseRequest,
+    facts: RequestFacts,
     connector: Connector,
     rest: str,
     query: str | None,
@@ -145,17 +149,17 @@ async def _send(
         raise upstream_error(exc, connector, source) from None
     elapsed = time.perf_counter() - started
     METRICS.upstream_seconds[connector.name].observe(elapsed)
-    request[upstream_ms_key] = round(elapsed * 1000, 2)
+    facts.upstream_ms = round(elapsed * 1000, 2)
     return upstream
 
 
 async def _relay(
-    request: web.BaseRequest, upstream: Answer, connector: Connector
+    request: web.BaseRequest, facts: RequestFacts, upstream: Answer, connector: Connector
 ) -> web.StreamResponse:
     if upstream.status == 101:
         raise UpstreamError("the upstream tried to switch protocols", connector=connector.name)
     headers = filter_headers(upstream.headers, RESPONSE_DROPPED)
-    headers[REQUEST_ID] = request[request_id_key]
+    headers[REQUEST_ID] = facts.request_id
     content = upstream.content
     response: web.StreamResponse
     if content.is_eof() and request.method != hdrs.METH_HEAD:
@@ -215,7 +219,7 @@ def abort_client(request: web.BaseRequest) -> None:
 
     aiohttp then fails to write the end of the response and just logs the access line.
     """
-    request[aborted_key] = True
+    request[facts_key].aborted = True
     transport = request.transport
     if transport is not None:
         transport.abort()

@@ -43,7 +43,7 @@ from proxy.http.requestid import take_request_id
 from proxy.http.routing import Match
 from proxy.http.target import Target, check_method, parse_target
 from proxy.http.tunnel import NewConnection, connect_target, refuse_port, serve_tunnel
-from proxy.logs import client_key, connector_key, started_key
+from proxy.logs import RequestFacts, facts_key
 from proxy.metrics.registry import METRICS
 from proxy.runtime import Runtime
 
@@ -102,12 +102,12 @@ class Gateway:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        request[started_key] = started
+        facts = request[facts_key] = RequestFacts(started)
         METRICS.in_flight += 1
         self.active += 1
         status = 500
         try:
-            response = await self._answer(request)
+            response = await self._answer(request, facts)
             status = response.status
             return response
         except asyncio.CancelledError:
@@ -119,22 +119,21 @@ class Gateway:
             if not self.active:
                 self._idle.set()
             elapsed = time.perf_counter() - started
-            connector = request.get(connector_key, "")
+            connector = facts.connector or ""
             METRICS.request_done(connector, status, elapsed)
-            client = request.get(client_key)
-            if client is not None:
-                METRICS.client_requests[connector, client] += 1
+            if facts.client is not None:
+                METRICS.client_requests[connector, facts.client] += 1
 
-    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
-        request_id = take_request_id(request)
+    async def _answer(self, request: web.BaseRequest, facts: RequestFacts) -> web.StreamResponse:
+        request_id = facts.request_id = take_request_id(request)
         try:
-            response = await self._handle(request)
+            response = await self._handle(request, facts)
             if not response.prepared:  # a streamed answer carries it already
                 response.headers[REQUEST_ID] = request_id
             return response
         except ProxyError as exc:
             if exc.connector is None:  # the one place an error learns its connector
-                exc.connector = request.get(connector_key)
+                exc.connector = facts.connector
             if request.method == hdrs.METH_CONNECT:
                 exc.close_connection, exc.linger = True, False  # what follows is not HTTP: now
             response = error_response(exc)
@@ -149,12 +148,12 @@ class Gateway:
             logger.error("internal error handling a request: %s", type(exc).__name__)
             if request.writer.output_size > 0:
                 abort_client(request)  # a response is half-sent: it must not look complete
-            internal = ProxyError("internal error", connector=request.get(connector_key))
+            internal = ProxyError("internal error", connector=facts.connector)
             response = error_response(internal)
             response.headers[REQUEST_ID] = request_id
             return response
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest, facts: RequestFacts) -> web.StreamResponse:
         if request.version not in (HttpVersion11, HttpVersion10):
             raise BadRequestError("only HTTP/1.0 and HTTP/1.1 are supported")
         check_method(request.method)
@@ -175,9 +174,9 @@ class Gateway:
                 client = self.access.check_key(request)
             else:
                 client = getattr(protocol, "tunnel_client", None)
-            request[client_key] = client
+            facts.client = client
         if request.method == hdrs.METH_CONNECT:
-            return await self._connect(request, inside=tunnel is not None)
+            return await self._connect(request, facts, inside=tunnel is not None)
         if request.method == hdrs.METH_TRACE:
             # TRACE would echo the injected credential back to the client.
             raise MethodNotAllowedError("TRACE is not forwarded")
@@ -186,41 +185,45 @@ class Gateway:
         if target.authority is None:
             self.browsers.check_host(request)  # absolute form: the authority routes instead
         if tunnel is not None:
-            return await self._in_tunnel(request, target, tunnel)
+            return await self._in_tunnel(request, facts, target, tunnel)
         if target.authority is None and self.admin.owns(target.path):
             self.browsers.check_cross_site(request, allowed=self.admin.is_callback(target.path))
             return await self.admin.handle(request, target.path)
 
         match = self.runtime.route(target, request.headers.get(hdrs.HOST))
-        return await self._forward(request, match, target)
+        return await self._forward(request, facts, match, target)
 
     async def _forward(
-        self, request: web.BaseRequest, match: Match[Connector] | None, target: Target
+        self,
+        request: web.BaseRequest,
+        facts: RequestFacts,
+        match: Match[Connector] | None,
+        target: Target,
     ) -> web.StreamResponse:
         if match is None:
             raise RouteNotFoundError("no connector matches this request")
-        request[connector_key] = match.target.name
+        facts.connector = match.target.name
         self.browsers.check_cross_site(request, allowed=match.target.config.allow_browser)
-        return await forward(request, match.target, match.rest, target.query)
+        return await forward(request, facts, match.target, match.rest, target.query)
 
-    async def _connect(self, request: web.BaseRequest, *, inside: bool) -> web.StreamResponse:
+    async def _connect(
+        self, request: web.BaseRequest, facts: RequestFacts, *, inside: bool
+    ) -> web.StreamResponse:
         """Tunnel ``CONNECT host:80`` for a connector's host (:mod:`proxy.http.tunnel`)."""
         host, port = connect_target(request.raw_path)
         match = self.runtime.route(Target(path="/", query=None, authority=host), None)
         if match is None:
             raise RouteNotFoundError(f"no connector serves the host {host}")
-        request[connector_key] = match.target.name
+        facts.connector = match.target.name
         intercept = self.runtime.intercept
         served = port == 80 or (port == 443 and intercept is not None)
         if not served or inside or self._new_connection is None:
             raise refuse_port(host, port, intercept is not None)
         tls = intercept.context_for(host) if port == 443 and intercept is not None else None
-        return await serve_tunnel(
-            request, host, self._new_connection, tls, client=request.get(client_key)
-        )
+        return await serve_tunnel(request, host, self._new_connection, tls, client=facts.client)
 
     async def _in_tunnel(
-        self, request: web.BaseRequest, target: Target, tunnel: str
+        self, request: web.BaseRequest, facts: RequestFacts, target: Target, tunnel: str
     ) -> web.StreamResponse:
         """A request inside a tunnel: for the tunnel's host only, never the admin API."""
         named = target.authority or request.headers.get(hdrs.HOST) or ""
@@ -230,4 +233,4 @@ class Gateway:
                 f"this tunnel serves {tunnel} only; open another CONNECT for another host"
             )
         match = self.runtime.route(Target(target.path, target.query, tunnel), None)
-        return await self._forward(request, match, target)
+        return await self._forward(request, facts, match, target)

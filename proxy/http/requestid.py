@@ -13,15 +13,11 @@ import re
 
 from aiohttp import web
 
-from proxy.logs import request_id_key
-
 HEADER = "X-Request-ID"
 _PLAUSIBLE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 
 
 def take_request_id(request: web.BaseRequest) -> str:
-    """The request's id, decided once and kept on the request."""
+    """The request's id (the gateway keeps it in the request's facts)."""
     offered = request.headers.get(HEADER)
-    request_id = offered if offered and _PLAUSIBLE.fullmatch(offered) else os.urandom(16).hex()
-    request[request_id_key] = request_id
-    return request_id
+    return offered if offered and _PLAUSIBLE.fullmatch(offered) else os.urandom(16).hex()
