@@ -46,7 +46,7 @@ def main() -> int:
     rounds = 2_000 if args.smoke else 100_000
     request = FakeRequest()
     facts = request[facts_key] = RequestFacts(time.perf_counter())
-    facts.connector, facts.upstream_ms = "crm", 0.84
+    facts.connector, facts.upstream_seconds = "crm", 0.00084
     facts.request_id = "7f3a0c2e9b1d4e5fa6b7c8d9e0f1a2b3"
     response = SimpleNamespace(status=200, body_length=812)
     results = {}

@@ -100,6 +100,7 @@ class AdminApi:
         """``reload``: what ``POST /reload`` runs (None: not offered)."""
         self._reload = reload
         self.prefix = config.prefix
+        self._probes = frozenset({self.prefix + "/health", self.prefix + "/ready"})
         self._token = None if config.token is None else config.token.get_secret_value().encode()
         self._connectors = runtime.connectors
         self._store = runtime.store
@@ -117,8 +118,7 @@ class AdminApi:
 
     def is_probe(self, raw_path: str) -> bool:
         """``/health`` or ``/ready`` (any query): what orchestrators poll."""
-        path = raw_path.partition("?")[0]
-        return path in (self.prefix + "/health", self.prefix + "/ready")
+        return raw_path.partition("?")[0] in self._probes
 
     def is_callback(self, path: str) -> bool:
         """The provider sends the browser here from its own site: a cross-site request by

@@ -46,7 +46,7 @@ class RequestFacts:
         "request_id",
         "retries",
         "started",
-        "upstream_ms",
+        "upstream_seconds",
     )
 
     def __init__(self, started: float) -> None:
@@ -57,7 +57,8 @@ class RequestFacts:
         self.connector: str | None = None
         self.client: str | None = None
         """The calling client's name (the ``clients.api_keys`` entry its key matched)."""
-        self.upstream_ms: float | None = None
+        self.upstream_seconds: float | None = None
+        """How long the upstream took to answer (the last send's headers)."""
         self.retries = 0
         """Sends to the upstream after the first (retries and the re-auth replay)."""
         self.aborted = False
@@ -91,7 +92,9 @@ class AccessLogger(AbstractAccessLogger):
             # uvloop's loop.time(), which aiohttp's ``time`` is, steps in milliseconds
             time = _perf_counter() - facts.started
             connector, request_id, client = facts.connector, facts.request_id, facts.client
-            upstream_ms, retries, aborted = facts.upstream_ms, facts.retries or None, facts.aborted
+            retries, aborted = facts.retries or None, facts.aborted
+            if facts.upstream_seconds is not None:  # (rounded here, not on the hot path)
+                upstream_ms = round(facts.upstream_seconds * 1000, 2)
         duration_ms = round(time * 1000, 2)
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.1fms connector=%s id=%s%s%s%s',

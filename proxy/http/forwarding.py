@@ -149,7 +149,7 @@ async def _send(
         raise upstream_error(exc, connector, source) from None
     elapsed = time.perf_counter() - started
     METRICS.upstream_seconds[connector.name].observe(elapsed)
-    facts.upstream_ms = round(elapsed * 1000, 2)
+    facts.upstream_seconds = elapsed
     return upstream
 
 
