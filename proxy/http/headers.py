@@ -53,10 +53,19 @@ REQUEST_DROPPED: frozenset[str] = HOP_BY_HOP | _REQUEST_OWNED
 RESPONSE_DROPPED: frozenset[str] = HOP_BY_HOP | frozenset({hdrs.CONTENT_LENGTH.lower()})
 
 
-def _nominated(headers: CIMultiDictProxy[str]) -> set[str]:
+# What nearly every ``Connection`` header says, parsed once (see _nominated).
+_PLAIN_CONNECTION = {value: frozenset({value}) for value in ("keep-alive", "close")}
+
+
+def _nominated(headers: CIMultiDictProxy[str]) -> set[str] | frozenset[str]:
     """Header names listed in every ``Connection`` header, lower-cased."""
+    values = headers.getall(hdrs.CONNECTION, ())
+    if len(values) == 1:  # the usual single keep-alive or close: no list to parse
+        plain = _PLAIN_CONNECTION.get(values[0].lower())
+        if plain is not None:
+            return plain
     names: set[str] = set()
-    for value in headers.getall(hdrs.CONNECTION, ()):
+    for value in values:
         names.update(token.strip().lower() for token in value.split(",") if token.strip())
     return names
 
