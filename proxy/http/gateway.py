@@ -154,9 +154,10 @@ class Gateway:
             return response
 
     async def _handle(self, request: web.BaseRequest, facts: RequestFacts) -> web.StreamResponse:
+        method, raw_path = request.method, request.raw_path  # (properties: read once)
         if request.version not in (HttpVersion11, HttpVersion10):
             raise BadRequestError("only HTTP/1.0 and HTTP/1.1 are supported")
-        check_method(request.method)
+        check_method(method)
         header_bytes = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
         if header_bytes > self.max_header_bytes:
             raise HeadersTooLargeError(
@@ -166,7 +167,7 @@ class Gateway:
         # they show no connector detail. Everything else, admin included, is guarded.
         protocol = request.protocol
         tunnel = getattr(protocol, "tunnel_host", None)
-        probe = self.admin.is_probe(request.raw_path) and self.access.peer_is_loopback(request)
+        probe = self.admin.is_probe(raw_path) and self.access.peer_is_loopback(request)
         if not probe:
             self.access.check_peer(request)
             # Inside a tunnel, the CONNECT carried the key: its client is the tunnel's.
@@ -175,13 +176,13 @@ class Gateway:
             else:
                 client = getattr(protocol, "tunnel_client", None)
             facts.client = client
-        if request.method == hdrs.METH_CONNECT:
+        if method == hdrs.METH_CONNECT:
             return await self._connect(request, facts, inside=tunnel is not None)
-        if request.method == hdrs.METH_TRACE:
+        if method == hdrs.METH_TRACE:
             # TRACE would echo the injected credential back to the client.
             raise MethodNotAllowedError("TRACE is not forwarded")
 
-        target = parse_target(request.raw_path)
+        target = parse_target(raw_path)
         if target.authority is None:
             self.browsers.check_host(request)  # absolute form: the authority routes instead
         if tunnel is not None:
