@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -153,7 +154,12 @@ class Gateway:
             response.headers[REQUEST_ID] = request_id
             return response
 
-    async def _handle(self, request: web.BaseRequest, facts: RequestFacts) -> web.StreamResponse:
+    def _handle(
+        self, request: web.BaseRequest, facts: RequestFacts
+    ) -> Awaitable[web.StreamResponse]:
+        """Check and route ``request``; the answer to await. (It and :meth:`_forward` are
+        plain functions handing on a coroutine: one of their own each, per request, bought
+        nothing. What they raise, they raise when called, inside :meth:`_answer`'s ``try``.)"""
         method, raw_path = request.method, request.raw_path  # (properties: read once)
         if request.version not in (HttpVersion11, HttpVersion10):
             raise BadRequestError("only HTTP/1.0 and HTTP/1.1 are supported")
@@ -177,7 +183,7 @@ class Gateway:
                 client = getattr(protocol, "tunnel_client", None)
             facts.client = client
         if method == hdrs.METH_CONNECT:
-            return await self._connect(request, facts, inside=tunnel is not None)
+            return self._connect(request, facts, inside=tunnel is not None)
         if method == hdrs.METH_TRACE:
             # TRACE would echo the injected credential back to the client.
             raise MethodNotAllowedError("TRACE is not forwarded")
@@ -186,26 +192,26 @@ class Gateway:
         if target.authority is None:
             self.browsers.check_host(request)  # absolute form: the authority routes instead
         if tunnel is not None:
-            return await self._in_tunnel(request, facts, target, tunnel)
+            return self._in_tunnel(request, facts, target, tunnel)
         if target.authority is None and self.admin.owns(target.path):
             self.browsers.check_cross_site(request, allowed=self.admin.is_callback(target.path))
-            return await self.admin.handle(request, target.path)
+            return self.admin.handle(request, target.path)
 
         match = self.runtime.route(target, request.headers.get(hdrs.HOST))
-        return await self._forward(request, facts, match, target)
+        return self._forward(request, facts, match, target)
 
-    async def _forward(
+    def _forward(
         self,
         request: web.BaseRequest,
         facts: RequestFacts,
         match: Match[Connector] | None,
         target: Target,
-    ) -> web.StreamResponse:
+    ) -> Awaitable[web.StreamResponse]:
         if match is None:
             raise RouteNotFoundError("no connector matches this request")
         facts.connector = match.target.name
         self.browsers.check_cross_site(request, allowed=match.target.config.allow_browser)
-        return await forward(request, facts, match.target, match.rest, target.query)
+        return forward(request, facts, match.target, match.rest, target.query)
 
     async def _connect(
         self, request: web.BaseRequest, facts: RequestFacts, *, inside: bool

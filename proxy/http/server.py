@@ -236,9 +236,11 @@ class ProxyServer:
         assert isinstance(self._http, _ProxyHTTPServer)
         return self._http.handler()
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _dispatch(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        """The gateway of the config in force answers (a plain function handing on the
+        gateway's coroutine: a coroutine of its own per request bought nothing)."""
         assert self._generation is not None
-        return await self._generation.gateway(request)
+        return self._generation.gateway(request)
 
     async def reload(self) -> ReloadOutcome:
         """Read the config again and put it in force (module :mod:`proxy.http.reload`); a
