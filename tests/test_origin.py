@@ -56,6 +56,21 @@ async def test_host_must_name_this_proxy(
     assert len(upstream.requests) == (1 if expected == 200 else 0)
 
 
+async def test_a_remembered_host_verdict_never_lets_another_host_through(
+    proxy_port: int, upstream: RecordingUpstream
+) -> None:
+    """Accepted Host values are remembered verbatim, a bounded number of them; a refused one
+    is refused again, and a flood of accepted IP literals leaves later names checked."""
+    for _ in range(2):
+        assert await status(proxy_port, "/api/x", Host="attacker.example") == 421
+        assert await status(proxy_port, "/api/x", Host="localhost") == 200
+    for last in range(100):  # more distinct accepted values than are remembered
+        assert await status(proxy_port, "/api/x", Host=f"10.0.0.{last}") == 200
+    assert await status(proxy_port, "/api/x", Host="LOCALHOST ") == 200
+    assert await status(proxy_port, "/api/x", Host="attacker.example:80") == 421
+    assert len(upstream.requests) == 103
+
+
 @pytest.mark.parametrize(
     ("path", "headers", "expected"),
     [

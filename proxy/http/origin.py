@@ -30,6 +30,10 @@ from proxy.errors import BadRequestError, ForbiddenError, MisdirectedRequestErro
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?")
 
 
+_ACCEPTED_MAX = 64
+"""Accepted ``Host`` values remembered (a client sending ever new ones is checked in full)."""
+
+
 def _hostname(host: str) -> str:
     """``Host`` without its port, lower-cased; IPv6 literals keep their brackets."""
     host = host.strip().lower()
@@ -57,15 +61,21 @@ class BrowserGuard:
                 names.add((URL(redirect_uri).host or "").lower())
         self._names = frozenset(names)
         self._origins = frozenset(listen.allowed_origins)
+        self._accepted: set[str] = set()
+        """``Host`` values that passed :meth:`check_host`, verbatim (at most
+        :data:`_ACCEPTED_MAX`): clients send the same one or two on every request, and the
+        verdict depends on nothing else."""
 
     def check_host(self, request: web.BaseRequest) -> None:
         host = request.headers.get(hdrs.HOST)
-        if host is None:
-            return  # HTTP/1.0 without Host: not a browser
+        if host is None or host in self._accepted:
+            return  # HTTP/1.0 without Host (not a browser), or a value seen and accepted
         if not _HOST.fullmatch(host.strip()):
             raise BadRequestError("malformed Host header")
         name = _hostname(host)
         if name in self._names or _is_ip_literal(name):
+            if len(self._accepted) < _ACCEPTED_MAX:
+                self._accepted.add(host)
             return
         raise MisdirectedRequestError(
             "this proxy does not serve that Host; add it to listen.allowed_hosts if it should"
