@@ -215,9 +215,10 @@ def log_format(requested: str | None) -> str:
 
 def configure_logging(level: str = "info", fmt: str | None = "text") -> None:
     """``fmt``: ``text``, ``json``, or None to choose (:func:`log_format`)."""
-    # Neither format shows the caller's file and line: not looking them up for every
-    # record (a stack walk) is a quarter of an access line's cost.
+    # Neither format shows the caller's file and line (a stack walk per record, a quarter
+    # of an access line's cost), nor its thread or process (each looked up per record).
     logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if log_format(fmt) == "json":
         handler.setFormatter(JsonFormatter())
