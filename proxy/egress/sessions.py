@@ -60,7 +60,7 @@ class Egress:
         return self.session
 
     def read_deadline(self) -> ReadDeadline:
-        """A deadline for the answer of one request (``async with``)."""
+        """A deadline for the answer of one request (``with`` it, in the request's task)."""
         return self.deadlines.deadline(self.read_timeout)
 
 

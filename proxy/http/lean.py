@@ -197,7 +197,9 @@ class LeanConnection(BaseProtocol):
             payload,
             cast(RequestHandler, self),  # it reads ssl_context, peername, sockname, transport
             StreamWriter(self, loop),
-            cast("asyncio.Task[None]", self._answering),  # this coroutine's: set by _take
+            # This coroutine's task: _take set it before the task first ran (tasks start on
+            # the loop's next turn; nothing here installs an eager task factory).
+            cast("asyncio.Task[None]", self._answering),
             loop,
         )
         keep = False
