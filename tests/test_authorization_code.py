@@ -360,23 +360,45 @@ async def test_authorize_from_a_terminal(
     )  # fmt: skip
     assert process.stdout is not None and process.stdin is not None
     lines: list[str] = []
-    async with asyncio.timeout(20):
-        while not (lines and lines[-1].startswith("Waiting for")):
-            lines.append((await process.stdout.readline()).decode().strip())
-        url = next(line for line in lines if line.startswith(f"{idp.url}/authorize"))
-        provider = await browser.open(url)
-        assert provider.location is not None and provider.location.startswith(redirect_uri)
-        if answer_by == "listener":
-            assert f"redirect to {redirect_uri}" in lines[-1]
-            # A reload racing the first answer: both pages come at once, one redeem.
-            pages = await asyncio.gather(*(browser.open(provider.location) for _ in range(2)))
-            texts = sorted(page.text for page in pages)
-            assert "Authorization received" in texts[0] and "over already" in texts[1]
-        else:
-            process.stdin.write(b"not a url\n" + provider.location.encode() + b"\n")
-            await process.stdin.drain()
-        rest = (await process.stdout.read()).decode()
-        assert await process.wait() == 0, "\n".join(lines) + rest
+    try:
+        async with asyncio.timeout(20):
+            while not (lines and lines[-1].startswith("Waiting for")):
+                lines.append((await process.stdout.readline()).decode().strip())
+            url = next(line for line in lines if line.startswith(f"{idp.url}/authorize"))
+            provider = await browser.open(url)
+            assert provider.location is not None and provider.location.startswith(redirect_uri)
+            if answer_by == "listener":
+                assert f"redirect to {redirect_uri}" in lines[-1]
+                # A reload racing the first answer: both pages come at once, one redeem. Both
+                # connections are open before either asks (the listener ends with the first
+                # answer, so a second connect this process got to late would be refused).
+                callback = URL(provider.location)
+                assert callback.host is not None and callback.port is not None
+                try:
+                    tabs = [
+                        await asyncio.open_connection(callback.host, callback.port) for _ in "ab"
+                    ]
+                except OSError as exc:  # the listener is gone: show what the command said
+                    process.kill()
+                    said = "\n".join(lines) + (await process.stdout.read()).decode()
+                    raise AssertionError(f"the listener refused ({exc}):\n{said}") from exc
+                ask = f"GET {callback.raw_path_qs} HTTP/1.1\r\nHost: {callback.raw_authority}\r\n"
+                for _, writer in tabs:
+                    writer.write(f"{ask}Connection: close\r\n\r\n".encode())
+                texts = [(await reader.read()).decode() for reader, _ in tabs]
+                for _, writer in tabs:
+                    writer.close()
+                assert sorted("Authorization received" in text for text in texts) == [False, True]
+                assert sorted("over already" in text for text in texts) == [False, True]
+            else:
+                process.stdin.write(b"not a url\n" + provider.location.encode() + b"\n")
+                await process.stdin.drain()
+            rest = (await process.stdout.read()).decode()
+            assert await process.wait() == 0, "\n".join(lines) + rest
+    finally:  # a failure here must not leave the process (and its pipes) to the next test
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert f"api: authorized as {ACCOUNT}; the refresh token is kept in the token store" in rest
     if answer_by == "paste":
         assert "that is not the address the provider redirected to" in rest
