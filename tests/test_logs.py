@@ -51,6 +51,7 @@ async def test_json_lines_carry_the_request_fields_and_the_request_id(
     assert first["path"] == "/api/x" and first["status"] == 200  # no query string
     assert first["client"] == "127.0.0.1" and first["bytes"] > 0
     assert first["duration_ms"] >= first["upstream_ms"] > 0
+    assert round(first["upstream_ms"], 2) == first["upstream_ms"]  # milliseconds, 2 places
     assert access[made]["status"] == 404 and access[made].get("connector") is None
     assert upstream.header_values("X-Request-ID", 0) == ["abc-123"]  # forwarded upstream
     assert upstream.header_values("X-Request-ID", 1) == [replaced]

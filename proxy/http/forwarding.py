@@ -35,7 +35,7 @@ from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, Upstre
 from proxy.http.body import RequestBody
 from proxy.http.headers import REQUEST_DROPPED, RESPONSE_DROPPED, filter_headers
 from proxy.http.requestid import HEADER as REQUEST_ID
-from proxy.logs import RequestFacts, facts_key
+from proxy.logs import RequestFacts
 from proxy.metrics.registry import METRICS
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ async def _relay(
             connector.name,
             type(exc).__name__,
         )
-        abort_client(request)
+        abort_client(request, facts)
         return response
     await response.write_eof()
     return response
@@ -214,12 +214,12 @@ async def _copy_body(upstream: Answer, response: web.StreamResponse, idle: ReadD
             await response.write(chunk)
 
 
-def abort_client(request: web.BaseRequest) -> None:
+def abort_client(request: web.BaseRequest, facts: RequestFacts) -> None:
     """Close the client connection at once: no terminating chunk, no further requests.
 
     aiohttp then fails to write the end of the response and just logs the access line.
     """
-    request[facts_key].aborted = True
+    facts.aborted = True
     transport = request.transport
     if transport is not None:
         transport.abort()

@@ -148,7 +148,7 @@ class Gateway:
             # No traceback: frames of the forwarding path hold headers with the credential.
             logger.error("internal error handling a request: %s", type(exc).__name__)
             if request.writer.output_size > 0:
-                abort_client(request)  # a response is half-sent: it must not look complete
+                abort_client(request, facts)  # a response is half-sent: it must not look complete
             internal = ProxyError("internal error", connector=facts.connector)
             response = error_response(internal)
             response.headers[REQUEST_ID] = request_id
