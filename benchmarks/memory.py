@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import REPO, free_port, tokenproxy
@@ -106,8 +107,8 @@ def groups(modules: list[str]) -> list[tuple[str, list[str]]]:
     def top(module: str) -> str:
         return module.split(".", 1)[0]
 
-    def pick(test: object) -> list[str]:
-        return [m for m in modules if test(top(m))]  # type: ignore[operator]
+    def pick(test: Callable[[str], bool]) -> list[str]:
+        return [m for m in modules if test(top(m))]
 
     return [
         ("+ the standard library (asyncio, ssl...)", pick(lambda t: t in stdlib)),
