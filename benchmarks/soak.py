@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from proxy.config.loader import validate
 from proxy.config.models import Settings
 from proxy.http.server import ProxyServer
 
@@ -101,7 +102,8 @@ async def main(seconds: float, clients: int) -> bool:
     _, fds_before = process_figures()
     idp, idp_url = await serve(faulty_idp)
     upstream, upstream_url = await serve(faulty_upstream)
-    settings = Settings.model_validate(
+    settings = validate(
+        Settings,
         {
             "listen": {"host": "127.0.0.1", "port": 0},
             "server": {"access_log": False},
@@ -126,7 +128,7 @@ async def main(seconds: float, clients: int) -> bool:
                     "auth": {"type": "static", "token": "static-token"},
                 },
             },
-        }
+        },
     )
     proxy = ProxyServer(settings)
     await proxy.start()

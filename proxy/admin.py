@@ -10,6 +10,7 @@ for ``/health`` and ``/ready`` from loopback.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import re
@@ -19,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import hdrs, web
-from pydantic import SecretStr
 from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
+from proxy.config.base import SecretStr
 from proxy.config.models import AdminConfig, AuthConfig
 from proxy.connectors import Connector
 from proxy.consent.web import CONSENT_PATH, ConsentEndpoints
@@ -81,7 +82,7 @@ def describe_connector(connector: Connector) -> dict[str, Any]:
         "hosts": list(config.hosts),
         "upstream": config.upstream,
         "auth": _describe_auth(config.auth),
-        "timeouts": config.timeouts.model_dump(),
+        "timeouts": dataclasses.asdict(config.timeouts),
         "tls": describe_tls(config.tls),
         **(
             {"token_tls": describe_tls(auth_tls)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import getpass
 import logging
@@ -257,7 +258,7 @@ def _one_connector(args: argparse.Namespace) -> tuple[ConnectorConfig, Plan] | i
         print(f"tokenproxy: no client {client!r} in clients.api_keys ({known})", file=sys.stderr)
         return 1
     needed = _with_subjects(loaded.settings.connectors, args.name)
-    plan = _build(loaded.settings.model_copy(update={"connectors": needed}))
+    plan = _build(dataclasses.replace(loaded.settings, connectors=needed))
     if isinstance(plan, ConfigError):
         _print_problems(path, plan)
         return 1

@@ -21,8 +21,8 @@ import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpRawServer
 
-from proxy.config.loader import load_settings
-from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.config.loader import load_settings, validate
+from proxy.config.oauth2 import OAuth2Auth, OAuth2AuthConfig
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from proxy.http.server import ProxyServer
 from proxy.logs import install_filters
@@ -131,7 +131,7 @@ def oauth2_auth_config(**fields: Any) -> OAuth2AuthConfig:
         "client_secret": "secret",
         **fields,
     }
-    return OAuth2AuthConfig.model_validate(settings)
+    return validate(OAuth2Auth, settings)
 
 
 StartOAuth2 = Callable[..., Awaitable[RunningProxy]]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.config.loader import load_settings
+from proxy.config.loader import environment_overrides, load_settings
 from proxy.errors import ConfigError
 from tests.conftest import check_config
 
@@ -55,6 +55,46 @@ def test_environment_overrides_nested_fields(
     assert settings.listen.port == 9123
     assert settings.connectors["crm"].timeouts.read == 5
     assert settings.connectors["crm"].auth.token.get_secret_value() == "from-env"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"TOKENPROXY_LISTEN__PORT": "9123"}, {"listen": {"port": "9123"}}),
+        # JSON where the config wants a list, a map or a block...
+        (
+            {"TOKENPROXY_CONNECTORS__CRM__HOSTS": '["a.example"]'},
+            {"connectors": {"crm": {"hosts": ["a.example"]}}},
+        ),
+        (
+            {"TOKENPROXY_CLIENTS": '{"allow_cidrs": ["10.0.0.0/8"]}'},
+            {"clients": {"allow_cidrs": ["10.0.0.0/8"]}},
+        ),
+        (
+            {"TOKENPROXY_CONNECTORS__CRM__AUTH__SCOPES": '["a", "b"]'},
+            {"connectors": {"crm": {"auth": {"scopes": ["a", "b"]}}}},
+        ),
+        # ... never where it wants a string: a token that looks like JSON stays one.
+        (
+            {"TOKENPROXY_CONNECTORS__CRM__AUTH__TOKEN": '["x"]'},
+            {"connectors": {"crm": {"auth": {"token": '["x"]'}}}},
+        ),
+        (
+            {"TOKENPROXY_CONNECTORS__CRM__PER_CLIENT__B__SCOPES": "a b"},
+            {"connectors": {"crm": {"per_client": {"b": {"scopes": "a b"}}}}},
+        ),
+        # Names are read case-insensitively; below a config key, a misspelt key goes on to
+        # be refused as unknown; what is not a config key is not read.
+        ({"tokenproxy_state_dir": "/s"}, {"state_dir": "/s"}),
+        ({"TOKENPROXY_LISTEN__PORTT": "1"}, {"listen": {"portt": "1"}}),
+        ({"TOKENPROXY_CONFIG": "/x", "TOKENPROXY_MASTER_KEY": "k", "OTHER_LISTEN__PORT": "1"}, {}),
+    ],
+)
+def test_environment_variables_as_config(
+    variables: dict[str, str], expected: dict[str, Any]
+) -> None:
+    """As pydantic-settings read them (nested delimiter ``__``), which earlier releases used."""
+    assert environment_overrides(variables) == expected
 
 
 def test_command_line_overrides_beat_the_environment(

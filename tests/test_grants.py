@@ -11,6 +11,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config.custom import CustomAuthConfig
+from proxy.config.loader import validate
 from proxy.errors import TokenEndpointError
 from proxy.tokens.custom import CustomGrant
 from proxy.tokens.endpoint import TokenResponse
@@ -115,7 +116,7 @@ def test_refresh_tokens_are_read_apart_and_never_raise(
 
 def custom(**fields: Any) -> CustomGrant:
     settings = {"type": "custom", "token_request": {"url": "https://idp.example/t"}, **fields}
-    return CustomGrant(CustomAuthConfig.model_validate(settings), "api")
+    return CustomGrant(validate(CustomAuthConfig, settings), "api")
 
 
 def read_custom_expiry(expires_type: str, value: Any) -> float:

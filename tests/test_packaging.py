@@ -25,7 +25,7 @@ def test_every_package_directory_has_an_init() -> None:
 # without paying aiohttp's and pydantic's import once per module (it took 30 s).
 _IMPORT_EACH = """
 import importlib, os, sys, traceback
-for library in ("aiohttp.web", "pydantic", "pydantic_settings", "yaml", "orjson", "uvloop",
+for library in ("aiohttp.web", "pydantic", "yaml", "orjson", "uvloop",
                 "prometheus_client", "redis.asyncio", "cryptography.x509", "jwt", "multidict"):
     try:
         importlib.import_module(library)

@@ -19,7 +19,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from proxy.config.loader import load_settings
+from proxy.config.loader import load_settings, validate
 from proxy.config.tls import TLSConfig
 from proxy.demo.echo import echo
 from proxy.egress.tls import client_ssl_context
@@ -575,7 +575,7 @@ def test_client_keys_touch_disk_only_encrypted_and_briefly(
 
     monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", spy)
     identity = client_identity(ca, tmp_path / "..", "p12")
-    client_ssl_context(TLSConfig.model_validate(identity), "tls")
+    client_ssl_context(validate(TLSConfig, identity), "tls")
     ((folder_mode, file_mode, written),) = seen
     assert (folder_mode, file_mode) == (0o700, 0o600)
     assert written.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.config.custom import CustomAuthConfig
+from proxy.config.loader import validate
 from proxy.errors import TokenEndpointError
 from proxy.tokens.custom import CustomGrant
 from proxy.tokens.endpoint import TokenRequest
@@ -149,7 +150,8 @@ async def test_a_custom_answer_unusable_otherwise_keeps_its_refresh_token() -> N
     clock = SteppedClock()
     endpoint = FakeTokenEndpoint(clock)
     endpoint.script.append((200, {"data": {"token": "a1", "rt": "rt-1"}, "ttl": "soon"}))
-    config = CustomAuthConfig.model_validate(
+    config = validate(
+        CustomAuthConfig,
         {
             "type": "custom",
             "token_request": {"url": "https://idp.example/login", "body": {"u": "{{username}}"}},
@@ -163,7 +165,7 @@ async def test_a_custom_answer_unusable_otherwise_keeps_its_refresh_token() -> N
             "access_token_path": "data.token",
             "refresh_token_path": "data.rt",
             "expires_path": "ttl",
-        }
+        },
     )
     tokens = TokenManager("api", config, CustomGrant(config, "api"), endpoint, clock=clock)
     with pytest.raises(TokenEndpointError):

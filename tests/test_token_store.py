@@ -5,6 +5,7 @@ used twice, as certified ones do."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import stat
@@ -14,10 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.config.oauth2 import OAuth2AuthConfig
+from proxy.config.loader import validate
+from proxy.config.models import Auth
+from proxy.config.oauth2 import OAuth2Auth
 from proxy.secrets.envelope import KEY_ENV, MasterKeys, generate_key
 from proxy.store.files import FileStore
-from proxy.store.records import TokenRecord, token_key
+from proxy.store.records import TokenRecord, token_key, token_material
 from tests.conftest import StartProxy, WriteConfig, http_status, oauth2_connector
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 from tests.test_cli import running
@@ -194,10 +197,64 @@ def test_a_token_is_keyed_by_what_defines_it(change: dict[str, Any], same: bool)
         "scopes": ["read"],
     }
     keys = MasterKeys(bytes(32))
-    key = token_key("api", OAuth2AuthConfig.model_validate(base), keys)
-    changed = OAuth2AuthConfig.model_validate({**base, **change})
+    key = token_key("api", validate(OAuth2Auth, base), keys)
+    changed = validate(OAuth2Auth, {**base, **change})
     assert (token_key("api", changed, keys) == key) is same
     assert token_key("other", changed, keys) != token_key("api", changed, keys)
+
+
+# What names the stored tokens of these auth blocks, as the release before config blocks
+# were dataclasses computed it (pydantic models): a refresh token stored then must be found.
+_MATERIAL_OF_EARLIER_RELEASES = [
+    (
+        {
+            "type": "custom",
+            "token_request": {
+                "url": "https://idp.example.com/t",
+                "query": {"q": "{{client_id}}"},
+                "headers": {"H": "v"},
+                "body": {"a": "{{client_id}}", "n": {"d": 1}},
+                "body_format": "json",
+            },
+            "refresh_request": {
+                "url": "https://idp.example.com/r",
+                "access_token_path": "$.data.tok",
+            },
+            "access_token_path": "data.token",
+            "expires_path": "$.exp",
+            "expires_type": "epoch_seconds",
+            "client_id": "zz",
+            "refresh_margin": 10,
+        },
+        "x",
+        "9f6acef8a7c15bbe5339bc3bf8e2a959520390bcac33eaa932a6e66c7fb04371",
+    ),
+    (
+        {
+            "type": "oauth2",
+            "grant": "jwt_bearer",
+            "token_url": "https://idp.example.com/token",
+            "assertion": {
+                "issuer": "me",
+                "private_key": "PEMKEY",
+                "claims": {"scope": "z", "n": 2},
+                "lifetime": 100,
+            },
+        },
+        "jb",
+        "61c48f4704ae76e1084918ba643f151d20899760aa7b8d5ae753d21aadc0d325",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("auth", "connector", "digest"), _MATERIAL_OF_EARLIER_RELEASES, ids=["custom", "jwt_bearer"]
+)
+def test_stored_tokens_keep_their_names_across_releases(
+    auth: dict[str, Any], connector: str, digest: str
+) -> None:
+    material = token_material(connector, validate(Auth, auth))
+    assert hashlib.sha256(material).hexdigest() == digest, material
 
 
 async def test_a_used_seed_is_never_sent_again_after_the_grant_is_lost(

@@ -6,31 +6,26 @@ token-issuing types of :mod:`proxy.config.oauth2`) in one tagged union.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
-
-from proxy.config.base import FieldValue, HeaderName, StrictModel
+from proxy.config.base import Check, FieldValue, HeaderName, Rules, SecretStr, block
 
 
-class NoneAuthConfig(StrictModel):
+@block
+class NoneAuthConfig:
     """Pass-through: the proxy adds no credential."""
 
     type: Literal["none"]
 
 
-class InjectedAuthConfig(StrictModel):
+@block
+class InjectedAuthConfig:
     """Where and how a credential goes into the upstream request."""
 
-    header: HeaderName = Field("Authorization", description="header that carries the credential")
-    token_prefix: FieldValue = Field(
-        "Bearer", description='put before the token with one space; "" sends the raw token'
-    )
-    query_param: str | None = Field(
-        None,
-        min_length=1,
-        description="send the raw token as this query parameter instead of a header",
-    )
+    header: HeaderName = "Authorization"  # the header that carries the credential
+    token_prefix: FieldValue = "Bearer"  # put before the token with one space; "": raw
+    # Send the raw token as this query parameter instead of a header.
+    query_param: Annotated[str, Rules(min_length=1)] | None = None
 
 
 def _secret_field_value(value: SecretStr) -> SecretStr:
@@ -43,26 +38,25 @@ def _secret_field_value(value: SecretStr) -> SecretStr:
     return value
 
 
+@block
 class StaticAuthConfig(InjectedAuthConfig):
     """A fixed token or API key."""
 
     type: Literal["static"]
-    token: SecretStr
-
-    _check_token = field_validator("token")(_secret_field_value)
+    token: Annotated[SecretStr, Check(_secret_field_value)]
 
 
+def _no_colon(value: str) -> str:
+    if ":" in value:
+        raise ValueError("must not contain ':' (RFC 7617 §2)")
+    return value
+
+
+@block
 class BasicAuthConfig(InjectedAuthConfig):
     """HTTP Basic (RFC 7617): ``username:password``, base64-encoded, prefix ``Basic``."""
 
     type: Literal["basic"]
     token_prefix: FieldValue = "Basic"
-    username: str
+    username: Annotated[str, Check(_no_colon)]
     password: SecretStr
-
-    @field_validator("username")
-    @classmethod
-    def _no_colon(cls, value: str) -> str:
-        if ":" in value:
-            raise ValueError("must not contain ':' (RFC 7617 §2)")
-        return value

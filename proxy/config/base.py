@@ -1,12 +1,23 @@
-"""The strict base model and the small validated value types shared by the config models."""
+"""The config blocks' shared parts: the strict block, secrets, and the validated value types.
+
+Config blocks are plain frozen dataclasses, and this module, like every block's module,
+imports no pydantic: a serving worker holds its config without loading the validator
+(about 11 MB of RSS). pydantic validates into these dataclasses where a config is loaded
+(:mod:`proxy.config.loader`); what it should check is said by metadata in the fields'
+``Annotated`` types (:class:`Check`, :class:`Before`, :class:`Rules`, :class:`Like`), which
+turn into pydantic's own validators only when a validator is built. Rules relating fields
+of one block are its ``__post_init__``, which validation runs and unpickling does not.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Generic, TypeVar, dataclass_transform
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+T = TypeVar("T")
 
 # RFC 9110 §5.6.2 token characters: what a header field name may be made of.
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -17,10 +28,129 @@ _HOST_RE = re.compile(
 )
 
 
-class StrictModel(BaseModel):
-    """Every config block: unknown keys are errors, and a loaded config never changes."""
+@dataclass_transform(
+    frozen_default=True, kw_only_default=True, field_specifiers=(dataclasses.field,)
+)
+def block(cls: type[T]) -> type[T]:
+    """A config block: a frozen, keyword-only dataclass whose unknown keys are errors."""
+    cls.__pydantic_config__ = {"extra": "forbid"}  # type: ignore[attr-defined]
+    return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Secret(Generic[T]):
+    """A configured secret: its value only by :meth:`get_secret_value`, masked everywhere
+    else (``repr``, ``str``, f-strings, tracebacks' locals)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> T:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> tuple[type[Secret[T]], tuple[T]]:
+        return (type(self), (self._value,))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        args = getattr(source, "__args__", ())
+        inner = handler.generate_schema(args[0]) if args else core_schema.str_schema()
+        return core_schema.no_info_before_validator_function(
+            lambda value: value.get_secret_value() if isinstance(value, Secret) else value,
+            core_schema.no_info_after_validator_function(cls, inner),
+        )
+
+
+SecretStr = Secret[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """Field metadata: ``function(value)`` after the type's own validation; it returns the
+    value kept, or raises ``ValueError`` with a message that never quotes a secret."""
+
+    function: Callable[[Any], Any]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(self.function, handler(source))
+
+
+@dataclasses.dataclass(frozen=True)
+class Before:
+    """Field metadata: ``function(raw)`` before the type's validation (reshaping input)."""
+
+    function: Callable[[Any], Any]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_before_validator_function(self.function, handler(source))
+
+
+class Rules:
+    """Field metadata: constraints in ``pydantic.Field``'s words (``ge``, ``le``, ``gt``,
+    ``min_length``, ``discriminator``), checked by pydantic with its own messages, after
+    the metadata before them (annotated-types' grouped metadata, which pydantic expands)."""
+
+    __is_annotated_types_grouped_metadata__ = True
+
+    def __init__(self, **constraints: Any) -> None:
+        self.constraints = constraints
+
+    def __iter__(self) -> Iterator[Any]:
+        from pydantic import Field
+
+        yield Field(**self.constraints)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settle:
+    """Type metadata of a block: ``function(block, keys)`` once the block is made, with the
+    keys its input gave. For rules about what was written rather than what the block holds
+    (a default is not a choice); returns the block kept, or raises ``ValueError``."""
+
+    function: Callable[[Any, frozenset[str]], Any]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        def settle(data: Any, validate: Callable[[Any], Any]) -> Any:
+            keys = frozenset(data) if isinstance(data, dict) else frozenset()
+            return self.function(validate(data), keys)
+
+        return core_schema.no_info_wrap_validator_function(settle, handler(source))
+
+
+@dataclasses.dataclass(frozen=True)
+class Like:
+    """Field metadata: validate as pydantic's type ``name`` (``ByteSize``, ``IPvAnyNetwork``)
+    and keep what it makes, as an ``int`` where it is one."""
+
+    name: str
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        import pydantic
+        from pydantic_core import core_schema
+
+        kind = getattr(pydantic, self.name)
+        plain = int if issubclass(kind, int) else (lambda value: value)
+        return core_schema.no_info_after_validator_function(plain, handler.generate_schema(kind))
 
 
 def is_loopback_host(host: str) -> bool:
@@ -75,8 +205,10 @@ def _origin(value: str) -> str:
     return f"{scheme}://{authority}"
 
 
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-OriginValue = Annotated[str, AfterValidator(_origin)]
-FieldValue = Annotated[str, AfterValidator(_field_value)]
-RoutePrefix = Annotated[str, AfterValidator(_route_prefix)]
-HostName = Annotated[str, AfterValidator(_host_name)]
+HeaderName = Annotated[str, Check(_header_name)]
+OriginValue = Annotated[str, Check(_origin)]
+FieldValue = Annotated[str, Check(_field_value)]
+RoutePrefix = Annotated[str, Check(_route_prefix)]
+HostName = Annotated[str, Check(_host_name)]
+ByteSize = Annotated[int, Like("ByteSize")]
+"""A size in bytes, written as a number or with a unit (``64KiB``, ``100MiB``)."""

@@ -8,13 +8,13 @@ from the JSON answer by path (:mod:`proxy.config.paths`), or the token from a he
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import Field, Secret, SecretStr, field_validator, model_validator
 
-from proxy.config.base import HeaderName, StrictModel
-from proxy.config.oauth2 import TokenLifecycleConfig, json_object, token_endpoint_url
+from proxy.config.base import Before, HeaderName, Secret, SecretStr, block
+from proxy.config.oauth2 import EndpointURL, TokenLifecycleConfig, json_object
 from proxy.config.paths import JsonPathField, parse_path
 from proxy.config.templates import NAMES, placeholders
 
@@ -29,33 +29,30 @@ def _json_or_value(value: Any) -> Any:
     return value
 
 
-class TokenRequestConfig(StrictModel):
+def _body(value: Any) -> Any:
+    value = _json_or_value(value)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError("must be a mapping, or a JSON object as a string")
+    return value
+
+
+Parameters = Annotated[dict[str, SecretStr], Before(json_object)]
+
+
+@block
+class TokenRequestConfig:
     """One HTTP request to a token endpoint. Values are secret: they often hold passwords."""
 
-    url: str
+    url: EndpointURL
     method: Literal["GET", "POST", "PUT"] = "POST"
-    query: dict[str, SecretStr] = Field(default_factory=dict)
-    headers: dict[HeaderName, SecretStr] = Field(default_factory=dict)
-    body: Secret[dict[str, Any]] | None = None
+    query: Parameters = dataclasses.field(default_factory=dict)
+    headers: Annotated[dict[HeaderName, SecretStr], Before(json_object)] = dataclasses.field(
+        default_factory=dict
+    )
+    body: Annotated[Secret[dict[str, Any]] | None, Before(_body)] = None
     body_format: Literal["form", "json"] = "form"
 
-    _url = field_validator("url")(token_endpoint_url)
-
-    @field_validator("query", "headers", mode="before")
-    @classmethod
-    def _mapping(cls, value: Any) -> Any:
-        return json_object(value)
-
-    @field_validator("body", mode="before")
-    @classmethod
-    def _body(cls, value: Any) -> Any:
-        value = _json_or_value(value)
-        if not isinstance(value, dict):
-            raise ValueError("must be a mapping, or a JSON object as a string")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TokenRequestConfig:
+    def __post_init__(self) -> None:
         body = self.body.get_secret_value() if self.body is not None else None
         if body is not None and self.method == "GET":
             raise ValueError("a GET request cannot have a body: put the fields in 'query'")
@@ -71,9 +68,9 @@ class TokenRequestConfig(StrictModel):
                 f"unknown placeholder(s) {', '.join('{{' + n + '}}' for n in unknown)}; known: "
                 + ", ".join(sorted(NAMES))
             )
-        return self
 
 
+@block
 class RefreshRequestConfig(TokenRequestConfig):
     """The renewal request; its paths default to those of the token request."""
 
@@ -82,6 +79,7 @@ class RefreshRequestConfig(TokenRequestConfig):
     expires_path: JsonPathField | None = None
 
 
+@block
 class CustomAuthConfig(TokenLifecycleConfig):
     type: Literal["custom"]
     token_request: TokenRequestConfig
@@ -92,9 +90,7 @@ class CustomAuthConfig(TokenLifecycleConfig):
     expires_type: Literal[
         "seconds", "milliseconds", "datetime", "epoch_seconds", "epoch_milliseconds"
     ] = "seconds"
-    token_header: HeaderName | None = Field(
-        None, description="take the token from this response header instead of the body"
-    )
+    token_header: HeaderName | None = None  # take the token from this response header
     client_id: SecretStr | None = None
     client_secret: SecretStr | None = None
     username: SecretStr | None = None

@@ -9,11 +9,12 @@ and the signing key loaded, by the build step (:mod:`proxy.tokens.jwt_bearer`); 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from proxy.config.base import Check, Rules, SecretStr, block
 
-from proxy.config.base import StrictModel
+NonEmpty = Annotated[str, Rules(min_length=1)]
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 RESERVED_CLAIMS = ("iss", "sub", "aud", "iat", "exp", "jti")
@@ -35,70 +36,60 @@ EXTENSION_FIELDS_OF_GRANT = {
 """Fields only these grants read (see ``FIELDS_OF_GRANT`` in :mod:`proxy.config.oauth2`)."""
 
 
-class AssertionConfig(StrictModel):
+def _no_reserved_claims(value: dict[str, Any]) -> dict[str, Any]:
+    clashes = [name for name in RESERVED_CLAIMS if name in value]
+    if clashes:
+        raise ValueError(f"must not set {', '.join(clashes)}: the grant sets them")
+    return value
+
+
+def _not_empty(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value():
+        raise ValueError("String should have at least 1 character")
+    return value
+
+
+@block
+class AssertionConfig:
     """The JWT a ``jwt_bearer`` connector signs for every token request (RFC 7523 §3).
 
     With a ``service_account_file`` every field is optional: the file gives the issuer,
     the key, its id and the audience, and a field given here overrides the file's.
     """
 
-    issuer: str | None = Field(None, min_length=1, description="'iss': who signs")
-    subject: str | None = Field(
-        None, min_length=1, description="'sub': on whose behalf (default: issuer)"
-    )
-    audience: str | None = Field(
-        None, min_length=1, description="'aud' (default: the token endpoint URL)"
-    )
-    private_key: SecretStr | None = Field(
-        None, description="PEM key that signs (loaded and checked by the build step)"
-    )
-    key_id: str | None = Field(None, min_length=1, description="'kid' of the JWT header")
+    issuer: NonEmpty | None = None  # 'iss': who signs
+    subject: NonEmpty | None = None  # 'sub': on whose behalf (default: issuer)
+    audience: NonEmpty | None = None  # 'aud' (default: the token endpoint URL)
+    private_key: SecretStr | None = None  # PEM key that signs (loaded by the build step)
+    key_id: NonEmpty | None = None  # 'kid' of the JWT header
     signing_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
-    lifetime: int = Field(
-        300, gt=0, le=MAX_ASSERTION_LIFETIME, description="seconds from 'iat' to 'exp'"
+    lifetime: Annotated[int, Rules(gt=0, le=MAX_ASSERTION_LIFETIME)] = 300  # 'iat' to 'exp'
+    # More claims, as given.
+    claims: Annotated[dict[str, Any], Check(_no_reserved_claims)] = dataclasses.field(
+        default_factory=dict
     )
-    claims: dict[str, Any] = Field(default_factory=dict, description="more claims, as given")
-
-    @field_validator("claims")
-    @classmethod
-    def _no_reserved_claims(cls, value: dict[str, Any]) -> dict[str, Any]:
-        clashes = [name for name in RESERVED_CLAIMS if name in value]
-        if clashes:
-            raise ValueError(f"must not set {', '.join(clashes)}: the grant sets them")
-        return value
 
 
-class ExtensionGrantFields(StrictModel):
+@block
+class ExtensionGrantFields:
     """The fields of ``grant: jwt_bearer`` and ``grant: token_exchange``."""
 
-    assertion: AssertionConfig | None = Field(None, description="jwt_bearer: the JWT to sign")
-    service_account_file: SecretStr | None = Field(
-        None,
-        min_length=1,
-        description="jwt_bearer: a Google-style service-account JSON key: a file's path, or "
-        "the JSON itself (as ${VAR} or file: give it); secret either way",
-    )
-    subject_token: SecretStr | None = Field(
-        None, description="token_exchange: the token to exchange (a fixed value)"
-    )
-    subject_connector: str | None = Field(
-        None, min_length=1, description="token_exchange: exchange this connector's token"
-    )
-    subject_token_file: str | None = Field(
-        None,
-        min_length=1,
-        description="token_exchange: read the subject token from this file before each "
-        "exchange (a projected token that its platform rotates)",
-    )
-    subject_token_type: str = Field(ACCESS_TOKEN_TYPE, min_length=1)
-    actor_token: SecretStr | None = Field(None, description="token_exchange: who acts")
-    actor_token_type: str | None = Field(None, min_length=1)
-    requested_token_type: str | None = Field(
-        None, min_length=1, description="the answer's issued_token_type must be this one"
-    )
-    resource: list[str] | str | None = Field(
-        None, description="token_exchange: where the token is used (repeated parameter)"
-    )
+    assertion: AssertionConfig | None = None  # jwt_bearer: the JWT to sign
+    # jwt_bearer: a Google-style service-account JSON key: a file's path, or the JSON itself
+    # (as ${VAR} or file: give it); secret either way.
+    service_account_file: Annotated[SecretStr, Check(_not_empty)] | None = None
+    subject_token: SecretStr | None = None  # token_exchange: the token to exchange
+    subject_connector: NonEmpty | None = None  # token_exchange: this connector's token
+    # token_exchange: read the subject token from this file before each exchange (a
+    # projected token that its platform rotates).
+    subject_token_file: NonEmpty | None = None
+    subject_token_type: NonEmpty = ACCESS_TOKEN_TYPE
+    actor_token: SecretStr | None = None  # token_exchange: who acts
+    actor_token_type: NonEmpty | None = None
+    # The answer's issued_token_type must be this one.
+    requested_token_type: NonEmpty | None = None
+    # token_exchange: where the token is used (a repeated parameter).
+    resource: list[str] | str | None = None
 
     def extension_grant_problem(self, grant: str) -> str | None:
         """What ``grant`` misses or has twice, as one sentence; None when it is complete."""

@@ -7,16 +7,18 @@ errors give only line and column, validation errors are printed without their in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+import orjson
 import yaml
-from pydantic import ValidationError
-from pydantic_settings import EnvSettingsSource
+from pydantic import TypeAdapter, ValidationError
 
 from proxy.config.checks import cross_check
 from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
@@ -24,6 +26,8 @@ from proxy.config.per_client import taken_over
 from proxy.config.sources import Location, resolve_tree
 from proxy.errors import ConfigError
 from proxy.secrets.redaction import REDACTOR, secret_values
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ def _inherited(location: Location, raw: Mapping[str, Any]) -> bool:
 
 
 def _message(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return "unknown key"
     # pydantic prefixes the messages of our own validators; the path already says where.
     return str(error["msg"]).removeprefix("Value error, ")
@@ -125,11 +129,73 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _environment_overrides() -> dict[str, Any]:
-    source = EnvSettingsSource(
-        Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TOKENPROXY_A__B=value`` as ``{"a": {"b": value}}``, for the config's top-level keys,
+    names read case-insensitively. Where the config wants a block, list or map, a value
+    written as JSON is decoded (``TOKENPROXY_CONNECTORS__CRM__HOSTS='["a.example"]'``);
+    anything else is kept as written, and validation converts it."""
+    overrides: dict[str, Any] = {}
+    for name, value in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if not _kinds_at([Settings], path[:1]) or not all(path):
+            continue  # not the config's (TOKENPROXY_CONFIG, TOKENPROXY_MASTER_KEY...)
+        # A key the config does not have goes on, to be named by validation as unknown.
+        nested: Any = _json_where_wanted(value, _kinds_at([Settings], path))
+        for part in reversed(path):
+            nested = {part: nested}
+        overrides = deep_merge(overrides, nested)
+    return overrides
+
+
+def _members(kind: Any) -> list[Any]:
+    """``kind`` without ``Annotated`` and ``Optional``, a union as its members."""
+    if get_origin(kind) is Annotated:
+        return _members(get_args(kind)[0])
+    if get_origin(kind) in (Union, UnionType):
+        return [member for arg in get_args(kind) for member in _members(arg)]
+    return [kind]
+
+
+def _kinds_at(kinds: list[Any], path: list[str]) -> list[Any]:
+    """What the config wants at ``path`` below ``kinds`` (several: a union's members)."""
+    for part in path:
+        found = []
+        for kind in (member for k in kinds for member in _members(k)):
+            if dataclasses.is_dataclass(kind):
+                hints = get_type_hints(kind, include_extras=True)
+                found += [hints[part]] if part in hints else []
+            elif get_origin(kind) is dict:
+                found.append(get_args(kind)[1])
+        kinds = found
+    return kinds
+
+
+def _json_where_wanted(value: str, kinds: list[Any]) -> Any:
+    members = [member for kind in kinds for member in _members(kind)]
+    structured = any(
+        dataclasses.is_dataclass(m) or get_origin(m) in (list, dict) or m in (list, dict)
+        for m in members
     )
-    return source()
+    if structured and value.lstrip()[:1] in ("{", "["):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass  # validation says what is wrong with it, never quoting it
+    return value
+
+
+_ADAPTERS: dict[object, TypeAdapter[Any]] = {}
+"""One validator per kind, built on first use (building one takes milliseconds)."""
+
+
+def validate(kind: type[T], data: Any) -> T:
+    """``data`` validated as the config block ``kind`` (or an ``Annotated`` form of one);
+    raises pydantic's ``ValidationError``."""
+    adapter = _ADAPTERS.get(kind) or _ADAPTERS.setdefault(kind, TypeAdapter(kind))
+    result: T = adapter.validate_python(data)
+    return result
 
 
 def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,7 +216,7 @@ def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Loa
     This is data only: files named by the config (CA bundles, keys) are read and judged by
     the build step (:func:`proxy.runtime.prepare`), which ``check`` and ``run`` both run.
     """
-    raw = deep_merge(_read_yaml(path), _environment_overrides())
+    raw = deep_merge(_read_yaml(path), environment_overrides(os.environ))
     raw = deep_merge(raw, overrides or {})
     if raw.get("state_dir") is None:  # CONTRACT.md: $TOKENPROXY_STATE_DIR, else beside the file
         raw["state_dir"] = os.environ.get(STATE_DIR_ENV) or str(
@@ -166,7 +232,7 @@ def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Loa
             problems.append(f"{where}: {message}")
 
     try:
-        settings = Settings.model_validate(resolved)
+        settings = validate(Settings, resolved)
     except ValidationError as exc:
         errors = [
             (format_location(error["loc"]), _message(error))

@@ -7,14 +7,23 @@ grants of :mod:`proxy.config.grants` (JWT bearer, token exchange).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
-from proxy.config.base import HeaderName, is_loopback_host
+from proxy.config.base import (
+    Before,
+    Check,
+    HeaderName,
+    Rules,
+    SecretStr,
+    Settle,
+    block,
+    is_loopback_host,
+)
 from proxy.config.grants import EXTENSION_FIELDS_OF_GRANT, ExtensionGrantFields
 from proxy.config.paths import JsonPathField
 from proxy.config.tls import TLSConfig
@@ -79,6 +88,17 @@ def json_object(value: Any) -> Any:
     return {key: item if isinstance(item, str) else str(item) for key, item in value.items()}
 
 
+def _client_error_statuses(value: list[int]) -> list[int]:
+    if any(not 400 <= status <= 499 for status in value):
+        raise ValueError("may list only 4xx statuses")
+    return value
+
+
+EndpointURL = Annotated[str, Check(token_endpoint_url)]
+"""An identity provider's endpoint (and ``redirect_uri``: RFC 9700 §2.1)."""
+
+
+@block
 class TokenLifecycleConfig(InjectedAuthConfig):
     """How tokens from an identity provider are cached, renewed and re-acquired."""
 
@@ -87,31 +107,20 @@ class TokenLifecycleConfig(InjectedAuthConfig):
         """True when a person authorizes once (``tokenproxy authorize``)."""
         return False
 
-    refresh_margin: float = Field(
-        60, ge=0, description="seconds before expiry when a token is no longer handed out"
+    # Seconds before expiry when a token is no longer handed out.
+    refresh_margin: Annotated[float, Rules(ge=0)] = 60
+    # The lifetime when the response gives none and the token is not a JWT.
+    default_ttl: Annotated[float, Rules(gt=0)] = 300
+    max_ttl: Annotated[float, Rules(gt=0)] = 86400  # longer lifetimes are clamped to this
+    # Upstream statuses that invalidate the token and replay the request once.
+    reauth_on: Annotated[list[int], Check(_client_error_statuses)] = dataclasses.field(
+        default_factory=lambda: [401]
     )
-    default_ttl: float = Field(
-        300, gt=0, description="lifetime when the response gives none and it is not a JWT"
-    )
-    max_ttl: float = Field(86400, gt=0, description="longer lifetimes are clamped to this")
-    reauth_on: list[int] = Field(
-        default_factory=lambda: [401],
-        description="upstream statuses that invalidate the token and replay the request once",
-    )
-    reauth_max_body: int = Field(
-        1024 * 1024, ge=0, description="largest request body buffered so it can be replayed"
-    )
-    reauth_interval: float = Field(
-        30, ge=0, description="least seconds between two forced refreshes of one connector"
-    )
-    tls: TLSConfig | None = Field(None, description="TLS for the token endpoint only")
-
-    @field_validator("reauth_on")
-    @classmethod
-    def _client_error_statuses(cls, value: list[int]) -> list[int]:
-        if any(not 400 <= status <= 499 for status in value):
-            raise ValueError("may list only 4xx statuses")
-        return value
+    # The largest request body buffered so it can be replayed.
+    reauth_max_body: Annotated[int, Rules(ge=0)] = 1024 * 1024
+    # The least seconds between two forced refreshes of one connector.
+    reauth_interval: Annotated[float, Rules(ge=0)] = 30
+    tls: TLSConfig | None = None  # TLS for the token endpoint only
 
 
 _CODE = ("authorization_code",)
@@ -131,12 +140,32 @@ FIELDS_OF_GRANT = {
 _NO_CLIENT_NEEDED = ("jwt_bearer", "token_exchange")
 
 
+def _no_reserved_auth_params(value: dict[str, str]) -> dict[str, str]:
+    clashes = sorted(RESERVED_AUTH_PARAMS & value.keys())
+    if clashes:
+        raise ValueError(f"must not set {', '.join(clashes)}: the flow sets them")
+    return value
+
+
+def _no_reserved(value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    clashes = sorted(RESERVED_PARAMS & value.keys())
+    if clashes:
+        raise ValueError(f"must not set {', '.join(clashes)}: use the dedicated fields")
+    return value
+
+
+AuthParams = Annotated[dict[str, str], Before(json_object), Check(_no_reserved_auth_params)]
+
+
+@block
 class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
     """OAuth2 token endpoint (RFC 6749): client credentials, password or refresh-token grant;
     a signed JWT (``jwt_bearer``, RFC 7523) or another token (``token_exchange``, RFC 8693)
     exchanged for one (no client needed: ``client_auth`` defaults to ``none``, or with a
     ``client_secret`` to ``client_secret_basic``); or a grant a person authorizes once, an
-    authorization code or a device authorization (RFC 8628), renewed by refresh tokens."""
+    authorization code or a device authorization (RFC 8628), renewed by refresh tokens.
+
+    Validated as :data:`OAuth2Auth`, whose rules :func:`settle_grant` adds."""
 
     type: Literal["oauth2"]
     grant: Literal[
@@ -148,14 +177,11 @@ class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
         "jwt_bearer",
         "token_exchange",
     ]
-    issuer: str | None = Field(
-        None, description="discovery (RFC 8414 / OpenID): fills the endpoints not configured"
-    )
-    token_url: str | None = None
-    refresh_url: str | None = Field(None, description="default: token_url")
-    device_authorization_url: str | None = Field(
-        None, description="RFC 8628 device authorization endpoint (grant device_code)"
-    )
+    issuer: EndpointURL | None = None  # discovery (RFC 8414 / OpenID) fills the endpoints
+    token_url: EndpointURL | None = None
+    refresh_url: EndpointURL | None = None  # default: token_url
+    # The RFC 8628 device authorization endpoint (grant device_code).
+    device_authorization_url: EndpointURL | None = None
     client_id: str | None = None
     client_secret: SecretStr | None = None
     client_auth: Literal[
@@ -166,125 +192,45 @@ class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
         "tls_client_auth",
         "none",
     ] = "client_secret_basic"
-    private_key: SecretStr | None = Field(
-        None, description="PEM key for private_key_jwt (loaded and checked by the build step)"
-    )
-    key_id: str | None = Field(None, description="'kid' of the private_key_jwt assertion")
+    # The PEM key of private_key_jwt (loaded and checked by the build step).
+    private_key: SecretStr | None = None
+    key_id: str | None = None  # 'kid' of the private_key_jwt assertion
     signing_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
     username: str | None = None
     password: SecretStr | None = None
-    refresh_token: SecretStr | None = Field(None, description="seed of the refresh_token grant")
-    grant_type: str | None = Field(None, min_length=1, description="overrides the wire value")
+    refresh_token: SecretStr | None = None  # the seed of the refresh_token grant
+    grant_type: Annotated[str, Rules(min_length=1)] | None = None  # overrides the wire value
     scopes: list[str] | str | None = None
     scope_separator: str = " "
     audience: str | None = None
-    extra_params: dict[str, SecretStr] = Field(
-        default_factory=dict, description="added to the token request body"
+    # Added to the token request body.
+    extra_params: Annotated[dict[str, SecretStr], Before(json_object), Check(_no_reserved)] = (
+        dataclasses.field(default_factory=dict)
     )
-    headers: dict[HeaderName, SecretStr] = Field(
-        default_factory=dict, description="sent to the token endpoint"
+    # Sent to the token endpoint.
+    headers: Annotated[dict[HeaderName, SecretStr], Before(json_object)] = dataclasses.field(
+        default_factory=dict
     )
     token_field: Literal["access_token", "id_token"] = "access_token"
     # The authorization-code flow (grant authorization_code).
-    authorization_url: str | None = Field(None, description="where the browser consents")
-    redirect_uri: str | None = Field(
-        None, description="default: this proxy's {admin.prefix}/oauth/{name}/callback"
+    authorization_url: EndpointURL | None = None  # where the browser consents
+    # Default: this proxy's {admin.prefix}/oauth/{name}/callback.
+    redirect_uri: EndpointURL | None = None
+    # Added to the authorization request.
+    auth_params: AuthParams = dataclasses.field(default_factory=dict)
+    # Authorization parameter -> query parameter of the start URL.
+    auth_params_map: AuthParams = dataclasses.field(default_factory=dict)
+    pkce: bool = True  # RFC 7636 S256 code challenge
+    # The file for this connector's tokens, sealed (default: the token store).
+    token_store: str | None = None
+    userinfo_url: EndpointURL | None = None  # asked once who authorized
+    # Paths in the userinfo answer naming the account.
+    userinfo_fields: list[JsonPathField] = dataclasses.field(default_factory=list)
+    configured: frozenset[str] = dataclasses.field(
+        default=frozenset(), init=False, repr=False, compare=False
     )
-    auth_params: dict[str, str] = Field(
-        default_factory=dict, description="added to the authorization request"
-    )
-    auth_params_map: dict[str, str] = Field(
-        default_factory=dict,
-        description="authorization parameter -> query parameter of the start URL",
-    )
-    pkce: bool = Field(True, description="RFC 7636 S256 code challenge")
-    token_store: str | None = Field(
-        None, description="file for this connector's tokens, sealed (default: the token store)"
-    )
-    userinfo_url: str | None = Field(None, description="asked once who authorized")
-    userinfo_fields: list[JsonPathField] = Field(
-        default_factory=list, description="paths in the userinfo answer naming the account"
-    )
-
-    @field_validator("token_url", "issuer")
-    @classmethod
-    def _endpoint_or_issuer(cls, value: str | None) -> str | None:
-        return None if value is None else token_endpoint_url(value)
-
-    @field_validator("refresh_url", "device_authorization_url", "authorization_url", "userinfo_url")
-    @classmethod
-    def _other_endpoint_url(cls, value: str | None) -> str | None:
-        return None if value is None else token_endpoint_url(value)
-
-    @field_validator("redirect_uri")
-    @classmethod
-    def _redirect_uri(cls, value: str | None) -> str | None:
-        return None if value is None else token_endpoint_url(value)  # RFC 9700 §2.1
-
-    @field_validator("extra_params", "headers", "auth_params", "auth_params_map", mode="before")
-    @classmethod
-    def _mapping(cls, value: Any) -> Any:
-        return json_object(value)
-
-    @field_validator("auth_params", "auth_params_map")
-    @classmethod
-    def _no_reserved_auth_params(cls, value: dict[str, str]) -> dict[str, str]:
-        clashes = sorted(RESERVED_AUTH_PARAMS & value.keys())
-        if clashes:
-            raise ValueError(f"must not set {', '.join(clashes)}: the flow sets them")
-        return value
-
-    @field_validator("extra_params")
-    @classmethod
-    def _no_reserved(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        clashes = sorted(RESERVED_PARAMS & value.keys())
-        if clashes:
-            raise ValueError(f"must not set {', '.join(clashes)}: use the dedicated fields")
-        return value
-
-    @model_validator(mode="after")
-    def _grant_needs(self) -> OAuth2AuthConfig:
-        if self.grant in _NO_CLIENT_NEEDED and "client_auth" not in self.model_fields_set:
-            # A signed assertion or a subject token says who asks; no client is needed.
-            # Set quietly (not as if configured): discovery may still pick a method.
-            if self.client_secret is None:
-                self.__dict__["client_auth"] = "none"
-        problem = self.extension_grant_problem(self.grant)
-        if problem is not None:
-            raise ValueError(problem)
-        needed = {
-            "client_credentials": ("client_id",),
-            "password": ("username", "password"),
-            "refresh_token": ("refresh_token",),
-            "authorization_code": ("client_id", "authorization_url"),
-            "device_code": ("client_id", "device_authorization_url"),
-            "jwt_bearer": (),
-            "token_exchange": (),
-        }[self.grant]
-        if self.issuer is not None:  # discovery fills the endpoints
-            discovered = ("device_authorization_url", "authorization_url")
-            needed = tuple(n for n in needed if n not in discovered)
-        elif self.token_url is None and self.service_account_file is None:
-            needed += ("token_url",)  # a service-account file names its token_uri
-        needed += {
-            "client_secret_basic": ("client_id", "client_secret"),
-            "client_secret_post": ("client_id", "client_secret"),
-            "client_secret_jwt": ("client_id", "client_secret"),
-            "private_key_jwt": ("client_id", "private_key"),
-            "tls_client_auth": ("client_id",),
-            "none": (),
-        }[self.client_auth]
-        missing = sorted({name for name in needed if getattr(self, name) is None})
-        if missing:
-            raise ValueError(
-                f"grant {self.grant!r} with client_auth {self.client_auth!r} needs "
-                + ", ".join(missing)
-            )
-        misplaced = sorted(self.model_fields_set & FIELDS_OF_GRANT.keys())
-        misplaced = [name for name in misplaced if self.grant not in FIELDS_OF_GRANT[name]]
-        if misplaced:
-            raise ValueError(f"{', '.join(misplaced)}: not used by grant {self.grant!r}")
-        return self
+    """The keys the config gave; a default is not a choice (discovery may pick a
+    ``client_auth`` that was not configured)."""
 
     @property
     def interactive(self) -> bool:
@@ -297,3 +243,53 @@ class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
         if self.scopes is None or isinstance(self.scopes, str):
             return self.scopes
         return self.scope_separator.join(self.scopes) or None
+
+
+def settle_grant(config: OAuth2AuthConfig, configured: frozenset[str]) -> OAuth2AuthConfig:
+    """What the grant needs, given what the config wrote (see :class:`Settle`)."""
+    object.__setattr__(config, "configured", configured)
+    if config.grant in _NO_CLIENT_NEEDED and "client_auth" not in configured:
+        # A signed assertion or a subject token says who asks; no client is needed.
+        # Set quietly (not as if configured): discovery may still pick a method.
+        if config.client_secret is None:
+            object.__setattr__(config, "client_auth", "none")
+    problem = config.extension_grant_problem(config.grant)
+    if problem is not None:
+        raise ValueError(problem)
+    needed = {
+        "client_credentials": ("client_id",),
+        "password": ("username", "password"),
+        "refresh_token": ("refresh_token",),
+        "authorization_code": ("client_id", "authorization_url"),
+        "device_code": ("client_id", "device_authorization_url"),
+        "jwt_bearer": (),
+        "token_exchange": (),
+    }[config.grant]
+    if config.issuer is not None:  # discovery fills the endpoints
+        discovered = ("device_authorization_url", "authorization_url")
+        needed = tuple(n for n in needed if n not in discovered)
+    elif config.token_url is None and config.service_account_file is None:
+        needed += ("token_url",)  # a service-account file names its token_uri
+    needed += {
+        "client_secret_basic": ("client_id", "client_secret"),
+        "client_secret_post": ("client_id", "client_secret"),
+        "client_secret_jwt": ("client_id", "client_secret"),
+        "private_key_jwt": ("client_id", "private_key"),
+        "tls_client_auth": ("client_id",),
+        "none": (),
+    }[config.client_auth]
+    missing = sorted({name for name in needed if getattr(config, name) is None})
+    if missing:
+        raise ValueError(
+            f"grant {config.grant!r} with client_auth {config.client_auth!r} needs "
+            + ", ".join(missing)
+        )
+    misplaced = sorted(configured & FIELDS_OF_GRANT.keys())
+    misplaced = [name for name in misplaced if config.grant not in FIELDS_OF_GRANT[name]]
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)}: not used by grant {config.grant!r}")
+    return config
+
+
+OAuth2Auth = Annotated[OAuth2AuthConfig, Settle(settle_grant)]
+"""The ``oauth2`` auth block as the config file is validated."""

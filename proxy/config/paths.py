@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+from proxy.config.base import Before
 
 _STEP = re.compile(
     r"""\.(?P<name>[^.\[\]]+)          # .name
@@ -81,10 +81,5 @@ def _validated(value: Any) -> JsonPath:
     return parse_path(value)
 
 
-JsonPathField = Annotated[
-    JsonPath,
-    PlainValidator(_validated),
-    PlainSerializer(lambda path: path.text, return_type=str),
-    WithJsonSchema({"type": "string"}),
-]
+JsonPathField = Annotated[JsonPath, Before(_validated)]
 """A config value that is a path: parsed once by validation, and kept parsed for the runtime."""

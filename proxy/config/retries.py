@@ -9,9 +9,10 @@ upstream had just closed, a refused connect).
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import dataclasses
+from typing import Annotated
 
-from proxy.config.base import StrictModel
+from proxy.config.base import Check, Rules, block
 
 IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
 """RFC 9110 §9.2.2 (TRACE is never forwarded)."""
@@ -20,42 +21,39 @@ IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
 _RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
 
 
-class RetriesConfig(StrictModel):
+def _statuses(value: list[int]) -> list[int]:
+    wrong = sorted(s for s in value if not (s in _RETRYABLE_CLIENT_ERRORS or 500 <= s <= 599))
+    if wrong:
+        shown = ", ".join(map(str, wrong))
+        raise ValueError(
+            f"may list 5xx, 408, 425 and 429 only ({shown}: the upstream would refuse "
+            "the same request again)"
+        )
+    return value
+
+
+def _methods(value: list[str]) -> list[str]:
+    upper = [method.upper() for method in value]
+    if "CONNECT" in upper or "TRACE" in upper:
+        raise ValueError("CONNECT and TRACE are never forwarded")
+    if any(not method.isalpha() for method in upper):
+        raise ValueError("must be HTTP method names such as GET or PUT")
+    return upper
+
+
+@block
+class RetriesConfig:
     """Sends of one request after the first, and what earns one."""
 
-    attempts: int = Field(
-        2, ge=0, le=10, description="sends after the first, re-auth replay included"
+    # Sends after the first, the re-auth replay included.
+    attempts: Annotated[int, Rules(ge=0, le=10)] = 2
+    # Upstream statuses answered by another try (after Retry-After).
+    on: Annotated[list[int], Check(_statuses)] = dataclasses.field(
+        default_factory=lambda: [429, 502, 503, 504]
     )
-    on: list[int] = Field(
-        default_factory=lambda: [429, 502, 503, 504],
-        description="upstream statuses answered by another try (after Retry-After)",
+    # Methods that may be sent again (a POST only if listed).
+    methods: Annotated[list[str], Check(_methods)] = dataclasses.field(
+        default_factory=lambda: list(IDEMPOTENT_METHODS)
     )
-    methods: list[str] = Field(
-        default_factory=lambda: list(IDEMPOTENT_METHODS),
-        description="methods that may be sent again (a POST only if listed)",
-    )
-    max_delay: float = Field(
-        10, ge=0, description="longest wait before a try; a longer Retry-After goes to the client"
-    )
-
-    @field_validator("on")
-    @classmethod
-    def _statuses(cls, value: list[int]) -> list[int]:
-        wrong = sorted(s for s in value if not (s in _RETRYABLE_CLIENT_ERRORS or 500 <= s <= 599))
-        if wrong:
-            shown = ", ".join(map(str, wrong))
-            raise ValueError(
-                f"may list 5xx, 408, 425 and 429 only ({shown}: the upstream would refuse "
-                "the same request again)"
-            )
-        return value
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: list[str]) -> list[str]:
-        upper = [method.upper() for method in value]
-        if "CONNECT" in upper or "TRACE" in upper:
-            raise ValueError("CONNECT and TRACE are never forwarded")
-        if any(not method.isalpha() for method in upper):
-            raise ValueError("must be HTTP method names such as GET or PUT")
-        return upper
+    # The longest wait before a try; a longer Retry-After goes to the client.
+    max_delay: Annotated[float, Rules(ge=0)] = 10

@@ -7,29 +7,25 @@ failure is a config error naming the field.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
-
-from proxy.config.base import StrictModel
+from proxy.config.base import SecretStr, block
 
 
-class TLSConfig(StrictModel):
-    ca_file: str | None = Field(None, description="custom CA bundle (PEM file)")
-    ca_pem: str | None = Field(None, description="custom CA bundle, inline PEM")
-    system_ca: bool = Field(False, description="with a custom CA, also trust the system store")
-    server_name: str | None = Field(None, description="SNI and name to verify, if not the URL's")
-    cert_file: str | None = Field(None, description="client certificate chain (PEM file)")
-    key_file: str | None = Field(None, description="client private key (PEM file)")
-    cert_pem: SecretStr | None = Field(None, description="client certificate chain, inline PEM")
-    key_pem: SecretStr | None = Field(None, description="client private key, inline PEM")
-    key_password: SecretStr | None = Field(None, description="for an encrypted PEM key")
-    p12_file: str | None = Field(None, description="client certificate and key (PKCS#12)")
+@block
+class TLSConfig:
+    ca_file: str | None = None  # custom CA bundle (PEM file)
+    ca_pem: str | None = None  # custom CA bundle, inline PEM
+    system_ca: bool = False  # with a custom CA, also trust the system store
+    server_name: str | None = None  # SNI and the name to verify, if not the URL's
+    cert_file: str | None = None  # client certificate chain (PEM file)
+    key_file: str | None = None  # client private key (PEM file)
+    cert_pem: SecretStr | None = None  # client certificate chain, inline PEM
+    key_pem: SecretStr | None = None  # client private key, inline PEM
+    key_password: SecretStr | None = None  # for an encrypted PEM key
+    p12_file: str | None = None  # client certificate and key (PKCS#12)
     p12_password: SecretStr | None = None
-    insecure_skip_verify: bool = Field(
-        False, description="trust any certificate: for tests only; warned about at every start"
-    )
+    insecure_skip_verify: bool = False  # trust any certificate: tests only; warned at start
 
-    @model_validator(mode="after")
-    def _one_source_each(self) -> TLSConfig:
+    def __post_init__(self) -> None:
         if self.ca_file and self.ca_pem:
             raise ValueError("give the CA as ca_file or ca_pem, not both")
         sources = [
@@ -47,7 +43,6 @@ class TLSConfig(StrictModel):
             raise ValueError("a client certificate needs both its certificate and its key")
         if self.p12_password and not self.p12_file:
             raise ValueError("p12_password without p12_file")
-        return self
 
     @property
     def has_client_certificate(self) -> bool:

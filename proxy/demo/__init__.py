@@ -13,6 +13,7 @@ import tempfile
 
 from aiohttp import web
 
+from proxy.config.loader import validate
 from proxy.config.models import Settings
 from proxy.demo.echo import create_echo_server
 from proxy.demo.idp import (
@@ -28,7 +29,8 @@ DEMO_STATIC_TOKEN = "demo-static-token"
 
 
 def demo_settings(echo_url: str, idp_url: str, port: int, state_dir: str) -> Settings:
-    return Settings.model_validate(
+    return validate(
+        Settings,
         {
             "listen": {"host": "127.0.0.1", "port": port},
             "state_dir": state_dir,
@@ -86,7 +88,7 @@ def demo_settings(echo_url: str, idp_url: str, port: int, state_dir: str) -> Set
                     },
                 },
             },
-        }
+        },
     )
 
 

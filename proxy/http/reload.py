@@ -17,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -103,9 +104,9 @@ def needs_restart(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     ]
     if new.listen.host == old.listen.host and new.listen.port in (old.listen.port, 0):
         return new, warnings  # port 0: the one the kernel gave at start stands
-    listen = new.listen.model_copy(update={"host": old.listen.host, "port": old.listen.port})
+    listen = dataclasses.replace(new.listen, host=old.listen.host, port=old.listen.port)
     warnings.append("listen.host and listen.port change only with a restart; the old ones stay")
-    return new.model_copy(update={"listen": listen}), warnings
+    return dataclasses.replace(new, listen=listen), warnings
 
 
 def inherit_tokens(old: Runtime, new: Runtime) -> list[str]:

@@ -15,6 +15,7 @@ Two kinds of scrubbing:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -22,8 +23,9 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, Secret, SecretStr
 from yarl import URL
+
+from proxy.config.base import Secret
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words
@@ -96,7 +98,7 @@ REDACTOR = Redactor()
 def secret_values(node: Any) -> list[str]:
     """Every secret value in a config model tree (``SecretStr`` and ``Secret[...]``)."""
     found: list[str] = []
-    if isinstance(node, SecretStr):
+    if isinstance(node, Secret) and isinstance(node.get_secret_value(), str):
         value = node.get_secret_value()
         found.append(value)
         if "://" in value:  # a URL with credentials (http_proxy): its password alone too
@@ -108,9 +110,9 @@ def secret_values(node: Any) -> list[str]:
                 found.append(password)
     elif isinstance(node, Secret):
         found.extend(_strings(node.get_secret_value()))
-    elif isinstance(node, BaseModel):
-        for name in type(node).model_fields:
-            found.extend(secret_values(getattr(node, name)))
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for field in dataclasses.fields(node):
+            found.extend(secret_values(getattr(node, field.name)))
     elif isinstance(node, dict):
         for item in node.values():
             found.extend(secret_values(item))

@@ -9,6 +9,7 @@ reads as a miss, never as a token.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -16,9 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
-from pydantic import SecretStr
 
+from proxy.config.base import Secret
 from proxy.config.oauth2 import TokenLifecycleConfig
+from proxy.config.paths import JsonPath
 from proxy.secrets.envelope import EnvelopeError, MasterKeys
 
 logger = logging.getLogger(__name__)
@@ -55,9 +57,21 @@ _NOT_DEFINING = frozenset(
 _CREDENTIALS = frozenset({"client_secret", "password", "refresh_token", "private_key"})
 
 
+_MASKED = "**********"
+# A secret that is not a string (a custom request's JSON body) has always been kept masked
+# here: revealing it now would rename every such connector's stored token.
+
+
 def _revealed(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
+    """A config value as plain data, secrets revealed, the same since the first release
+    (the names of stored tokens depend on it)."""
+    if isinstance(value, Secret):
+        secret = value.get_secret_value()
+        return secret if isinstance(secret, str) else _MASKED
+    if isinstance(value, JsonPath):
+        return value.text
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _revealed(getattr(value, f.name)) for f in _fields(value)}
     if isinstance(value, dict):
         return {str(k): _revealed(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -65,14 +79,19 @@ def _revealed(value: Any) -> Any:
     return value
 
 
+def _fields(block: Any) -> list[dataclasses.Field[Any]]:
+    """What the config file can set (not what validation notes, such as ``configured``)."""
+    return [f for f in dataclasses.fields(block) if f.init]
+
+
 def token_material(connector: str, auth: TokenLifecycleConfig) -> bytes:
     """What defines the token ``auth`` obtains for ``connector``: its token URL, client,
     grant, scopes, audience, subject and request shape, secrets included, so two connectors
     or two settings never share a token (and a reload keeps a token only if this is equal)."""
     defining = {
-        name: _revealed(value)
-        for name, value in auth.model_dump().items()
-        if name not in _NOT_DEFINING and name not in _CREDENTIALS
+        f.name: _revealed(getattr(auth, f.name))
+        for f in _fields(auth)
+        if f.name not in _NOT_DEFINING and f.name not in _CREDENTIALS
     }
     return orjson.dumps([connector, defining], option=orjson.OPT_SORT_KEYS, default=str)
 

@@ -112,7 +112,7 @@ class OAuth2Grant:
         from proxy.tokens.discovery import discover
 
         self._metadata = await discover(config.issuer, send)
-        if "client_auth" not in config.model_fields_set:
+        if "client_auth" not in config.configured:
             self.client_auth = _supported_client_auth(config, self._metadata, self.client_auth)
 
     def _endpoint(self, name: str) -> str:
