@@ -8,8 +8,10 @@ starts and idles; its RSS, split into anonymous memory (Python objects, C heaps)
 file-backed pages (shared libraries), and the files that hold the most are read from
 ``/proc``. Then a fresh interpreter imports the modules that worker had loaded, group by
 group in dependency order (the standard library with asyncio and ssl, then the third-party
-packages, pydantic's family apart, then the proxy's own), and builds the same runtime,
-reading its RSS after each step: what each group adds given the ones before it.
+packages, then the proxy's own), and builds the same runtime,
+reading its RSS after each step: what each group adds given the ones before it. Like the
+worker, it takes its config from the validator process (``proxy.config.handoff``), so
+pydantic and YAML are in neither; the last line says so, or names what slipped in.
 
 RSS depends on the machine's libraries and Python build far less than timings do; still,
 compare steps of one run.
@@ -28,9 +30,8 @@ from pathlib import Path
 
 from harness import REPO, free_port, tokenproxy
 
-PYDANTIC = ("pydantic", "pydantic_core", "pydantic_settings", "annotated_types",
-            "typing_inspection", "dotenv")  # fmt: skip
-"""pydantic and what only it brings in."""
+VALIDATOR = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection", "yaml")
+"""What only the validator process loads (:mod:`proxy.config.handoff`)."""
 CONNECTOR = (
     '  bench: {route: /bench, upstream: "http://127.0.0.1:9", auth: {type: static, token: t}}\n'
 )
@@ -52,10 +53,10 @@ for name, modules in json.loads(sys.argv[1]):
     steps.append((name, rss()))
 import uvloop
 from pathlib import Path
-from proxy.config.loader import load_settings
+from proxy.config.handoff import load_apart
 from proxy.http.server import ProxyServer, settle_heap
 async def run():
-    server = ProxyServer(load_settings(Path(sys.argv[2])).settings)
+    server = ProxyServer(load_apart(Path(sys.argv[2])).settings)
     await server.start()
     settle_heap()
     steps.append(("the runtime, started", rss()))
@@ -67,10 +68,10 @@ print(json.dumps(steps))
 _MODULES = """
 import json, sys, uvloop
 from pathlib import Path
-from proxy.config.loader import load_settings
+from proxy.config.handoff import load_apart
 from proxy.http.server import ProxyServer
 async def run():
-    server = ProxyServer(load_settings(Path(sys.argv[1])).settings)
+    server = ProxyServer(load_apart(Path(sys.argv[1])).settings)
     await server.start()
     await server.stop()
 uvloop.run(run())
@@ -115,9 +116,8 @@ def groups(modules: list[str]) -> list[tuple[str, list[str]]]:
         ("+ uvloop", pick(lambda t: t == "uvloop")),
         (
             "+ aiohttp, yarl, multidict...",
-            pick(lambda t: t not in stdlib and t not in PYDANTIC and t not in ("proxy", "uvloop")),
+            pick(lambda t: t not in stdlib and t not in ("proxy", "uvloop")),
         ),
-        ("+ pydantic, pydantic-settings", pick(lambda t: t in PYDANTIC)),
         ("+ the proxy's modules", pick(lambda t: t == "proxy")),
     ]
 
@@ -162,7 +162,13 @@ def main() -> int:
     for name, kb in steps:
         print(f"| {name} | {(kb - previous) / mb:.1f} | {kb / mb:.1f} |")
         previous = kb
-    return 0
+    slipped = sorted({m.split(".", 1)[0] for m in modules} & set(VALIDATOR))
+    print(
+        f"\nThe validator's libraries in the worker: {', '.join(slipped)}"
+        if slipped
+        else "\nThe validator's libraries in the worker: none (pydantic and YAML stay apart)"
+    )
+    return 1 if slipped else 0
 
 
 if __name__ == "__main__":

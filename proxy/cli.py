@@ -15,14 +15,14 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from yarl import URL
 
 from proxy.arguments import build_parser, config_path
-from proxy.config.loader import LoadedConfig, load_settings
+from proxy.config.handoff import LoadedConfig, load_apart, load_apart_async
 from proxy.config.models import AuthConfig, ConnectorConfig, Settings
 from proxy.errors import ConfigError, ProxyError
 from proxy.logs import configure_logging
@@ -36,8 +36,19 @@ T = TypeVar("T")
 
 
 def _load(path: Path, overrides: dict[str, Any] | None = None) -> LoadedConfig | ConfigError:
+    """The config validated in this process (the commands other than ``run``)."""
+    from proxy.config.loader import load_settings
+
     try:
         return load_settings(path, overrides)
+    except ConfigError as exc:
+        return exc
+
+
+def _load_apart(path: Path, overrides: dict[str, Any] | None) -> LoadedConfig | ConfigError:
+    """The config validated by another process: a server never holds the validator."""
+    try:
+        return load_apart(path, overrides)
     except ConfigError as exc:
         return exc
 
@@ -145,7 +156,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _load_for_run(
     args: argparse.Namespace, port: int | None = None, *, quiet: bool = False
-) -> tuple[Settings, Plan, Callable[[], Settings]] | int:
+) -> tuple[Settings, Plan, Callable[[], Awaitable[Settings]]] | int:
     """The settings of ``run`` (``--host``/``--port``, else ``port``: the one the parent of
     ``--workers`` reserved), their plan and what loads them again for a reload; or the exit
     status once the problems are printed. ``quiet``: no warnings (said once already)."""
@@ -155,7 +166,7 @@ def _load_for_run(
     listen = {k: v for k, v in (("host", args.host), ("port", chosen)) if v is not None}
     path = config_path(args.config)
     overrides = {"listen": listen} if listen else None
-    loaded = _load(path, overrides)
+    loaded = _load_apart(path, overrides)
     if isinstance(loaded, ConfigError):
         _print_problems(path, loaded)
         return 2
@@ -167,9 +178,9 @@ def _load_for_run(
         _print_problems(path, plan)
         return 2
 
-    def load() -> Settings:
+    async def load() -> Settings:
         """The file again, for a reload (raises ConfigError)."""
-        again = load_settings(path, overrides)
+        again = await load_apart_async(path, overrides)
         for warning in again.warnings:
             logging.getLogger("proxy.config").warning("%s", warning)
         return again.settings

@@ -1,10 +1,11 @@
 """The parent of ``tokenproxy run --workers N``: it supervises and imports nothing else.
 
-The server stack (aiohttp, pydantic, cryptography) costs a process some 45 MB, and a parent
-that only forks and forwards signals needs none of it. So the config is checked in a child
+The server stack (aiohttp, uvloop, the proxy's modules) costs a process some 30 MB, and a
+parent that only forks and forwards signals needs none of it. So the config is checked in a child
 of its own (problems and warnings printed as ``run`` prints them, exit status 2 on a bad
 config), which tells the parent where to listen and exits; the parent reserves the port and
-forks the workers, each of which loads and builds the config itself. What a worker does is
+forks the workers, each of which loads (through the validator process,
+:mod:`proxy.config.handoff`) and builds the config itself. What a worker does is
 :func:`proxy.cli.serve_worker`; the forking and signals are :mod:`proxy.workers`.
 """
 

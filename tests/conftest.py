@@ -22,6 +22,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpRawServer
 
 from proxy.config.loader import load_settings, validate
+from proxy.config.models import Settings
 from proxy.config.oauth2 import OAuth2Auth, OAuth2AuthConfig
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from proxy.http.server import ProxyServer
@@ -75,6 +76,16 @@ def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
     return write
 
 
+def reader(path: Path) -> Callable[[], Awaitable[Settings]]:
+    """What reloads an in-process proxy: the file validated here (``run`` validates it in a
+    process of its own, :mod:`proxy.config.handoff`)."""
+
+    async def load() -> Settings:
+        return load_settings(path).settings
+
+    return load
+
+
 @pytest.fixture
 async def start_proxy(
     write_config: Callable[[dict[str, Any]], Path],
@@ -86,7 +97,7 @@ async def start_proxy(
         config = {**config, "listen": {"host": "127.0.0.1", "port": 0, **config.get("listen", {})}}
         path = write_config(config)
         settings = load_settings(path).settings
-        server = ProxyServer(settings, clock, load=lambda: load_settings(path).settings)
+        server = ProxyServer(settings, clock, load=reader(path))
         await server.start()
         started.append(server)
         assert server.port is not None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.config.handoff import load_apart
 from proxy.config.loader import load_settings
 from proxy.runtime import prepare
 from proxy.secrets.envelope import KEY_ENV, generate_key
@@ -37,3 +38,5 @@ def test_example_loads(path: Path) -> None:
     assert prepare(loaded.settings).connectors.keys() == loaded.settings.connectors.keys()
     # The only warning an example may earn is the deliberate one about the password grant.
     assert all("the password grant is deprecated" in w for w in loaded.warnings)
+    # What a serving process is handed by the validator process is the same config.
+    assert load_apart(path) == loaded

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -21,6 +20,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from proxy.config.checks import cross_check
+from proxy.config.handoff import LoadedConfig
 from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
 from proxy.config.per_client import taken_over
 from proxy.config.sources import Location, resolve_tree
@@ -28,12 +28,6 @@ from proxy.errors import ConfigError
 from proxy.secrets.redaction import REDACTOR, secret_values
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class LoadedConfig:
-    settings: Settings
-    warnings: list[str]
 
 
 STATE_DIR_ENV = "TOKENPROXY_STATE_DIR"

@@ -169,7 +169,7 @@ class ProxyServer:
         reuse_port: bool = False,
         plan: Plan | None = None,
         metrics_dir: Path | None = None,
-        load: Callable[[], Settings] | None = None,
+        load: Callable[[], Awaitable[Settings]] | None = None,
         reload_all: Callable[[], None] | None = None,
     ) -> None:
         """``metrics_dir``: with ``--workers``, where the workers' metrics meet."""
@@ -257,7 +257,7 @@ class ProxyServer:
             if old is None or self._stopping:
                 return ReloadOutcome(problems=["the proxy is stopping"])
             try:
-                settings, warnings = needs_restart(old.plan.settings, self._load())
+                settings, warnings = needs_restart(old.plan.settings, await self._load())
                 plan = prepare(settings)
                 new = await open_generation(plan, self._clock, self.reload, self._new_connection)
             except ConfigError as exc:
@@ -291,7 +291,7 @@ class ProxyServer:
     async def _reload_workers(self) -> ReloadOutcome:
         assert self._load is not None and self._reload_all is not None
         try:
-            prepare(self._load())  # the same checks every worker will make
+            prepare(await self._load())  # the same checks every worker will make
         except ConfigError as exc:
             return ReloadOutcome(problems=exc.problems)
         self._reload_all()
@@ -432,7 +432,7 @@ async def serve(
     reuse_port: bool = False,
     plan: Plan | None = None,
     metrics_dir: Path | None = None,
-    load: Callable[[], Settings] | None = None,
+    load: Callable[[], Awaitable[Settings]] | None = None,
     reload_all: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and close; reload the
