@@ -13,18 +13,18 @@ a client's credential; they are reduced to the error class.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import sys
 import time
-from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from proxy.arguments import LOG_FORMAT_ENV
+from proxy.log_output import LineHandler, access_lane
 from proxy.secrets import redaction
 from proxy.secrets.redaction import REDACTOR
 
@@ -68,12 +68,15 @@ class RequestFacts:
 facts_key = web.RequestKey("facts", RequestFacts)
 
 _perf_counter = time.perf_counter
+_wall_clock = time.time
 
 
 class AccessLogger(AbstractAccessLogger):
     """``peer "METHOD /path HTTP/1.1" status bytes duration connector=name id=request-id``
     (then ``client=name`` and ``retries=N`` when there are), with the same facts as
     fields for the JSON format."""
+
+    _running: asyncio.AbstractEventLoop | None = None
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.record(request, response.status, response.body_length, time)
@@ -96,35 +99,44 @@ class AccessLogger(AbstractAccessLogger):
             if facts.upstream_seconds is not None:  # (rounded here, not on the hot path)
                 upstream_ms = round(facts.upstream_seconds * 1000, 2)
         duration_ms = round(time * 1000, 2)
-        self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.1fms connector=%s id=%s%s%s%s',
-            request.remote,
-            request.method,
-            path,
-            version.major,
-            version.minor,
-            status,
-            sent,
-            duration_ms,
-            connector or "-",
-            request_id or "-",
-            "" if client is None else f" client={client}",
-            "" if retries is None else f" retries={retries}",
-            " aborted" if aborted else "",
-            extra={
-                "request_id": request_id,
-                "connector": connector,
-                "client": request.remote,
-                "client_name": client,
-                "retries": retries,
-                "method": request.method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-                "upstream_ms": upstream_ms,
-                "bytes": sent,
-            },
+        message = (
+            f'{request.remote} "{request.method} {path} HTTP/{version.major}.{version.minor}" '
+            f"{status} {sent} {duration_ms:.1f}ms connector={connector or '-'} "
+            f"id={request_id or '-'}"
+            f"{'' if client is None else f' client={client}'}"
+            f"{'' if retries is None else f' retries={retries}'}"
+            f"{' aborted' if aborted else ''}"
         )
+        fields = {
+            "request_id": request_id,
+            "connector": connector,
+            "client": request.remote,
+            "client_name": client,
+            "retries": retries,
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "upstream_ms": upstream_ms,
+            "bytes": sent,
+        }
+        lane = access_lane(self.logger)
+        if lane is None:  # through logging, for the handlers and filters someone added
+            self.logger.info("%s", message, extra=fields)
+            return
+        # The same line, scrubbed as the record factory scrubs a record's message.
+        line = lane.line(_wall_clock(), "INFO", self.logger.name, REDACTOR.scrub(message), fields)
+        lane.add_line(line, self._loop())
+
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop this logger's server runs on, looked up once (each look-up is a
+        ``getpid`` on Python 3.11); None outside a loop."""
+        if self._running is None:
+            try:
+                self._running = asyncio.get_running_loop()
+            except RuntimeError:
+                return None
+        return self._running
 
     @property
     def enabled(self) -> bool:
@@ -155,55 +167,6 @@ class ParserErrorFilter(logging.Filter):
         return True
 
 
-_FIELDS = (
-    "request_id",
-    "connector",
-    "client",
-    "client_name",
-    "method",
-    "path",
-    "status",
-    "duration_ms",
-    "upstream_ms",
-    "retries",
-    "bytes",
-    "event",
-    "error",
-)
-
-
-# Fields a client's bytes reach (the rest are config names, addresses, numbers, codes).
-_CLIENT_TEXT = frozenset({"path", "request_id"})
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line; message and traceback were scrubbed when the record was made,
-    the fields a client's text reaches are scrubbed here (they are attached after that)."""
-
-    _second = -1
-    _stamp = ""
-
-    def format(self, record: logging.LogRecord) -> str:
-        seconds = record.created
-        if int(seconds) != self._second:  # one strftime a second, not one a line
-            self._second = int(seconds)
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        entry: dict[str, Any] = {
-            "ts": f"{self._stamp}.{int(seconds % 1 * 1000):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = record.__dict__
-        for name in _FIELDS:
-            value = fields.get(name)
-            if value is not None:
-                entry[name] = REDACTOR.scrub(value) if name in _CLIENT_TEXT else value
-        if record.exc_text:
-            entry["exception"] = record.exc_text
-        return orjson.dumps(entry).decode()
-
-
 def log_format(requested: str | None) -> str:
     """``--log-format``, else ``$TOKENPROXY_LOG_FORMAT``, else text on a terminal, JSON
     otherwise (a container's log collector)."""
@@ -219,13 +182,8 @@ def configure_logging(level: str = "info", fmt: str | None = "text") -> None:
     # of an access line's cost), nor its thread or process (each looked up per record).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format(fmt) == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [LineHandler(sys.stderr, log_format(fmt))]
     root.setLevel(level.upper())
     install_filters()
 

@@ -89,7 +89,11 @@ def run_workers(host: str, port: int, workers: int, serve: Callable[[int], int])
 
 def flush_and_exit(code: int) -> NoReturn:
     """End a forked child now, never back into the parent's code (its clean-up is its own),
-    with what it printed written out first (``os._exit`` flushes nothing)."""
+    with what it printed written out first (``os._exit`` flushes nothing), the access
+    log's pending lines too."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

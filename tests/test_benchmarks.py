@@ -25,7 +25,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
             ["statuses: 200:", "growth after warm-up: RSS", "after stop: fds +0, tasks left 0"],
         ),
         # The access line (text and JSON) and the metrics update, per request.
-        ("log_line.py", ["text ", "json ", "metrics "]),
+        ("log_line.py", ["text, lane", "json, logging", "metrics "]),
         # Without nginx or wrk it falls back to an aiohttp upstream and a built-in generator.
         ("suite.py", ["| small | 8 | direct |", "| small | 8 | tokenproxy x2 |"]),
         # One worker on a core of its own, next to the minimal proxy, with CPU per request.

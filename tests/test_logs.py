@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.logs import JsonFormatter
+from proxy.log_output import JsonFormatter
 from tests.conftest import StartProxy, WriteConfig, connector, oauth2_connector, raw_request
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream, answer
 from tests.test_cli import _stop, running

@@ -16,7 +16,7 @@ import pytest
 from proxy.config.loader import load_settings, parse_yaml
 from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import ConfigError
-from proxy.logs import JsonFormatter
+from proxy.log_output import JsonFormatter
 from tests.conftest import StartProxy, WriteConfig, connector_status, oauth2_connector
 from tests.fakes import FakeClock, FakeIdP, RecordingUpstream
 from tests.test_cli import tokenproxy
