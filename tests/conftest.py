@@ -23,7 +23,7 @@ from pytest_aiohttp import AiohttpRawServer
 
 from proxy.config.loader import load_settings, validate
 from proxy.config.models import Settings
-from proxy.config.oauth2 import OAuth2Auth, OAuth2AuthConfig
+from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.demo.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from proxy.http.server import ProxyServer
 from proxy.logs import install_filters
@@ -142,7 +142,7 @@ def oauth2_auth_config(**fields: Any) -> OAuth2AuthConfig:
         "client_secret": "secret",
         **fields,
     }
-    return validate(OAuth2Auth, settings)
+    return validate(OAuth2AuthConfig, settings)
 
 
 StartOAuth2 = Callable[..., Awaitable[RunningProxy]]

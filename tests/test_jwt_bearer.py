@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from proxy.config.loader import validate
-from proxy.config.oauth2 import OAuth2Auth
+from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.errors import ConfigError
 from proxy.tokens.grant import RequestContext
 from proxy.tokens.jwt_bearer import JWT_BEARER_GRANT, JwtBearerGrant, plan_assertion
@@ -105,7 +105,7 @@ async def test_a_retry_signs_a_new_assertion(
 
 async def test_a_replayed_assertion_is_refused_by_the_fake(idp: FakeIdP) -> None:
     """The fake's own check: a jti seen once is never accepted again."""
-    config = validate(OAuth2Auth, bearer_auth(idp))
+    config = validate(OAuth2AuthConfig, bearer_auth(idp))
     grant = JwtBearerGrant(config, "api", plan_assertion(config, "connectors.api.auth"))
     form = dict(grant.primary_request(RequestContext(now_wall=FakeClock().wall())).form or {})
     async with aiohttp.ClientSession() as session:

@@ -17,7 +17,7 @@ import pytest
 
 from proxy.config.loader import validate
 from proxy.config.models import Auth
-from proxy.config.oauth2 import OAuth2Auth
+from proxy.config.oauth2 import OAuth2AuthConfig
 from proxy.secrets.envelope import KEY_ENV, MasterKeys, generate_key
 from proxy.store.files import FileStore
 from proxy.store.records import TokenRecord, token_key, token_material
@@ -197,8 +197,8 @@ def test_a_token_is_keyed_by_what_defines_it(change: dict[str, Any], same: bool)
         "scopes": ["read"],
     }
     keys = MasterKeys(bytes(32))
-    key = token_key("api", validate(OAuth2Auth, base), keys)
-    changed = validate(OAuth2Auth, {**base, **change})
+    key = token_key("api", validate(OAuth2AuthConfig, base), keys)
+    changed = validate(OAuth2AuthConfig, {**base, **change})
     assert (token_key("api", changed, keys) == key) is same
     assert token_key("other", changed, keys) != token_key("api", changed, keys)
 

@@ -1,2 +1,3 @@
-"""The configuration: typed models (:mod:`.models`), value sources, loading
-(:func:`proxy.config.loader.load_settings`) and cross-field checks."""
+"""The configuration: its blocks (:mod:`.models`, plain dataclasses), value sources, loading
+(:func:`proxy.config.loader.load_settings`), cross-field checks, and the hand-over to a
+serving process (:mod:`.handoff`)."""

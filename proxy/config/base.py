@@ -6,7 +6,8 @@ imports no pydantic: a serving worker holds its config without loading the valid
 (:mod:`proxy.config.loader`); what it should check is said by metadata in the fields'
 ``Annotated`` types (:class:`Check`, :class:`Before`, :class:`Rules`, :class:`Like`), which
 turn into pydantic's own validators only when a validator is built. Rules relating fields
-of one block are its ``__post_init__``, which validation runs and unpickling does not.
+of one block are its ``__post_init__``, which validation runs and unpickling does not; rules
+about the raw input, or about which keys it gave, are a :class:`Shaped` block's.
 """
 
 from __future__ import annotations
@@ -119,22 +120,38 @@ class Rules:
         yield Field(**self.constraints)
 
 
-@dataclasses.dataclass(frozen=True)
-class Settle:
-    """Type metadata of a block: ``function(block, keys)`` once the block is made, with the
-    keys its input gave. For rules about what was written rather than what the block holds
-    (a default is not a choice); returns the block kept, or raises ``ValueError``."""
+class Shaped:
+    """A block with rules around its validation: :meth:`reshape` its raw input first,
+    :meth:`settle` once it is made, knowing which keys the input gave (for rules about what
+    was written rather than what the block holds: a default is not a choice). pydantic runs
+    them where the block's type carries :data:`SHAPE` (``Annotated[Block, SHAPE]``), and
+    :func:`~proxy.config.loader.validate` adds it to a shaped block validated on its own."""
 
-    function: Callable[[Any, frozenset[str]], Any]
+    @staticmethod
+    def reshape(raw: Any) -> Any:
+        return raw
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+    def settle(self, written: frozenset[str]) -> None:
+        """Raise ``ValueError`` for a rule broken; the block may note what it needs."""
+
+
+class _Shape:
+    """Type metadata of a :class:`Shaped` block, at each place it is used: pydantic applies
+    metadata per use, where a hook on the class would run at its first use only."""
+
+    def __get_pydantic_core_schema__(self, source: type[Shaped], handler: Any) -> Any:
         from pydantic_core import core_schema
 
-        def settle(data: Any, validate: Callable[[Any], Any]) -> Any:
-            keys = frozenset(data) if isinstance(data, dict) else frozenset()
-            return self.function(validate(data), keys)
+        def validate(raw: Any, inner: Callable[[Any], Any]) -> Any:
+            data = source.reshape(raw)
+            made = inner(data)
+            made.settle(frozenset(data) if isinstance(data, dict) else frozenset())
+            return made
 
-        return core_schema.no_info_wrap_validator_function(settle, handler(source))
+        return core_schema.no_info_wrap_validator_function(validate, handler(source))
+
+
+SHAPE = _Shape()
 
 
 @dataclasses.dataclass(frozen=True)

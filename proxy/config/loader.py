@@ -19,6 +19,7 @@ import orjson
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from proxy.config.base import SHAPE, Shaped
 from proxy.config.checks import cross_check
 from proxy.config.handoff import LoadedConfig
 from proxy.config.models import AUTH_TYPES, ENV_PREFIX, Settings
@@ -187,6 +188,8 @@ _ADAPTERS: dict[object, TypeAdapter[Any]] = {}
 def validate(kind: type[T], data: Any) -> T:
     """``data`` validated as the config block ``kind`` (or an ``Annotated`` form of one);
     raises pydantic's ``ValidationError``."""
+    if isinstance(kind, type) and issubclass(kind, Shaped):
+        kind = Annotated[kind, SHAPE]  # type: ignore[assignment]  # (its rules run)
     adapter = _ADAPTERS.get(kind) or _ADAPTERS.setdefault(kind, TypeAdapter(kind))
     result: T = adapter.validate_python(data)
     return result

@@ -15,6 +15,7 @@ from yarl import URL
 
 from proxy.config.auth import BasicAuthConfig, NoneAuthConfig, StaticAuthConfig
 from proxy.config.base import (
+    SHAPE,
     Before,
     ByteSize,
     Check,
@@ -24,26 +25,22 @@ from proxy.config.base import (
     RoutePrefix,
     Rules,
     SecretStr,
+    Shaped,
     block,
 )
 from proxy.config.custom import CustomAuthConfig
-from proxy.config.oauth2 import OAuth2Auth, OAuth2AuthConfig
+from proxy.config.oauth2 import OAuth2Auth
 from proxy.config.per_client import lay_over_auth
 from proxy.config.retries import RetriesConfig
 from proxy.config.tls import TLSConfig
 
 ENV_PREFIX = "TOKENPROXY_"
 
-# A new auth type is a model plus its entry here; nothing else in the config layer changes.
-AuthConfig = (
-    NoneAuthConfig | StaticAuthConfig | BasicAuthConfig | OAuth2AuthConfig | CustomAuthConfig
-)
+# A new auth type is a block plus its entry here; nothing else in the config layer changes.
+AuthConfig = NoneAuthConfig | StaticAuthConfig | BasicAuthConfig | OAuth2Auth | CustomAuthConfig
 AUTH_TYPES = ("none", "static", "basic", "oauth2", "custom")
-Auth = Annotated[
-    NoneAuthConfig | StaticAuthConfig | BasicAuthConfig | OAuth2Auth | CustomAuthConfig,
-    Rules(discriminator="type"),
-]
-"""An ``auth`` block as the config file is validated: its ``type`` picks the model."""
+Auth = Annotated[AuthConfig, Rules(discriminator="type")]
+"""An ``auth`` block: its ``type`` picks the block."""
 
 
 @block
@@ -221,9 +218,13 @@ def _upstream_url(value: str) -> str:
 
 
 @block
-class ConnectorConfig:
-    """One upstream API and the credential the proxy injects for it. Validated as
-    :data:`Connector`, which first makes each ``per_client`` entry whole."""
+class ConnectorConfig(Shaped):
+    """One upstream API and the credential the proxy injects for it."""
+
+    @staticmethod
+    def reshape(raw: Any) -> Any:
+        """Each ``per_client`` entry made whole from the connector's ``auth`` first."""
+        return lay_over_auth(raw)
 
     route: RoutePrefix | None = None  # path prefix; the longest prefix wins
     hosts: list[HostName] = dataclasses.field(default_factory=list)  # by Host / absolute URI
@@ -262,9 +263,8 @@ class ConnectorConfig:
         return self.auth
 
 
-Connector = Annotated[ConnectorConfig, Before(lay_over_auth)]
-"""A connector as the config file is validated: each ``per_client`` entry made whole from the
-connector's ``auth`` first (:mod:`proxy.config.per_client`)."""
+Connector = Annotated[ConnectorConfig, SHAPE]
+"""A connector where the config holds one (its ``per_client`` entries made whole first)."""
 
 
 def _connector_names(value: dict[str, ConnectorConfig]) -> dict[str, ConnectorConfig]:

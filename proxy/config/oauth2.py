@@ -15,12 +15,13 @@ from yarl import URL
 
 from proxy.config.auth import InjectedAuthConfig
 from proxy.config.base import (
+    SHAPE,
     Before,
     Check,
     HeaderName,
     Rules,
     SecretStr,
-    Settle,
+    Shaped,
     block,
     is_loopback_host,
 )
@@ -158,14 +159,12 @@ AuthParams = Annotated[dict[str, str], Before(json_object), Check(_no_reserved_a
 
 
 @block
-class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
+class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields, Shaped):
     """OAuth2 token endpoint (RFC 6749): client credentials, password or refresh-token grant;
     a signed JWT (``jwt_bearer``, RFC 7523) or another token (``token_exchange``, RFC 8693)
     exchanged for one (no client needed: ``client_auth`` defaults to ``none``, or with a
     ``client_secret`` to ``client_secret_basic``); or a grant a person authorizes once, an
-    authorization code or a device authorization (RFC 8628), renewed by refresh tokens.
-
-    Validated as :data:`OAuth2Auth`, whose rules :func:`settle_grant` adds."""
+    authorization code or a device authorization (RFC 8628), renewed by refresh tokens."""
 
     type: Literal["oauth2"]
     grant: Literal[
@@ -232,6 +231,50 @@ class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
     """The keys the config gave; a default is not a choice (discovery may pick a
     ``client_auth`` that was not configured)."""
 
+    def settle(self, written: frozenset[str]) -> None:
+        """What the grant needs, given what the config wrote."""
+        object.__setattr__(self, "configured", written)
+        if self.grant in _NO_CLIENT_NEEDED and "client_auth" not in written:
+            # A signed assertion or a subject token says who asks; no client is needed.
+            # Set quietly (not as if configured): discovery may still pick a method.
+            if self.client_secret is None:
+                object.__setattr__(self, "client_auth", "none")
+        problem = self.extension_grant_problem(self.grant)
+        if problem is not None:
+            raise ValueError(problem)
+        needed = {
+            "client_credentials": ("client_id",),
+            "password": ("username", "password"),
+            "refresh_token": ("refresh_token",),
+            "authorization_code": ("client_id", "authorization_url"),
+            "device_code": ("client_id", "device_authorization_url"),
+            "jwt_bearer": (),
+            "token_exchange": (),
+        }[self.grant]
+        if self.issuer is not None:  # discovery fills the endpoints
+            discovered = ("device_authorization_url", "authorization_url")
+            needed = tuple(n for n in needed if n not in discovered)
+        elif self.token_url is None and self.service_account_file is None:
+            needed += ("token_url",)  # a service-account file names its token_uri
+        needed += {
+            "client_secret_basic": ("client_id", "client_secret"),
+            "client_secret_post": ("client_id", "client_secret"),
+            "client_secret_jwt": ("client_id", "client_secret"),
+            "private_key_jwt": ("client_id", "private_key"),
+            "tls_client_auth": ("client_id",),
+            "none": (),
+        }[self.client_auth]
+        missing = sorted({name for name in needed if getattr(self, name) is None})
+        if missing:
+            raise ValueError(
+                f"grant {self.grant!r} with client_auth {self.client_auth!r} needs "
+                + ", ".join(missing)
+            )
+        misplaced = sorted(written & FIELDS_OF_GRANT.keys())
+        misplaced = [name for name in misplaced if self.grant not in FIELDS_OF_GRANT[name]]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: not used by grant {self.grant!r}")
+
     @property
     def interactive(self) -> bool:
         """Authorized once by a person (a browser, ``tokenproxy authorize``), then by
@@ -245,51 +288,5 @@ class OAuth2AuthConfig(TokenLifecycleConfig, ExtensionGrantFields):
         return self.scope_separator.join(self.scopes) or None
 
 
-def settle_grant(config: OAuth2AuthConfig, configured: frozenset[str]) -> OAuth2AuthConfig:
-    """What the grant needs, given what the config wrote (see :class:`Settle`)."""
-    object.__setattr__(config, "configured", configured)
-    if config.grant in _NO_CLIENT_NEEDED and "client_auth" not in configured:
-        # A signed assertion or a subject token says who asks; no client is needed.
-        # Set quietly (not as if configured): discovery may still pick a method.
-        if config.client_secret is None:
-            object.__setattr__(config, "client_auth", "none")
-    problem = config.extension_grant_problem(config.grant)
-    if problem is not None:
-        raise ValueError(problem)
-    needed = {
-        "client_credentials": ("client_id",),
-        "password": ("username", "password"),
-        "refresh_token": ("refresh_token",),
-        "authorization_code": ("client_id", "authorization_url"),
-        "device_code": ("client_id", "device_authorization_url"),
-        "jwt_bearer": (),
-        "token_exchange": (),
-    }[config.grant]
-    if config.issuer is not None:  # discovery fills the endpoints
-        discovered = ("device_authorization_url", "authorization_url")
-        needed = tuple(n for n in needed if n not in discovered)
-    elif config.token_url is None and config.service_account_file is None:
-        needed += ("token_url",)  # a service-account file names its token_uri
-    needed += {
-        "client_secret_basic": ("client_id", "client_secret"),
-        "client_secret_post": ("client_id", "client_secret"),
-        "client_secret_jwt": ("client_id", "client_secret"),
-        "private_key_jwt": ("client_id", "private_key"),
-        "tls_client_auth": ("client_id",),
-        "none": (),
-    }[config.client_auth]
-    missing = sorted({name for name in needed if getattr(config, name) is None})
-    if missing:
-        raise ValueError(
-            f"grant {config.grant!r} with client_auth {config.client_auth!r} needs "
-            + ", ".join(missing)
-        )
-    misplaced = sorted(configured & FIELDS_OF_GRANT.keys())
-    misplaced = [name for name in misplaced if config.grant not in FIELDS_OF_GRANT[name]]
-    if misplaced:
-        raise ValueError(f"{', '.join(misplaced)}: not used by grant {config.grant!r}")
-    return config
-
-
-OAuth2Auth = Annotated[OAuth2AuthConfig, Settle(settle_grant)]
-"""The ``oauth2`` auth block as the config file is validated."""
+OAuth2Auth = Annotated[OAuth2AuthConfig, SHAPE]
+"""The ``oauth2`` block where a config holds one (its grant's rules run)."""
