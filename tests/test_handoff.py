@@ -5,9 +5,9 @@ disk or in an argument, and neither pydantic nor YAML ever loaded where requests
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
-import pickle
 import re
 import signal
 from pathlib import Path
@@ -81,14 +81,71 @@ def test_the_handed_secrets_are_masked_in_logs(
     assert secret not in caplog.text and "sent ***" in caplog.text
 
 
+def _call(module: str, name: str, argument: str) -> bytes:
+    """A pickle (protocol 4) that looks up ``module``/``name`` and calls it with ``argument``."""
+
+    def text(value: str) -> bytes:
+        encoded = value.encode()
+        return b"\x8c" + bytes([len(encoded)]) + encoded
+
+    return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(argument) + b"\x85R."
+
+
 @pytest.mark.parametrize(
-    "sent",
-    [os.system, print, logging.Logger],
-    ids=["os.system", "builtins.print", "a class of another module"],
+    ("module", "name"),
+    [
+        ("posix", "system"),
+        ("builtins", "print"),
+        ("logging", "Logger"),  # a class, of another module
+        ("proxy.config.handoff", "os.system"),  # a dotted name walks attributes to os.system
+        ("proxy.config.sources", "resolve_tree"),  # a function of a config module, no block
+        ("proxy.config.never_imported", "Block"),  # unpickling imports nothing
+    ],
 )
-def test_nothing_but_config_blocks_is_unpickled(sent: object) -> None:
-    with pytest.raises(ConfigError, match="the validator sent"):
-        decode_outcome(pickle.dumps(sent))
+def test_nothing_but_config_blocks_is_unpickled(module: str, name: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with pytest.raises(ConfigError, match=f"the validator sent a {re.escape(module)}"):
+        decode_outcome(_call(module, name, f"touch {marker}"))
+    assert not marker.exists()
+
+
+def test_dates_that_yaml_reads_are_handed_over(write_config: WriteConfig) -> None:
+    body = {"since": datetime.date(2024, 1, 1), "at": datetime.datetime(2024, 1, 1, 12)}
+    request = {"url": "https://idp.example/token", "body": body, "body_format": "json"}
+    auth = {"type": "custom", "token_request": request, "client_id": "c"}
+    path = write_config({"connectors": {"a": connector("https://a.example", auth=auth)}})
+    assert load_apart(path) == load_settings(path)
+
+
+def test_the_validator_never_runs_what_lies_where_it_starts(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``proxy/config/__main__.py`` (or a ``yaml.py``) in the directory ``run`` starts in
+    would otherwise be the validator, with every secret of the environment."""
+    path = write_config({"connectors": {"a": connector("https://a.example")}})
+    planted = tmp_path / "planted"
+    marker = tmp_path / "ran"
+    for module in ("proxy/__init__.py", "proxy/config/__init__.py", "proxy/config/__main__.py"):
+        (planted / module).parent.mkdir(parents=True, exist_ok=True)
+        (planted / module).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "yaml.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(planted)
+    assert load_apart(path).settings.connectors.keys() == {"a"}
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("serving", [False, True], ids=["at start", "at a reload"])
+async def test_a_validator_that_hangs_is_a_refused_config(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch, serving: bool
+) -> None:
+    monkeypatch.setattr(handoff, "VALIDATOR", ("-c", "import time; time.sleep(30)"))
+    monkeypatch.setattr(handoff, "VALIDATOR_TIMEOUT", 0.5)
+    path = write_config({"connectors": {"a": connector("https://a.example")}})
+    with pytest.raises(ConfigError, match=r"did not answer within 0\.5s"):
+        if serving:
+            await load_apart_async(path)
+        else:
+            await asyncio.to_thread(load_apart, path)
 
 
 def test_a_validator_that_fails_is_a_config_error(

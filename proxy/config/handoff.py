@@ -16,6 +16,7 @@ and the few standard types they hold. This module imports no pydantic.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import pickle
@@ -27,12 +28,18 @@ from typing import Any
 
 import orjson
 
+from proxy.config.base import Secret
 from proxy.config.models import Settings
 from proxy.errors import ConfigError
 from proxy.secrets.redaction import REDACTOR, secret_values
 
-VALIDATOR = ("-m", "proxy.config")
-"""How the validator is run by this Python (see :mod:`proxy.config.__main__`)."""
+VALIDATOR = ("-P", "-m", "proxy.config")
+"""How the validator is run by this Python (see :mod:`proxy.config.__main__`). ``-P``: the
+directory it starts in is not searched for modules (a ``proxy/`` or ``yaml.py`` there would
+otherwise run with the config's secrets)."""
+VALIDATOR_TIMEOUT = 30.0
+"""Seconds the validator may take (it takes ~0.4): a ``file:`` source that never ends (a FIFO
+without a writer) is a refused config, not a reload that holds up a shutdown."""
 
 
 @dataclass(frozen=True)
@@ -52,14 +59,24 @@ class _Foreign(pickle.UnpicklingError):
 
 
 class _BlocksOnly(pickle.Unpickler):
-    """Unpickles config blocks and the standard types they hold, nothing else."""
+    """Unpickles config blocks and the standard types they hold, nothing else: a class (never
+    a function, nor an attribute path: ``name`` has no dot) of a config module this process
+    has already imported (so unpickling imports nothing), that is a block (a dataclass) or
+    a :class:`~proxy.config.base.Secret`; or one of the standard types YAML and validation
+    make."""
 
-    _STANDARD = frozenset({("ipaddress", "IPv4Network"), ("ipaddress", "IPv6Network")})
+    _STANDARD = frozenset(
+        {("ipaddress", "IPv4Network"), ("ipaddress", "IPv6Network")}
+        | {("datetime", kind) for kind in ("date", "datetime", "time", "timedelta", "timezone")}
+    )
 
     def find_class(self, module: str, name: str) -> Any:
-        blocks = module.startswith("proxy.config.") and module != "proxy.config.loader"
-        if blocks or (module, name) in self._STANDARD:
+        if (module, name) in self._STANDARD:
             return super().find_class(module, name)
+        if module.startswith("proxy.config.") and module in sys.modules and "." not in name:
+            found = getattr(sys.modules[module], name, None)
+            if isinstance(found, type) and (dataclasses.is_dataclass(found) or found is Secret):
+                return found
         raise _Foreign(f"the validator sent a {module}.{name}")
 
 
@@ -94,6 +111,10 @@ def _command(path: Path) -> tuple[list[str], dict[str, str]]:
     }
 
 
+def _too_slow() -> ConfigError:
+    return ConfigError([f"the config validator did not answer within {VALIDATOR_TIMEOUT:g}s"])
+
+
 def _answer(code: int | None, data: bytes) -> LoadedConfig:
     if code != 0 or not data:
         # It said why on our stderr, which it shares (a traceback: a bug of ours).
@@ -105,7 +126,16 @@ def load_apart(path: Path, overrides: dict[str, Any] | None = None) -> LoadedCon
     """The config at ``path`` as :func:`~proxy.config.loader.load_settings` loads it,
     validated by another process; raises ``ConfigError`` listing every problem."""
     argv, env = _command(path)
-    done = subprocess.run(argv, input=orjson.dumps(overrides), stdout=subprocess.PIPE, env=env)
+    try:
+        done = subprocess.run(
+            argv,
+            input=orjson.dumps(overrides),
+            stdout=subprocess.PIPE,
+            env=env,
+            timeout=VALIDATOR_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:  # (run kills it)
+        raise _too_slow() from None
     return _answer(done.returncode, done.stdout)
 
 
@@ -116,7 +146,10 @@ async def load_apart_async(path: Path, overrides: dict[str, Any] | None = None) 
         *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     )
     try:
-        data, _ = await child.communicate(orjson.dumps(overrides))
+        async with asyncio.timeout(VALIDATOR_TIMEOUT):
+            data, _ = await child.communicate(orjson.dumps(overrides))
+    except TimeoutError:
+        raise _too_slow() from None
     finally:
         if child.returncode is None:  # cancelled (the server stops): no validator outlives it
             child.kill()
