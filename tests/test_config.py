@@ -97,6 +97,15 @@ def test_environment_variables_as_config(
     assert environment_overrides(variables) == expected
 
 
+def test_a_block_given_as_something_else_says_so(write_config: WriteConfig) -> None:
+    config = base_config(timeouts=[1], retries=3)
+    problems = problems_of(write_config({**config, "listen": 5}))
+    assert problems == [
+        f"{where}: must be a mapping of keys to values"
+        for where in ("listen", "connectors.crm.timeouts", "connectors.crm.retries")
+    ]
+
+
 def test_command_line_overrides_beat_the_environment(
     write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

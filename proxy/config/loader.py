@@ -75,6 +75,8 @@ def _inherited(location: Location, raw: Mapping[str, Any]) -> bool:
 def _message(error: Any) -> str:
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return "unknown key"
+    if error["type"] in ("dataclass_type", "model_type"):  # (which names a class of ours)
+        return "must be a mapping of keys to values"
     # pydantic prefixes the messages of our own validators; the path already says where.
     return str(error["msg"]).removeprefix("Value error, ")
 
