@@ -9,16 +9,21 @@ import io
 import json
 import logging
 import re
+import signal
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
 
 from proxy import logs
 from proxy.log_output import LineHandler, access_lane
 from proxy.logs import ACCESS_LOGGER, AccessLogger, RequestFacts, facts_key
 from proxy.secrets.redaction import REDACTOR
+from tests.conftest import WriteConfig, connector
+from tests.fakes import RecordingUpstream
+from tests.test_cli import _stop, running
 
 CANARY = "sec_CANARY_lane_3141"
 
@@ -165,3 +170,33 @@ def test_the_lane_steps_aside_for_any_other_set_up(stream: io.StringIO, change: 
     finally:
         logger.handlers[:], logger.propagate = saved[0], saved[2]
         logger.setLevel(saved[1])
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_burst_then_sigterm_logs_every_request_once(
+    write_config: WriteConfig, upstream: RecordingUpstream, fmt: str, workers: str
+) -> None:
+    """Through real sockets: many answers within few loop iterations (lines written
+    together), then a stop; a worker of --workers ends through flush_and_exit."""
+    path = write_config({"connectors": {"api": connector(upstream.url)}})
+    args = ("run", "-c", str(path), "--port", "0", "--workers", workers, "--log-format", fmt)
+    ready = r"listening on .*" if workers == "1" else r"(listening on .*\n.*){2}"
+    async with running(*args, ready=ready) as (process, output):
+        port = re.search(r"127\.0\.0\.1:(\d+)", output).group(1)  # type: ignore[union-attr]
+        connector_ = aiohttp.TCPConnector(limit=20)
+        async with aiohttp.ClientSession(connector=connector_) as session:
+
+            async def one(number: int) -> None:
+                async with session.get(f"http://127.0.0.1:{port}/api/{number}") as response:
+                    assert response.status == 200
+
+            await asyncio.gather(*(one(number) for number in range(60)))
+        code, rest = await _stop(process, signal.SIGTERM)
+    assert code == 0
+    for number in range(60):
+        if fmt == "json":
+            lines = [line for line in (output + rest).splitlines() if f'"/api/{number}"' in line]
+        else:
+            lines = [line for line in (output + rest).splitlines() if f"GET /api/{number} " in line]
+        assert len(lines) == 1, (number, lines)

@@ -1,7 +1,7 @@
 """A config validated in a process of its own and handed to the serving process as blocks.
 
 The blocks (:mod:`proxy.config.models`) are plain dataclasses; only validating them needs
-pydantic and YAML, about 12 MB of a worker's memory that a server would otherwise keep
+pydantic and YAML, about 14 MB of a worker's memory that a server would otherwise keep
 for its whole life. So ``tokenproxy run`` and every worker of ``--workers`` load their
 config, at start and at each reload, by running ``python -m proxy.config`` (the
 validator, :mod:`proxy.config.__main__`), which reads the file as :func:`load_settings
